@@ -1,0 +1,39 @@
+# `make train` and `make test` set up .venv (pip + venv) on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.imgcls-installed
+ARGS ?=
+
+.PHONY: help install train test test-fast format lint clean-logs
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,sweep]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install imgcls with the dev and sweep extras
+
+train: $(STAMP)  ## train with the default config (MNIST + tinynet); extra overrides in ARGS="..."
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP)  ## run the whole test suite
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)  ## the suite without tests marked slow
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+format: $(STAMP)  ## format and auto-fix with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lint: $(STAMP)  ## ruff lint + format check, then every pre-commit hook
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pre-commit run --all-files
+
+clean-logs:  ## delete every run under logs/
+	rm -rf logs/

@@ -1,0 +1,142 @@
+"""ImageClassifier: the one LightningModule, wrapping any plain ``nn.Module`` network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint, stored_config
+from imgcls.utils.errors import UserError
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class ImageClassifier(pl.LightningModule):
+    """Classifies images with ``net``; optimizer and scheduler arrive as Hydra partials.
+
+    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``
+    and ``test/acc``. The network may return logits or log-probabilities (cross-entropy treats
+    both the same, since log-softmax is idempotent).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        num_classes: int,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        #: plain-data facts saved into every checkpoint: resolved run config and class names
+        self.run_info: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        return loss, logits.argmax(dim=1), y
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # a sanity-check pass must not count as the best epoch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, preds, y = self._step(batch)
+        self.train_loss(loss, weight=len(y))
+        self.train_acc(preds, y)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, preds, y = self._step(batch)
+        self.val_loss(loss, weight=len(y))
+        self.val_acc(preds, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, preds, y = self._step(batch)
+        self.test_loss(loss, weight=len(y))
+        self.test_acc(preds, y)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=1)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.scheduler_interval,
+                "monitor": self.hparams.scheduler_monitor,
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_INFO_KEY] = self.run_info
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_info = checkpoint.get(RUN_INFO_KEY, {})
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
+    ) -> ImageClassifier:
+        """Load an imgcls checkpoint; the network is rebuilt from the config stored inside it."""
+        if "net" not in kwargs:
+            kwargs = {
+                **build_model_parts(stored_config(read_checkpoint(checkpoint_path))),
+                **kwargs,
+            }
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+
+
+def build_model_parts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The net, optimizer and scheduler of a stored (fully resolved) training config."""
+    from hydra.utils import instantiate
+
+    model_cfg = config.get("model")
+    if not isinstance(model_cfg, Mapping) or "net" not in model_cfg:
+        raise UserError(
+            "the checkpoint's stored config has no model.net; it was not made by imgcls"
+        )
+    return {
+        key: instantiate(model_cfg[key])
+        for key in ("net", "optimizer", "scheduler")
+        if model_cfg.get(key) is not None
+    }

@@ -1,0 +1,109 @@
+"""``python train.py``: fit a model, then test its best checkpoint; returns the sweep objective."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from imgcls.config import CONFIG_DIR, setup_config_environment
+from imgcls.utils.devices import apply_gpus
+from imgcls.utils.errors import UserError
+from imgcls.utils.runs import (
+    apply_extras,
+    ensure_seed,
+    explicit_overrides,
+    instantiate_list,
+    output_dir,
+    report_errors,
+    to_floats,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` with ``gpus`` mapped to accelerator/devices."""
+    apply_gpus(cfg.trainer, explicit_overrides("trainer"))
+    return instantiate(cfg.trainer, **kwargs)
+
+
+def log_hparams_with_metrics(
+    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float]
+) -> None:
+    """Write the run's key hyperparameters with its real final metrics (TensorBoard hparams tab)."""
+    params = {
+        "data": cfg.data._target_.rsplit(".", 1)[-1],
+        "net": cfg.model.net._target_.rsplit(".", 1)[-1],
+        "optimizer": cfg.model.optimizer._target_.rsplit(".", 1)[-1],
+        "lr": cfg.model.optimizer.get("lr"),
+        "batch_size": cfg.data.batch_size,
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "seed": cfg.seed,
+    }
+    hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
+    for logger in loggers:
+        logger.log_hyperparams(params, metrics=hp_metrics)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as configured; returns every final metric as a float."""
+    pl.seed_everything(ensure_seed(cfg), workers=True)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    model: pl.LightningModule = instantiate(cfg.model)
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    model.run_info = {"config": resolved, "class_names": list(datamodule.class_names)}
+    run_dir = output_dir(cfg)
+    OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = to_floats(trainer.callback_metrics)
+
+    if cfg.test:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint (checkpointing off): testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(to_floats(trainer.callback_metrics))
+
+    log_hparams_with_metrics(loggers, cfg, metrics)
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+@report_errors
+def run(cfg: DictConfig) -> float | None:
+    """Hydra task: train, print the results and return ``optimized_metric`` for sweepers."""
+    apply_extras(cfg)
+    metrics = train(cfg)
+    for name in ("val/acc_best", "test/acc", "test/loss"):
+        if name in metrics:
+            log.info(f"{name}: {metrics[name]:.4f}")
+    log.info(f"run dir: {output_dir(cfg)}")
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise UserError(
+            f"optimized_metric={name} was not logged; available: {', '.join(sorted(metrics))}"
+        )
+    return metrics[name]
+
+
+def main() -> None:
+    setup_config_environment()
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""Train from a clone without installing: ``python train.py model=tinynet data=digits``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from imgcls.train import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
