@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.utils.devices import apply_gpus
@@ -48,7 +49,11 @@ def log_hparams_with_metrics(
     }
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in loggers:
-        logger.log_hyperparams(params, metrics=hp_metrics)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=hp_metrics)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(hp_metrics)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -1,0 +1,101 @@
+"""The root entry points as a user runs them: run dirs, errors, eval and predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.config import REPO_ROOT
+
+from .conftest import run_cli
+
+FAST = ["data=digits", "extras.print_config=false", "callbacks=none", "logger=csv"]
+
+
+def run_dirs(root: Path, task: str = "train") -> list[Path]:
+    return sorted((root / "logs" / task / "runs").iterdir())
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_no_gpu_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = run_cli("train.py", *FAST, "trainer.gpus=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr).startswith("error: trainer.gpus=1 asks for a GPU")
+
+
+def test_runs_started_in_the_same_second_get_distinct_dirs(tmp_path: Path) -> None:
+    args = [*FAST, "trainer.fast_dev_run=true"]
+    env_cmd = [sys.executable, str(REPO_ROOT / "train.py"), *args]
+    env = {"IMGCLS_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin"}
+    procs = [
+        subprocess.Popen(
+            env_cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    assert all(p.wait(timeout=240) == 0 for p in procs)
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 2
+    for d in dirs:
+        assert {"config.yaml", "metrics.json", "train.log", ".hydra"} <= {
+            p.name for p in d.iterdir()
+        }
+        assert (d / ".hydra" / "overrides.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
+    train = run_cli(
+        "train.py", "data=digits", "trainer.max_epochs=1", "extras.print_config=false", cwd=tmp_path
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    (run,) = run_dirs(tmp_path)
+    trained = json.loads((run / "metrics.json").read_text())
+    assert trained["test/acc"] > 0.5
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+
+    evaluated = run_cli("eval.py", f"ckpt_path={ckpt}", "extras.print_config=false", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    (eval_run,) = run_dirs(tmp_path, "eval")
+    eval_metrics = json.loads((eval_run / "metrics.json").read_text())
+    assert 0.5 < eval_metrics["test/acc"] <= 1.0
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20 + i, 24), dtype=np.uint8)).save(
+            images / f"{i}.png"
+        )
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "pred.csv"
+    predicted = run_cli(
+        "predict.py", f"ckpt_path={ckpt}", f"input={images}", f"output={out}", cwd=tmp_path
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["file"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    assert all(r["predicted_class"] in [str(d) for d in range(10)] for r in rows)
+    assert all(0.1 <= float(r["confidence"]) <= 1.0 for r in rows)
+
+
+def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_bytes(b"\x00" * 100)
+    result = run_cli("eval.py", f"ckpt_path={bogus}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "is not a readable checkpoint" in last_line(result.stderr)
+    missing = run_cli("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in last_line(missing.stderr)
