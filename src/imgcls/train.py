@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import hydra
@@ -14,15 +15,18 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
+from imgcls.utils.resume import LAST_CHECKPOINT, resume_arguments
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
     explicit_overrides,
     instantiate_list,
     output_dir,
+    read_status,
     report_errors,
     to_floats,
     write_json,
+    write_status,
 )
 
 log = logging.getLogger(__name__)
@@ -86,11 +90,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
+    """With ``resume=true``: the metrics of this run dir if it already completed, else None.
+
+    An unfinished run dir with a last checkpoint continues from it (``ckpt_path`` is set).
+    """
+    if cfg.get("resume") is not True:
+        return None
+    run_dir = output_dir(cfg)
+    status = read_status(run_dir)
+    if status.get("status") == "completed":
+        log.info(f"{run_dir} already completed: skipped (resume=true)")
+        return status["metrics"]
+    last = run_dir / LAST_CHECKPOINT
+    if last.is_file() and not cfg.get("ckpt_path"):
+        log.info(f"resuming {run_dir} from {last}")
+        cfg.ckpt_path = str(last)
+    return None
+
+
 @report_errors
 def run(cfg: DictConfig) -> float | None:
     """Hydra task: train, print the results and return ``optimized_metric`` for sweepers."""
     apply_extras(cfg)
-    metrics = train(cfg)
+    metrics = finished_metrics(cfg)
+    if metrics is None:
+        write_status(output_dir(cfg), "running")
+        metrics = train(cfg)
+        write_status(output_dir(cfg), "completed", metrics=metrics)
     for name in ("val/acc_best", "test/acc", "test/loss"):
         if name in metrics:
             log.info(f"{name}: {metrics[name]:.4f}")
@@ -107,6 +134,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     setup_config_environment()
+    sys.argv[1:] = resume_arguments(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(run)()
 
 

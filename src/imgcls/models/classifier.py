@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,13 +36,25 @@ class ImageClassifier(pl.LightningModule):
         optimizer: OptimizerFactory,
         num_classes: int,
         scheduler: SchedulerFactory | None = None,
-        scheduler_interval: str = "epoch",
+        scheduler_interval: str = "auto",  # "step" for schedules over total_steps, else "epoch"
         scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+        nonfinite_loss: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("stop", "skip"):
+            raise UserError(
+                f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}"
+            )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # the compiled net stays outside the module tree, so checkpoints keep plain `net.` names
+        object.__setattr__(self, "compiled_net", torch.compile(self.net) if compile else None)
+        self.skipped_batches = 0
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -52,7 +66,9 @@ class ImageClassifier(pl.LightningModule):
         self.run_info: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x) if self.compiled_net is None else self.compiled_net(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         x, y = batch
@@ -63,13 +79,29 @@ class ImageClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # a sanity-check pass must not count as the best epoch
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         loss, preds, y = self._step(batch)
+        if not torch.isfinite(loss):
+            return self._nonfinite(loss)
         self.train_loss(loss, weight=len(y))
         self.train_acc(preds, y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor) -> None:
+        """Skip the batch (``nonfinite_loss=skip``) or stop with the step and last checkpoint."""
+        if self.hparams.nonfinite_loss == "skip":
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
+            return None
+        callback = self.trainer.checkpoint_callback
+        last_good = (callback.last_model_path or callback.best_model_path) if callback else ""
+        raise UserError(
+            f"training stopped: loss is {loss.item()} at epoch {self.current_epoch}, "
+            f"step {self.global_step}; last good checkpoint: {last_good or 'none yet'}; lower "
+            "model.optimizer.lr, set trainer.gradient_clip_val=1.0, or model.nonfinite_loss=skip"
+        )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, preds, y = self._step(batch)
@@ -97,12 +129,20 @@ class ImageClassifier(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        kwargs = {}
+        if takes_argument(self.scheduler_factory, "total_steps") and not has_argument(
+            self.scheduler_factory, "total_steps", "epochs"
+        ):  # OneCycleLR and warmup schedules: the whole run, in optimizer steps
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        interval = self.hparams.scheduler_interval
+        if interval == "auto":
+            interval = "step" if takes_argument(self.scheduler_factory, "total_steps") else "epoch"
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": scheduler,
-                "interval": self.hparams.scheduler_interval,
+                "interval": interval,
                 "monitor": self.hparams.scheduler_monitor,
             },
         }
@@ -124,6 +164,21 @@ class ImageClassifier(pl.LightningModule):
                 **kwargs,
             }
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+
+
+def takes_argument(factory: Callable[..., Any], name: str) -> bool:
+    """Whether the callable behind a (partial) factory accepts the keyword ``name``."""
+    func = factory.func if isinstance(factory, functools.partial) else factory
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def has_argument(factory: Callable[..., Any], *names: str) -> bool:
+    """Whether a partial factory already binds any of ``names`` to a non-None value."""
+    bound = factory.keywords if isinstance(factory, functools.partial) else {}
+    return any(bound.get(name) is not None for name in names)
 
 
 def build_model_parts(config: Mapping[str, Any]) -> dict[str, Any]:

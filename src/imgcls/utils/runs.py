@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import rich
 import rich.syntax
 import rich.tree
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -88,18 +90,49 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+STATUS_FILE = "status.json"
+
+
+def write_status(run_dir: Path, status: str, **details: Any) -> None:
+    """Record ``running`` / ``completed`` / ``failed`` (with details) in the run dir."""
+    write_json(Path(run_dir) / STATUS_FILE, {"status": status, **details})
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Turn expected failures into one clear line and exit code 2 instead of a traceback."""
+    """Expected failures become one clear line and exit code 2 instead of a traceback.
+
+    In a multirun every failure (bad value, NaN loss, out of memory, a bug) is recorded in the
+    job's run dir and the job returns NaN, which sweepers record as a failed trial; the sweep
+    goes on.
+    """
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
         try:
             return task(cfg)
-        except (UserError, MisconfigurationException) as err:
-            message = " ".join(str(err).split())
-            if HydraConfig.initialized():
-                run_dir = Path(HydraConfig.get().runtime.output_dir)
-                (run_dir / "error.txt").write_text(message + "\n")
+        except Exception as err:
+            expected = isinstance(err, (UserError, MisconfigurationException))
+            message = " ".join(str(err).split()) or type(err).__name__
+            if not expected:
+                message = f"{type(err).__name__}: {message}"
+            if run_dir is not None:
+                write_status(run_dir, "failed", error=message)
+                (run_dir / "error.txt").write_text(traceback.format_exc())
+            if is_multirun():
+                log.error(f"job failed, the sweep goes on: {message}")
+                return float("nan")
+            if not expected:
+                raise
             print(f"error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
 
