@@ -1,0 +1,261 @@
+"""The base LightningDataModule: splits, class subsets, k-fold, loaders and shape metadata.
+
+A dataset subclass only says what its classes are and how to load its raw train/test splits as
+uint8 tensors; everything else (validation carving, folds, resizing, fast or standard loaders,
+augmentation) lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import Container, OmegaConf
+from torch.utils.data import DataLoader
+
+from imgcls.data.loaders import TensorBatchLoader, TensorImageDataset
+from imgcls.data.transforms import BatchPipeline, resize_uint8
+from imgcls.utils.errors import UserError
+
+Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Shared behaviour of every imgcls datamodule; subclasses implement ``load_split``."""
+
+    #: names of all classes of the dataset, in label order
+    all_class_names: Sequence[str] = ()
+    #: channels and (square) side of the images as stored
+    native_channels: int = 1
+    native_size: int = 28
+    #: normalisation statistics of the dataset
+    default_mean: Sequence[float] = (0.5,)
+    default_std: Sequence[float] = (0.5,)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_size: float = 0.1,
+        seed: int = 42,
+        image_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: str | Sequence[str] | None = None,
+        in_memory: bool = True,
+        classes: Sequence[int | str] | None = None,
+        num_folds: int | None = None,
+        fold: int = 0,
+        random_erasing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        # Hydra passes lists as ListConfig: store plain lists, or checkpoints (which carry these
+        # hyperparameters) no longer load with torch.load(weights_only=True)
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, Container):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+        self.data_dir = str(data_dir)
+        self._check_args()
+        self.pipeline = BatchPipeline(
+            mean if mean is not None else self.default_mean,
+            std if std is not None else self.default_std,
+            augment,
+            random_erasing=random_erasing,
+        )
+        self.splits: dict[str, Split] = {}
+
+    # ------------------------------------------------------------------ contract for subclasses
+    def load_split(self, split: str) -> Split:
+        """Raw ``"train"`` or ``"test"`` split as (uint8 ``[N, C, H, W]``, int64 ``[N]``)."""
+        raise NotImplementedError
+
+    def load_val_split(self) -> Split | None:
+        """A validation split the dataset itself defines; ``None`` (default) carves one from train.
+
+        With ``num_folds`` set, a defined validation split joins the training pool that is folded.
+        """
+        return None
+
+    # ------------------------------------------------------------------ shape metadata
+    @property
+    def class_names(self) -> list[str]:
+        return [self.all_class_names[i] for i in self._class_indices()]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.native_channels
+
+    @property
+    def image_size(self) -> int:
+        return int(self.hparams.image_size or self.native_size)
+
+    # ------------------------------------------------------------------ validation
+    def _check_args(self) -> None:
+        hp = self.hparams
+        if hp.batch_size < 1 or (hp.eval_batch_size is not None and hp.eval_batch_size < 1):
+            raise UserError(f"data.batch_size must be >= 1, got {hp.batch_size}")
+        if hp.num_folds is not None:
+            if hp.num_folds < 2:
+                raise UserError(f"data.num_folds must be >= 2, got {hp.num_folds}")
+            if not 0 <= hp.fold < hp.num_folds:
+                raise UserError(
+                    f"data.fold={hp.fold} is out of range for data.num_folds={hp.num_folds}; "
+                    f"use 0..{hp.num_folds - 1}"
+                )
+        elif not (0 < hp.val_size < 1 or (hp.val_size >= 1 and float(hp.val_size).is_integer())):
+            raise UserError(
+                f"data.val_size must be a fraction in (0, 1) or a whole count, got {hp.val_size}"
+            )
+        if hp.image_size is not None and hp.image_size < 8:
+            raise UserError(f"data.image_size must be >= 8, got {hp.image_size}")
+
+    def _class_indices(self) -> list[int]:
+        classes = self.hparams.classes
+        if classes is None:
+            return list(range(len(self.all_class_names)))
+        indices = []
+        for c in classes:
+            if isinstance(c, str) and c in self.all_class_names:
+                indices.append(self.all_class_names.index(c))
+            elif isinstance(c, int) and 0 <= c < len(self.all_class_names):
+                indices.append(c)
+            else:
+                names = list(self.all_class_names)
+                raise UserError(
+                    f"data.classes entry {c!r} is not a class of this dataset; "
+                    f"use indices 0..{len(names) - 1} or names {names}"
+                )
+        if len(set(indices)) < 2:
+            raise UserError(f"data.classes must name at least two distinct classes, got {classes}")
+        return indices
+
+    # ------------------------------------------------------------------ splitting
+    def _keep_classes(self, split: Split) -> Split:
+        images, labels = split
+        indices = self._class_indices()
+        if indices == list(range(len(self.all_class_names))):
+            return images, labels
+        remap = torch.full((len(self.all_class_names),), -1, dtype=torch.long)
+        remap[torch.tensor(indices)] = torch.arange(len(indices))
+        new_labels = remap[labels]
+        keep = new_labels >= 0
+        return images[keep], new_labels[keep]
+
+    def train_val_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded train/validation index split (a stratified fold when ``num_folds`` is set)."""
+        hp, n = self.hparams, len(labels)
+        if hp.num_folds is not None:
+            from sklearn.model_selection import StratifiedKFold
+
+            folds = StratifiedKFold(n_splits=hp.num_folds, shuffle=True, random_state=hp.seed)
+            train_idx, val_idx = list(folds.split(torch.zeros(n), labels.numpy()))[hp.fold]
+            return torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+        n_val = int(round(hp.val_size * n)) if hp.val_size < 1 else int(hp.val_size)
+        if not 0 < n_val < n:
+            raise UserError(
+                f"data.val_size={hp.val_size} leaves no training or no validation data "
+                f"out of {n} samples"
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
+        return order[n_val:], order[:n_val]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        size = self.image_size
+        images, labels = self._keep_classes(self.load_split("train"))
+        given_val = self.load_val_split()
+        if given_val is not None and self.hparams.num_folds is None:
+            val_images, val_labels = self._keep_classes(given_val)
+            train = (resize_uint8(images, size), labels)
+            val = (resize_uint8(val_images, size), val_labels)
+        else:
+            if given_val is not None:  # k-fold over the whole pool: train + given validation
+                val_images, val_labels = self._keep_classes(given_val)
+                images = torch.cat([resize_uint8(images, size), resize_uint8(val_images, size)])
+                labels = torch.cat([labels, val_labels])
+            train_idx, val_idx = self.train_val_indices(labels)
+            train = (resize_uint8(images[train_idx], size), labels[train_idx])
+            val = (resize_uint8(images[val_idx], size), labels[val_idx])
+        test_images, test_labels = self._keep_classes(self.load_split("test"))
+        self.splits = {
+            "train": train,
+            "val": val,
+            "test": (resize_uint8(test_images, size), test_labels),
+        }
+
+    def class_counts(self) -> torch.Tensor:
+        """Images per class in the training split (int64 ``[num_classes]``; sets up if needed).
+
+        For imbalanced data, e.g. cross-entropy weights ``counts.sum() / (num_classes * counts)``.
+        """
+        if not self.splits:
+            self.setup("fit")
+        return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, split: str, train: bool) -> Any:
+        images, labels = self.splits[split]
+        hp = self.hparams
+        batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        if hp.in_memory:
+            rank, world_size = self._rank_and_world()
+            return TensorBatchLoader(
+                images,
+                labels,
+                batch_size,
+                shuffle=train,
+                seed=hp.seed,
+                epoch_fn=self._current_epoch,
+                rank=rank,
+                world_size=world_size,
+                pin_memory=hp.pin_memory,
+            )
+        return DataLoader(
+            TensorImageDataset(images, labels, self.pipeline, train=train),
+            batch_size=batch_size,
+            shuffle=train,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Fast path: uint8 batches are augmented and normalised here, on the training device."""
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            self.pipeline.to(images.device)
+            training = self.trainer is not None and self.trainer.training
+            images = self.pipeline(images, train=training)
+        return images, labels
+
+    # ------------------------------------------------------------------ single images
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` images of any size -> normalised model input (no augmentation)."""
+        return self.pipeline(resize_uint8(images, self.image_size), train=False)

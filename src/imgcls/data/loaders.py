@@ -1,0 +1,80 @@
+"""Two ways to serve batches from a uint8 image tensor: slicing (fast) or a classic Dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import Dataset
+
+from imgcls.data.transforms import BatchPipeline
+
+
+class TensorBatchLoader:
+    """Serves whole batches by indexing an in-memory uint8 tensor: no per-sample work, no workers.
+
+    Shuffles with its own seeded generator (the same order on every DDP rank) and shards by rank:
+    training shards are cut to equal length so every rank takes the same number of steps;
+    evaluation shards keep every sample once, so synced metrics equal the single-process value.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        epoch_fn: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
+        self.seed, self.epoch_fn = seed, epoch_fn
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        if self.shuffle:  # training: equal shards
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        size = self._shard_size()
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            # seeded by epoch: the same order on every rank and after a resume
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch_fn())
+            order = torch.randperm(n, generator=generator)
+            order = order[: self._shard_size() * self.world_size]
+        else:
+            order = torch.arange(n)
+        order = order[self.rank :: self.world_size]
+        for step in range(len(self)):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            images, labels = self.images[idx], self.labels[idx]
+            if self.pin_memory:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels
+
+
+class TensorImageDataset(Dataset):
+    """Per-sample view of a uint8 image tensor, transformed like the batch path (standard path)."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, pipeline: BatchPipeline, train: bool
+    ) -> None:
+        self.images, self.labels, self.pipeline, self.train = images, labels, pipeline, train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.pipeline(self.images[index].unsqueeze(0), train=self.train).squeeze(0)
+        return image, self.labels[index]

@@ -1,0 +1,259 @@
+"""data=folder on image folders written with PIL: layouts, splits, bad files, normalisation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcls.data.folder import STATS_CACHE, FolderDataModule
+from imgcls.utils.errors import UserError
+
+#: class -> the RGB channel its images are bright in (lets a test check every label)
+COLORS = {"apple": 0, "banana": 1, "cherry": 2}
+
+
+def write_class_images(folder: Path, channel: int, n: int, seed: int, size=(20, 14)) -> None:
+    """``n`` PNG/JPEG images, bright in ``channel``, with noise so statistics are not trivial."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        array = rng.integers(0, 40, size=(size[1], size[0], 3), dtype=np.uint8)
+        array[..., channel] = rng.integers(180, 256, size=(size[1], size[0]), dtype=np.uint8)
+        suffix = ".png" if i % 2 else ".jpg"
+        Image.fromarray(array).save(folder / f"img_{i:03d}{suffix}", quality=95)
+
+
+def write_flat_folder(root: Path, n: int = 10, classes=COLORS) -> Path:
+    for k, (name, channel) in enumerate(classes.items()):
+        write_class_images(root / name, channel, n, seed=k)
+    return root
+
+
+def dominant_channel(images: torch.Tensor) -> torch.Tensor:
+    return images.float().mean(dim=(2, 3)).argmax(dim=1)
+
+
+def make(root: Path, **kwargs) -> FolderDataModule:
+    kwargs.setdefault("image_size", 16)
+    kwargs.setdefault("decode_workers", 2)
+    return FolderDataModule(root=str(root), **kwargs)
+
+
+def test_flat_layout_classes_split_and_bad_files(tmp_path, caplog):
+    root = write_flat_folder(tmp_path / "pics")
+    (root / "apple" / "notes.txt").write_text("not an image")
+    (root / "banana" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage, not a jpeg")
+    (root / "cherry" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    dm = make(root, split=[0.6, 0.2, 0.2], seed=1)
+    # shape facts before any decoding (what ${datamodule:...} reads)
+    assert dm._decoded is None
+    assert dm.class_names == ["apple", "banana", "cherry"]
+    assert (dm.num_classes, dm.in_channels, dm.image_size) == (3, 3, 16)
+    assert dm._decoded is None
+
+    with caplog.at_level(logging.INFO, logger="imgcls.data.folder"):
+        dm.setup("fit")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # all unreadable files reported once, together
+    assert "skipping 2 of 32 images" in warnings[0].getMessage()
+    assert "broken.jpg" in warnings[0].getMessage()
+    assert "truncated.png" in warnings[0].getMessage()
+    assert "notes.txt" not in warnings[0].getMessage()  # non-image files are simply ignored
+
+    sizes = {split: len(labels) for split, (_, labels) in dm.splits.items()}
+    # per class: 10 readable images (+1 corrupt in two of them) -> 2 test, 2 val, rest train
+    assert sum(sizes.values()) == 30
+    for split, (images, labels) in dm.splits.items():
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
+        assert torch.equal(dominant_channel(images), labels), split  # label = class folder
+    assert dm.class_counts().tolist() == torch.bincount(dm.splits["train"][1]).tolist()
+    for split in ("val", "test"):  # stratified: every class in every split
+        assert set(dm.splits[split][1].tolist()) == {0, 1, 2}
+
+
+def test_test_split_is_fixed_and_val_split_is_seeded(tmp_path):
+    root = write_flat_folder(tmp_path / "pics", n=12)
+    splits = []
+    for seed in (1, 2):
+        dm = make(root, seed=seed, split=[0.5, 0.25, 0.25])
+        dm.setup()
+        splits.append(dm.splits)
+    assert torch.equal(splits[0]["test"][0], splits[1]["test"][0])
+    assert not torch.equal(splits[0]["val"][0], splits[1]["val"][0])
+    again = make(root, seed=1, split=[0.5, 0.25, 0.25])
+    again.setup()
+    assert torch.equal(again.splits["val"][0], splits[0]["val"][0])
+    assert [len(splits[0][s][1]) for s in ("train", "val", "test")] == [18, 9, 9]
+
+
+def test_split_layout_used_as_given_and_missing_val_carved(tmp_path):
+    root = tmp_path / "ds"
+    for k, (name, channel) in enumerate(COLORS.items()):
+        write_class_images(root / "train" / name, channel, 8, seed=k)
+        write_class_images(root / "test" / name, channel, 3, seed=10 + k)
+    dm = make(root, split=[0.75, 0.25, 0.0])
+    assert dm.summary()["layout"] == "splits"
+    dm.setup()
+    assert len(dm.splits["test"][1]) == 9  # the test folder as given
+    assert len(dm.splits["val"][1]) == 6  # 25 % of each train class
+    assert len(dm.splits["train"][1]) == 18
+
+    for k, (name, channel) in enumerate(COLORS.items()):
+        write_class_images(root / "val" / name, channel, 2, seed=20 + k)
+    dm = make(root)
+    dm.setup()
+    sizes = [len(dm.splits[s][1]) for s in ("train", "val", "test")]
+    assert sizes == [24, 6, 9]
+    for images, labels in dm.splits.values():
+        assert torch.equal(dominant_channel(images), labels)
+
+
+@pytest.mark.parametrize(
+    "split", [[0.5, 0.2, 0.2], [0.8, 0.2], [0.0, 0.5, 0.5], [1.2, -0.1, -0.1], "abc"]
+)
+def test_split_fractions_must_sum_to_one(tmp_path, split):
+    with pytest.raises(UserError, match="data.split"):
+        make(tmp_path, split=split)
+
+
+def test_bad_roots_give_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="data.root=PATH"):
+        FolderDataModule(root=None)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match=str(missing)):
+        _ = make(missing).num_classes
+
+    single = tmp_path / "single"
+    write_class_images(single / "only", 0, 3, seed=0)
+    with pytest.raises(UserError, match="only one class folder"):
+        _ = make(single).class_names
+
+    empty = write_flat_folder(tmp_path / "empty", n=4)
+    (empty / "durian").mkdir()
+    (empty / "durian" / "readme.md").write_text("no images here")
+    with pytest.raises(UserError, match=str(empty / "durian")):
+        _ = make(empty).num_classes
+
+    stray = tmp_path / "stray"
+    for k, name in enumerate(("a", "b")):
+        write_class_images(stray / "train" / name, k, 3, seed=k)
+    write_class_images(stray / "test" / "zebra", 0, 2, seed=5)
+    with pytest.raises(UserError, match="zebra"):
+        _ = make(stray).num_classes
+
+
+def test_on_bad_image_error_lists_every_bad_file(tmp_path):
+    root = write_flat_folder(tmp_path / "pics", n=4)
+    (root / "apple" / "bad1.png").write_bytes(b"nope")
+    (root / "cherry" / "bad2.jpg").write_bytes(b"nope either")
+    dm = make(root, on_bad_image="error")
+    with pytest.raises(UserError, match="2 unreadable images") as err:
+        dm.setup()
+    assert "bad1.png" in str(err.value) and "bad2.jpg" in str(err.value)
+    assert "on_bad_image=skip" in str(err.value)
+    with pytest.raises(UserError, match="on_bad_image"):
+        make(root, on_bad_image="ignore")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_refused(tmp_path, monkeypatch, caplog):
+    root = write_flat_folder(tmp_path / "pics", n=8)
+    Image.new("RGB", (64, 64)).save(root / "apple" / "bomb.png")
+    # 20x14 images pass; 64x64 = 4096 pixels is over the limit but under PIL's own hard error
+    # (2x the limit, where PIL only warns): refused all the same
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    dm = make(root)
+    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder"):
+        dm.setup()
+    assert "bomb.png" in caplog.text and "DecompressionBomb" in caplog.text
+    assert sum(len(labels) for _, labels in dm.splits.values()) == 24
+
+
+def test_grayscale_and_class_subset_by_name(tmp_path):
+    root = write_flat_folder(tmp_path / "pics", n=6)
+    dm = make(root, grayscale=True, classes=["cherry", "apple"], image_size=12)
+    assert dm.in_channels == 1 and dm.class_names == ["cherry", "apple"] and dm.num_classes == 2
+    assert dm.pipeline.normalize.mean.numel() == 1
+    dm.setup()
+    images, labels = dm.splits["train"]
+    assert images.shape[1:] == (1, 12, 12) and set(labels.tolist()) == {0, 1}
+
+
+def test_normalize_auto_computes_caches_and_reuses(tmp_path, monkeypatch):
+    root = write_flat_folder(tmp_path / "pics", n=6)
+    dm = make(root, normalize="auto")
+    dm.setup()
+    train = dm.splits["train"][0].double() / 255
+    expected_mean = train.mean(dim=(0, 2, 3))
+    expected_std = train.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False)
+    mean, std = dm.pipeline.normalize.mean.flatten(), dm.pipeline.normalize.std.flatten()
+    assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
+    assert torch.allclose(std.double(), expected_std, atol=1e-5)
+    cache = json.loads((root / STATS_CACHE).read_text())
+    assert len(cache) == 1 and np.allclose(next(iter(cache.values()))["mean"], expected_mean)
+    assert dm.state_dict()["mean"] == pytest.approx(expected_mean.tolist(), abs=1e-5)
+
+    # a second run reads the cache: no statistics are computed again
+    def fail(*args):
+        raise AssertionError("statistics recomputed despite the cache")
+
+    monkeypatch.setattr(FolderDataModule, "_compute_stats", staticmethod(fail))
+    again = make(root, normalize="auto")
+    again.setup()
+    assert torch.allclose(again.pipeline.normalize.mean, dm.pipeline.normalize.mean)
+    # preprocessing at predict time (no setup) normalises like training did
+    fresh = make(root, normalize="auto")
+    image = torch.full((1, 3, 16, 16), 128, dtype=torch.uint8)
+    assert torch.allclose(fresh.preprocess(image), dm.preprocess(image))
+    assert fresh.splits == {}  # the cache was enough, nothing decoded
+    # checkpoint state restores the statistics without any data
+    restored = make(tmp_path / "gone", normalize="auto")
+    restored.load_state_dict(dm.state_dict())
+    assert torch.allclose(restored.preprocess(image), dm.preprocess(image))
+    with pytest.raises(UserError, match="normalize=auto"):
+        make(tmp_path / "gone", normalize="auto").preprocess(image)
+
+
+def test_normalize_auto_without_write_access_does_not_cache(tmp_path, monkeypatch):
+    root = write_flat_folder(tmp_path / "pics", n=4)
+    if os.geteuid() == 0:  # root ignores permissions: make the write itself fail
+        monkeypatch.setattr(
+            os, "replace", lambda *a: (_ for _ in ()).throw(PermissionError(13, "ro"))
+        )
+    else:
+        root.chmod(0o555)
+    try:
+        dm = make(root, normalize="auto")
+        dm.setup()
+        assert dm.state_dict()["mean"]  # computed anyway
+        assert not (root / STATS_CACHE).exists()
+    finally:
+        root.chmod(0o755)
+
+
+def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg):
+    from imgcls.train import train
+
+    root = write_flat_folder(tmp_path / "pics", n=6)
+    (root / "banana" / "corrupt.png").write_bytes(b"broken")
+    cfg = make_cfg(
+        "train",
+        [
+            "data=folder",
+            f"data.root={root}",
+            "data.image_size=24",
+            "data.augment=natural",
+            "trainer.fast_dev_run=true",
+            "logger=csv",
+        ],
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert cfg.model.num_classes == 3 and cfg.model.net.in_channels == 3

@@ -1,0 +1,142 @@
+"""Image basics: loading, describe, dtype conversion and brightness without wrap-around."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcls.config import REPO_ROOT
+from imgcls.imaging import (
+    Brightness,
+    DarkenRegion,
+    ToFloat,
+    ToUint8,
+    adjust_brightness,
+    as_float,
+    as_uint8,
+    darken_region,
+    describe,
+    load_image,
+    load_image_tensor,
+)
+from imgcls.utils.errors import UserError
+
+
+def test_brightness_clips_instead_of_wrapping():
+    image = np.array([[0, 5, 128, 250, 255]], dtype=np.uint8)
+    assert (image + np.uint8(10))[0, 3] == 4  # what plain uint8 arithmetic does
+    assert adjust_brightness(image, 10).tolist() == [[10, 15, 138, 255, 255]]
+    assert adjust_brightness(image, -10).tolist() == [[0, 0, 118, 240, 245]]
+    assert adjust_brightness(image, factor=2.0).tolist() == [[0, 10, 255, 255, 255]]
+    assert adjust_brightness(image, 10).dtype == np.uint8
+
+    floats = np.array([0.0, 0.5, 0.95], dtype=np.float32)
+    assert np.allclose(adjust_brightness(floats, 0.1), [0.1, 0.6, 1.0])
+    assert adjust_brightness(floats, 0.1).dtype == np.float32
+    assert np.allclose(adjust_brightness(floats, -0.6), [0.0, 0.0, 0.35])
+
+    tensor = torch.tensor([[250, 3]], dtype=torch.uint8)
+    assert adjust_brightness(tensor, 10).tolist() == [[255, 13]]
+    assert adjust_brightness(tensor, -5).tolist() == [[245, 0]]
+    with pytest.raises(ValueError):
+        adjust_brightness(image, factor=-1)
+
+
+def test_dtype_conversion_round_trips_and_clips():
+    every = np.arange(256, dtype=np.uint8)
+    floats = as_float(every)
+    assert floats.dtype == np.float32 and floats.min() == 0.0 and floats.max() == 1.0
+    assert np.array_equal(as_uint8(floats), every)  # exact round trip
+    assert as_uint8(np.array([-0.5, 0.5, 1.5])).tolist() == [0, 128, 255]
+    assert as_uint8(np.array([300, -20, 100], dtype=np.int16)).tolist() == [255, 0, 100]
+    assert as_uint8(np.array([0, 65535], dtype=np.uint16)).tolist() == [0, 255]
+    assert as_float(np.array([65535], dtype=np.uint16)).tolist() == [1.0]
+    t = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(as_uint8(as_float(t)), t)
+    assert as_uint8(torch.tensor([1.2, -0.1])).tolist() == [255, 0]
+    assert as_uint8(torch.tensor([260, -3])).tolist() == [255, 0]
+
+
+def test_describe_reports_shape_dtype_range():
+    image = np.zeros((4, 5, 3), dtype=np.uint8)
+    image[0, 0] = 200
+    info = describe(image)
+    assert info["shape"] == (4, 5, 3) and info["dtype"] == "uint8"
+    assert (info["min"], info["max"]) == (0, 200)
+    assert info["expected_range"] == (0, 255) and info["in_expected_range"]
+    assert info["mean"] == pytest.approx(600 / 60)
+    bad = describe(torch.tensor([[-0.5, 1.5]]))
+    assert bad["dtype"] == "float32" and bad["expected_range"] == (0.0, 1.0)
+    assert not bad["in_expected_range"] and bad["min"] == -0.5
+
+
+def test_darken_region_only_touches_the_box():
+    image = np.full((6, 8, 3), 200, dtype=np.uint8)
+    out = darken_region(image, (2, 1, 5, 4), 0.25)  # left, top, right, bottom
+    assert (out[1:4, 2:5] == 50).all()
+    outside = np.ones((6, 8), dtype=bool)
+    outside[1:4, 2:5] = False
+    assert (out[outside] == 200).all() and (image == 200).all()  # input untouched
+    clipped = darken_region(image, (-5, -5, 2, 100), 0.0)  # clipped to the image
+    assert (clipped[:, :2] == 0).all() and (clipped[:, 2:] == 200).all()
+
+    chw = torch.full((3, 6, 8), 0.8)
+    out_t = darken_region(chw, (0, 0, 4, 3), 0.5)
+    assert torch.allclose(out_t[:, :3, :4], torch.tensor(0.4)) and (out_t[:, 3:] == 0.8).all()
+    with pytest.raises(ValueError):
+        darken_region(image, (0, 0, 2, 2), 1.5)
+
+
+def test_transform_wrappers_compose():
+    pipeline = torch.nn.Sequential(
+        ToFloat(), Brightness(delta=0.5), DarkenRegion((0, 0, 1, 1), 0.0), ToUint8()
+    )
+    image = torch.tensor([[[100, 250], [0, 10]]], dtype=torch.uint8)  # [1, 2, 2]
+    out = pipeline(image)
+    assert out.dtype == torch.uint8
+    assert out.tolist() == [[[0, 255], [128, 138]]]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_loading_images_and_refusing_bad_ones(tmp_path, monkeypatch):
+    rgb = np.zeros((5, 7, 3), dtype=np.uint8)
+    rgb[..., 1] = 99
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    array = load_image(tmp_path / "a.png")
+    assert array.shape == (5, 7, 3) and array.dtype == np.uint8 and (array[..., 1] == 99).all()
+    assert load_image(tmp_path / "a.png", mode="L").shape == (5, 7)
+    tensor = load_image_tensor(tmp_path / "a.png", channels=3)
+    assert tensor.shape == (3, 5, 7) and (tensor[1] == 99).all()
+    assert load_image_tensor(tmp_path / "a.png", channels=1).shape == (1, 5, 7)
+
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xffnot really")
+    for loader in (load_image, load_image_tensor):
+        with pytest.raises(UserError, match="bad.jpg"):
+            loader(tmp_path / "bad.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30)  # 5x7 = 35 pixels: over the limit
+    with pytest.raises(UserError, match="DecompressionBomb"):
+        load_image_tensor(tmp_path / "a.png")
+
+
+def test_script_renders_before_after_figures(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "image_basics", REPO_ROOT / "scripts" / "image_basics.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    written = module.main(
+        [str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)]
+    )
+    assert [p.name for p in written] == ["photo_basics.png", "digit_basics.png"]
+    for path in written:
+        with Image.open(path) as figure:
+            assert figure.format == "PNG" and figure.width > figure.height > 100
+    printed = capsys.readouterr().out
+    assert "shape=(30, 40, 3) dtype=uint8 range=[0, 255]" in printed
+    assert "sklearn digits" in printed  # no MNIST in data-dir: the offline digits
