@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,7 @@ from imgcls.imaging import IMAGE_SUFFIXES, load_image_tensor
 from imgcls.models.classifier import ImageClassifier
 from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
 from imgcls.utils.errors import UserError
+from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.runs import apply_extras, report_errors
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ def run(cfg: DictConfig) -> Path:
 
 def main() -> None:
     setup_config_environment()
+    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")(run)()
 
 

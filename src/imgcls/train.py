@@ -13,8 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from imgcls.config import CONFIG_DIR, setup_config_environment
+from imgcls.utils.checkpoint import read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
+from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.resume import LAST_CHECKPOINT, resume_arguments
 from imgcls.utils.runs import (
     apply_extras,
@@ -22,6 +24,7 @@ from imgcls.utils.runs import (
     explicit_overrides,
     instantiate_list,
     output_dir,
+    quiet_other_ranks,
     read_status,
     report_errors,
     to_floats,
@@ -63,6 +66,8 @@ def log_hparams_with_metrics(
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)  # fail now, clearly, rather than after set-up
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
     callbacks = instantiate_list(cfg.get("callbacks"))
@@ -72,7 +77,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.run_info = {"config": resolved, "class_names": list(datamodule.class_names)}
     run_dir = output_dir(cfg)
-    OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+    if trainer.is_global_zero:
+        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -112,6 +118,7 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
 @report_errors
 def run(cfg: DictConfig) -> float | None:
     """Hydra task: train, print the results and return ``optimized_metric`` for sweepers."""
+    quiet_other_ranks()
     apply_extras(cfg)
     metrics = finished_metrics(cfg)
     if metrics is None:
@@ -134,6 +141,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     setup_config_environment()
+    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
     sys.argv[1:] = resume_arguments(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(run)()
 

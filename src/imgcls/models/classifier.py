@@ -44,6 +44,9 @@ class ImageClassifier(pl.LightningModule):
         nonfinite_loss: str = "stop",
     ) -> None:
         super().__init__()
+        lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
+        if lr is not None and not lr > 0:
+            raise UserError(f"model.optimizer.lr must be > 0, got {lr}")
         if nonfinite_loss not in ("stop", "skip"):
             raise UserError(
                 f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}"

@@ -1,13 +1,16 @@
-"""Reading checkpoints safely (``weights_only``) with clear errors for unusable files."""
+"""Checkpoints: atomic writes, ``weights_only`` reads, clear errors for unusable files."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from imgcls.utils.errors import UserError
 
@@ -49,3 +52,40 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def stored_class_names(checkpoint: dict[str, Any]) -> list[str]:
     """Class names saved at training time (empty when the checkpoint has none)."""
     return list(checkpoint.get(RUN_INFO_KEY, {}).get("class_names", []))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it and renames it into place.
+
+    A kill during a save leaves the previous checkpoint intact (the rename is atomic on the same
+    filesystem, unlike a temporary file in /tmp). Loads use ``weights_only=True``: a checkpoint
+    cannot run code.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        read_checkpoint(path)  # one clear error for a missing, truncated or foreign file
+        return super().load_checkpoint(
+            path,
+            map_location=map_location,
+            weights_only=True if weights_only is None else weights_only,
+        )

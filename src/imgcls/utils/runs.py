@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.utils.errors import UserError
 
@@ -42,11 +43,17 @@ def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> No
     rich.print(tree)
 
 
+def quiet_other_ranks() -> None:
+    """In DDP child processes imgcls logs warnings only, so each message appears once."""
+    if rank_zero_only.rank != 0:
+        logging.getLogger("imgcls").setLevel(logging.WARNING)
+
+
 def apply_extras(cfg: DictConfig) -> None:
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
-    if extras.get("print_config"):
+    if extras.get("print_config") and rank_zero_only.rank == 0:
         print_config_tree(cfg)
 
 
@@ -81,6 +88,7 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+@rank_zero_only
 def write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -93,6 +101,7 @@ def output_dir(cfg: DictConfig) -> Path:
 STATUS_FILE = "status.json"
 
 
+@rank_zero_only
 def write_status(run_dir: Path, status: str, **details: Any) -> None:
     """Record ``running`` / ``completed`` / ``failed`` (with details) in the run dir."""
     write_json(Path(run_dir) / STATUS_FILE, {"status": status, **details})
