@@ -21,6 +21,7 @@ from imgcls.utils.runs import (
     apply_extras,
     instantiate_list,
     output_dir,
+    quiet_other_ranks,
     report_errors,
     to_floats,
     write_json,
@@ -63,6 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trained, class_names = stored_config(checkpoint), stored_class_names(checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(eval_data_config(cfg, trained))
+    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
     check_compatible(datamodule, trained, class_names)
     model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
     trainer = build_trainer(cfg, logger=instantiate_list(cfg.get("logger")))
@@ -74,6 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @report_errors
 def run(cfg: DictConfig) -> dict[str, float]:
+    quiet_other_ranks()
     apply_extras(cfg)
     metrics = evaluate(cfg)
     for name, value in sorted(metrics.items()):

@@ -50,6 +50,7 @@ def predict(cfg: DictConfig) -> Path:
     trained = stored_config(checkpoint)
     class_names = stored_class_names(checkpoint)
     datamodule = instantiate(trained["data"])  # preprocessing only: no data is loaded
+    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
     device = pick_device(cfg.device)
     model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
     model.eval().to(device)

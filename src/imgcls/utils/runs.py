@@ -101,6 +101,16 @@ def output_dir(cfg: DictConfig) -> Path:
 STATUS_FILE = "status.json"
 
 
+def user_facing(err: BaseException) -> BaseException:
+    """The UserError behind Hydra's instantiate/interpolation wrappers, else ``err`` itself."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (UserError, MisconfigurationException)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return err
+
+
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **details: Any) -> None:
     """Record ``running`` / ``completed`` / ``failed`` (with details) in the run dir."""
@@ -129,7 +139,8 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
         try:
             return task(cfg)
-        except Exception as err:
+        except Exception as raised:
+            err = user_facing(raised)
             expected = isinstance(err, (UserError, MisconfigurationException))
             message = " ".join(str(err).split()) or type(err).__name__
             if not expected:

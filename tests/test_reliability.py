@@ -1,0 +1,189 @@
+"""Faults, bad input, distributed runs and untrusted files (the reliability issue)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.config import REPO_ROOT
+from imgcls.train import run, train
+from imgcls.utils.checkpoint import AtomicCheckpointIO, read_checkpoint
+from imgcls.utils.errors import UserError
+
+from .conftest import run_cli
+
+TINY = ["data=digits", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+
+
+def one_line_error(capsys, cfg) -> str:
+    """Run the train task as the CLI does; return its single stderr line (exit code 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(cfg)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.optimizer.lr=0"], "model.optimizer.lr must be > 0"),
+        (["data.batch_size=0"], "data.batch_size must be >= 1"),
+        (["data.num_folds=3", "data.fold=3"], "data.fold=3 is out of range for data.num_folds=3"),
+        (["data.image_size=12"], "tinynet needs images of at least 18px"),
+        (["data.classes=[4]"], "at least two distinct classes"),
+        (["optimized_metric=val/nope"], "optimized_metric=val/nope was not logged"),
+    ],
+)
+def test_invalid_values_fail_with_one_clear_line(make_cfg, capsys, overrides, expected) -> None:
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=1", *overrides])
+    assert expected in one_line_error(capsys, cfg)
+
+
+def test_unusable_ckpt_paths_are_rejected_before_training(make_cfg, capsys, tmp_path) -> None:
+    truncated = tmp_path / "trunc.ckpt"
+    good = make_cfg("train", [*TINY, "trainer.max_epochs=1", "test=false"], subdir="good")
+    train(good)
+    last = Path(good.paths.output_dir) / "checkpoints" / "last.ckpt"
+    truncated.write_bytes(last.read_bytes()[:2000])
+    not_lightning = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, not_lightning)
+    for path, expected in [
+        (tmp_path / "missing.ckpt", "does not exist"),
+        (truncated, "is not a readable checkpoint"),
+        (not_lightning, "not a Lightning checkpoint"),
+    ]:
+        cfg = make_cfg("train", [*TINY, f"ckpt_path={path}"], subdir=path.stem)
+        assert expected in one_line_error(capsys, cfg)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_code_is_refused_and_code_never_runs(tmp_path: Path) -> None:
+    exploit = _Exploit()
+    exploit.marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.ckpt"
+    with bad.open("wb") as f:
+        pickle.dump({"state_dict": {}, "payload": exploit}, f)
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        read_checkpoint(bad)
+    torch.save({"state_dict": {}, "payload": exploit}, tmp_path / "evil2.ckpt")
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        read_checkpoint(tmp_path / "evil2.ckpt")
+    assert not exploit.marker.exists()
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt  # a kill arriving mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert read_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint_or_skips(make_cfg, capsys) -> None:
+    explode = ["model/optimizer=sgd", "model.optimizer.lr=1e30", "trainer.max_epochs=1"]
+    message = one_line_error(capsys, make_cfg("train", [*TINY, *explode], subdir="stop"))
+    assert "training stopped: loss is" in message and "at epoch 0, step" in message
+    assert "last good checkpoint" in message
+    skip = make_cfg("train", [*TINY, *explode, "model.nonfinite_loss=skip"], subdir="skip")
+    metrics = train(skip)
+    assert metrics["train/skipped_batches"] >= 1
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    unknown = run_cli("train.py", "model=nope", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        "error: unknown model=nope; available model options: "
+        + ", ".join(sorted(p.stem for p in (REPO_ROOT / "configs" / "model").glob("*.yaml")))
+    )
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    unwritable = run_cli("train.py", "data=digits", f"paths.log_dir={blocker}/logs", cwd=tmp_path)
+    assert unwritable.returncode == 2
+    assert unwritable.stderr.strip().startswith(f"error: cannot write the run dir {blocker}/logs")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_in_its_own_dir(tmp_path: Path) -> None:
+    args = ["data=digits", "trainer.max_epochs=4", "extras.print_config=false", "seed=5"]
+    env = {**os.environ, "IMGCLS_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = tmp_path / "logs" / "train" / "runs"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        lasts = list(runs.glob("*/checkpoints/last.ckpt"))
+        if lasts and torch.load(lasts[0], weights_only=True)["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = runs.iterdir()
+    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+
+    resumed = run_cli("train.py", f"resume={run_dir}", "extras.print_config=false", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert list(runs.iterdir()) == [run_dir]  # continued in the same run dir
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and status["metrics"]["test/acc"] > 0.8
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    log = (run_dir / "train.log").read_text()
+    assert "Restoring states from the checkpoint" in log or "Restored all states" in log
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    epochs = (
+        [e.value for e in events.Scalars("epoch")] if "epoch" in events.Tags()["scalars"] else []
+    )
+    val_steps = [e.step for e in events.Scalars("val/acc")]
+    assert len(val_steps) == 4 and len(set(val_steps)) == 4, (val_steps, epochs)
+
+
+@pytest.mark.slow
+def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path) -> None:
+    common = ["data=digits", "extras.print_config=false", "callbacks=none", "logger=csv"]
+    ddp = run_cli("train.py", *common, "trainer=ddp_cpu", "trainer.max_epochs=1", cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one dir, not one per rank
+    assert ddp.stdout.count("run dir:") == 1  # logged once
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # data.batch_size is per process: 2 processes x 16 = global batch 32, half the steps
+    csv_rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    steps = [int(r.split(",")[header.index("step")]) for r in csv_rows[1:]]
+    assert max(steps) == 39  # global step after the epoch: ceil((1221 // 2) / 16) = 39
+    assert 0.0 <= metrics["test/acc"] <= 1.0
