@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from imgcls.config import CONFIG_DIR, REPO_ROOT, setup_config_environment
 
 setup_config_environment()
+torch.set_num_threads(1)  # tests share 2 cores with subprocesses: one thread each is fastest
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
 
@@ -88,7 +90,12 @@ def run_cli(
     script: str, *args: str, cwd: Path | None = None, timeout: int = 240
 ) -> subprocess.CompletedProcess:
     """Run a root entry point (``train.py`` ...) as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "IMGCLS_ROOT": str(cwd or REPO_ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "IMGCLS_ROOT": str(cwd or REPO_ROOT),
+        "OMP_NUM_THREADS": "1",  # test processes share 2 cores: no oversubscription
+    }
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / script), *args],
         capture_output=True,

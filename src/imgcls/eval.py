@@ -67,7 +67,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
     check_compatible(datamodule, trained, class_names)
     model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
-    trainer = build_trainer(cfg, logger=instantiate_list(cfg.get("logger")))
+    trainer = build_trainer(
+        cfg,
+        callbacks=instantiate_list(cfg.get("callbacks")),
+        logger=instantiate_list(cfg.get("logger")),
+    )
     trainer.test(model, datamodule=datamodule)
     metrics = to_floats(trainer.callback_metrics)
     write_json(output_dir(cfg) / "metrics.json", {"ckpt_path": str(cfg.ckpt_path), **metrics})

@@ -34,8 +34,9 @@ class MNISTDataModule(ImageDataModule):
     def _missing_data_error(self, reason: object) -> UserError:
         raw = Path(self.data_dir) / "MNIST" / "raw"
         return UserError(
-            f"MNIST is not in data.data_dir={self.data_dir} and could not be downloaded ({reason}); "
-            f"copy {', '.join(MNIST_FILES)} into {raw}/ or train offline with data=digits"
+            f"MNIST is not in data.data_dir={self.data_dir} and could not be downloaded "
+            f"({reason}); copy {', '.join(MNIST_FILES)} into {raw}/ "
+            "or train offline with data=digits"
         )
 
     def prepare_data(self) -> None:

@@ -73,11 +73,14 @@ class ImageClassifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x) if self.compiled_net is None else self.compiled_net(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], return_logits: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """(loss, predictions or logits, labels) of a batch."""
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        return loss, logits.argmax(dim=1), y
+        return loss, logits if return_logits else logits.argmax(dim=1), y
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # a sanity-check pass must not count as the best epoch
@@ -117,12 +120,14 @@ class ImageClassifier(pl.LightningModule):
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, y = self._step(batch)
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, logits, y = self._step(batch, return_logits=True)
+        preds = logits.argmax(dim=1)
         self.test_loss(loss, weight=len(y))
         self.test_acc(preds, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        return {"logits": logits.detach()}  # for callbacks (confusion matrix, misclassified)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

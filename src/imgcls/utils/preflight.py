@@ -11,6 +11,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+def plugin_options(group: str) -> set[str]:
+    """Options that Hydra plugins register in code, e.g. ``hydra/launcher=joblib``."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # importing the plugins registers their configs
+    try:
+        names = ConfigStore.instance().list(group)
+    except OSError:
+        return set()
+    return {n.removesuffix(".yaml") for n in names if n.endswith(".yaml")}
+
+
 def unknown_choice(args: list[str], config_dir: Path) -> str | None:
     """A one-line message for the first ``group=option`` whose option file does not exist."""
     for arg in args:
@@ -20,9 +33,11 @@ def unknown_choice(args: list[str], config_dir: Path) -> str | None:
         group = config_dir / key.replace(".", "/")
         if not group.is_dir() or "," in value or value in ("null", "none") or "(" in value:
             continue  # a plain value, a sweep or a sweep function: Hydra checks those
-        if not (group / f"{value}.yaml").is_file():
-            options = sorted(p.stem for p in group.glob("*.yaml"))
-            return f"unknown {key}={value}; available {key} options: {', '.join(options)}"
+        if (group / f"{value}.yaml").is_file():
+            continue
+        options = {p.stem for p in group.glob("*.yaml")} | plugin_options(key.replace(".", "/"))
+        if value not in options:
+            return f"unknown {key}={value}; available {key} options: {', '.join(sorted(options))}"
     return None
 
 

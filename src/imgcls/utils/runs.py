@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -113,8 +114,15 @@ def user_facing(err: BaseException) -> BaseException:
 
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **details: Any) -> None:
-    """Record ``running`` / ``completed`` / ``failed`` (with details) in the run dir."""
-    write_json(Path(run_dir) / STATUS_FILE, {"status": status, **details})
+    """Record ``running`` / ``completed`` / ``failed`` (with details and times) in the run dir."""
+    now = time.time()
+    started = now if status == "running" else read_status(run_dir).get("started_at", now)
+    times = (
+        {"started_at": started}
+        if status == "running"
+        else {"started_at": started, "finished_at": now}
+    )
+    write_json(Path(run_dir) / STATUS_FILE, {"status": status, **times, **details})
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -130,8 +138,8 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
     """Expected failures become one clear line and exit code 2 instead of a traceback.
 
     In a multirun every failure (bad value, NaN loss, out of memory, a bug) is recorded in the
-    job's run dir and the job returns NaN, which sweepers record as a failed trial; the sweep
-    goes on.
+    job's run dir and the job returns NaN so the sweep goes on (the Optuna configs turn it into a
+    failed trial with ``imgcls.report.FailedTrialsToOptuna``).
     """
 
     @functools.wraps(task)

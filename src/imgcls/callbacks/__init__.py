@@ -1,0 +1,1 @@
+"""Lightning callbacks of imgcls (plots, augmentation grid), enabled in configs/callbacks."""

@@ -1,0 +1,174 @@
+"""imgcls-report on hand-made run dirs: differing overrides, statuses, curves, mean ± std."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from imgcls.report import (
+    RESULTS_CSV,
+    RESULTS_MD,
+    build_report,
+    find_run_dirs,
+    fmt_value,
+    main,
+    tensorboard_curves,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    path: Path,
+    overrides: list[str],
+    status: str = "completed",
+    metrics: dict[str, float] | None = None,
+    val_acc: list[float] | None = None,
+    error: str = "",
+    seconds: float = 30.0,
+) -> Path:
+    """A run dir as train.py leaves it (CSVLogger curves), started ``seconds`` before it ended."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (path / "config.yaml").write_text("optimized_metric: val/acc_best\n")
+    payload: dict = {"status": status}
+    if metrics:
+        payload["metrics"] = metrics
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    if error:
+        payload["error"] = error
+    (path / "status.json").write_text(json.dumps(payload))
+    if val_acc:
+        rows = ["epoch,step,train/loss,val/acc,val/loss"]
+        for epoch, acc in enumerate(val_acc):
+            rows += [f"{epoch},{epoch * 10 + 9},,{acc},1.0", f"{epoch},{epoch * 10 + 9},2.0,,"]
+        (path / "csv").mkdir()
+        (path / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    start = 1_700_000_000.0
+    os.utime(path / ".hydra" / "overrides.yaml", (start, start))
+    for name in ("status.json", "metrics.json"):
+        if (path / name).exists():
+            os.utime(path / name, (start + seconds, start + seconds))
+    return path
+
+
+def metrics_of(acc: float) -> dict[str, float]:
+    return {"val/acc_best": acc, "val/acc": acc - 0.01, "test/acc": acc - 0.02, "lr-Adam": 0.001}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Two learning rates x two seeds (completed), one failed run, one still running."""
+    root = tmp_path / "multirun"
+    common = ["data=digits", "trainer.max_epochs=3"]
+    accs = {("0.1", "1"): 0.80, ("0.1", "2"): 0.84, ("0.01", "1"): 0.90, ("0.01", "2"): 0.96}
+    for i, ((lr, seed), acc) in enumerate(accs.items()):
+        make_run(
+            root / str(i),
+            [*common, f"model.optimizer.lr={lr}", f"seed={seed}"],
+            metrics=metrics_of(acc),
+            val_acc=[acc - 0.2, acc, acc - 0.05],
+        )
+    make_run(
+        root / "4",
+        [*common, "model.optimizer.lr=-1", "seed=1"],
+        status="failed",
+        error="model.optimizer.lr must be > 0, got -1",
+    )
+    make_run(root / "10", [*common, "model.optimizer.lr=1.0", "seed=1"], status="running")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_report_puts_every_run_side_by_side(sweep: Path) -> None:
+    report = build_report([sweep])
+    rows = read_rows(sweep / RESULTS_CSV)
+    assert len(rows) == 6
+    # only what differs: lr and seed, not data or max_epochs; the lr monitor is left out
+    assert report.keys == ["model.optimizer.lr", "seed"]
+    assert list(rows[0])[:4] == ["run", "status", "model.optimizer.lr", "seed"]
+    assert "data" not in rows[0] and "lr-Adam" not in rows[0]
+    # best first by the runs' optimized_metric; runs without it last, in directory order
+    assert [r["run"] for r in rows] == ["3", "2", "1", "0", "4", "10"]
+    assert float(rows[0]["val/acc_best"]) == pytest.approx(0.96)
+    assert rows[0]["epochs"] == "3" and rows[0]["best_epoch"] == "2"
+    assert float(rows[0]["wall_time_s"]) == pytest.approx(30.0)
+    failed = rows[4]
+    assert failed["status"] == "failed" and "lr must be > 0" in failed["error"]
+    assert failed["val/acc_best"] == ""
+    assert rows[5]["status"] == "running"
+
+
+def test_repeats_over_seeds_are_grouped_with_mean_and_std(sweep: Path) -> None:
+    build_report([sweep])
+    grouped = {r["model.optimizer.lr"]: r for r in read_rows(sweep / "results_grouped.csv")}
+    assert set(grouped) == {"0.1", "0.01", "-1", "1.0"}
+    best = grouped["0.01"]
+    assert best["runs"] == "2" and best["completed"] == "2"
+    assert float(best["val/acc_best_mean"]) == pytest.approx(0.93)
+    assert float(best["val/acc_best_std"]) == pytest.approx(statistics.stdev([0.90, 0.96]))
+    assert grouped["-1"]["completed"] == "0" and grouped["-1"]["val/acc_best_mean"] == ""
+    markdown = (sweep / RESULTS_MD).read_text()
+    assert "# Results: 6 runs (4 completed, 1 failed, 1 running)" in markdown
+    assert "Mean ± std over `seed`" in markdown
+    assert "| 0.01 | 2 | 2 | 0.9300 ± 0.0424 |" in markdown
+
+
+def test_val_acc_curves_plot(sweep: Path) -> None:
+    report = build_report([sweep])
+    png = sweep / "val_acc_curves.png"
+    assert png in report.written
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
+    with Image.open(png) as image:
+        assert image.width >= 600 and len(set(image.convert("L").getdata())) > 10
+    assert "![val/acc per epoch](val_acc_curves.png)" in (sweep / RESULTS_MD).read_text()
+
+
+def test_run_dirs_are_found_below_several_roots_and_not_inside_runs(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a" / "runs" / "x", ["seed=1"], metrics=metrics_of(0.5))
+    b = make_run(tmp_path / "b" / "2", ["seed=2"], metrics=metrics_of(0.6))
+    (a / "nested").mkdir()
+    (a / "nested" / "config.yaml").write_text("{}")  # inside a run: not a run of its own
+    assert find_run_dirs([tmp_path / "a", tmp_path / "b"]) == [a.resolve(), b.resolve()]
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--no-plot"]) == 0
+    rows = read_rows(out / RESULTS_CSV)
+    assert [r["run"] for r in rows] == ["b/2", "a/runs/x"]  # relative to the common parent
+    assert not (out / "val_acc_curves.png").exists()
+
+
+def test_tensorboard_curves_map_steps_to_epochs(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "run" / "tensorboard"))
+    for epoch, acc in enumerate([0.5, 0.7, 0.6]):
+        step = 10 * epoch + 9
+        writer.add_scalar("val/acc", acc, step)
+        writer.add_scalar("epoch", epoch, step)
+        writer.add_scalar("train/loss", 2.0 - epoch, step)
+    writer.close()
+    curves = tensorboard_curves(tmp_path / "run")
+    assert [e for e, _ in curves["val/acc"]] == [0, 1, 2]
+    assert [v for _, v in curves["val/acc"]] == pytest.approx([0.5, 0.7, 0.6])
+    assert [e for e, _ in curves["train/loss"]] == [0, 1, 2]
+
+
+def test_no_runs_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no run dirs found below")
+
+
+def test_long_sampled_values_are_shortened_for_display() -> None:
+    assert fmt_value("0.014783979348659031") == "0.01478"
+    assert fmt_value("0.01") == "0.01" and fmt_value("adam") == "adam" and fmt_value("-1") == "-1"

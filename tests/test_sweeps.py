@@ -1,0 +1,216 @@
+"""Sweeps as a user runs them: grid + joblib, failing jobs, resume, Optuna studies that resume."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from imgcls.config import CONFIG_DIR, REPO_ROOT
+
+from .conftest import run_cli
+
+MISSING = object()
+FAST = [
+    "data=digits",
+    "extras.print_config=false",
+    "callbacks=none",
+    "logger=csv",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+GRID = ["model.optimizer.lr=0.01,-1", "data.batch_size=16,32"]  # lr=-1: a job that fails
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_job() -> Iterator[None]:
+    """Subprocess jobs on one thread: tiny runs are far faster when cores are shared."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+def multirun_dirs(root: Path) -> list[Path]:
+    return sorted((root / "logs" / "train" / "multiruns").iterdir())
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+
+
+def overrides_of(run_dir: Path) -> list[str]:
+    return yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+
+
+def status_of(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "status.json").read_text())
+
+
+def report(*dirs: Path) -> list[dict[str, str]]:
+    """Run ``python -m imgcls.report`` as a user would; its results.csv rows."""
+    result = subprocess.run(
+        [sys.executable, "-m", "imgcls.report", *map(str, dirs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| run | status |" in result.stdout  # the markdown table is printed too
+    return list(csv.DictReader((dirs[0] / "results.csv").open()))
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """2 x 2 grid on digits through the joblib launcher (2 jobs at a time); lr=-1 jobs fail."""
+    root = tmp_path_factory.mktemp("grid")
+    result = run_cli(
+        "train.py", "-m", *FAST, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=root
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = multirun_dirs(root)
+    return sweep_dir, result
+
+
+def test_grid_sweep_with_joblib_gives_one_run_dir_per_job(grid_sweep) -> None:
+    sweep_dir, result = grid_sweep
+    launcher = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    dirs = job_dirs(sweep_dir)
+    assert [d.name for d in dirs] == ["0", "1", "2", "3"]
+    jobs = [dict(o.split("=", 1) for o in overrides_of(d)) for d in dirs]
+    assert [(j["model.optimizer.lr"], j["data.batch_size"]) for j in jobs] == [
+        ("0.01", "16"),
+        ("0.01", "32"),
+        ("-1", "16"),
+        ("-1", "32"),
+    ]
+
+
+def test_failing_jobs_are_recorded_and_the_sweep_goes_on(grid_sweep) -> None:
+    sweep_dir, _ = grid_sweep
+    statuses = {d.name: status_of(d) for d in job_dirs(sweep_dir)}
+    failed = [n for n, s in statuses.items() if s["status"] == "failed"]
+    completed = [n for n, s in statuses.items() if s["status"] == "completed"]
+    assert sorted(failed) == ["2", "3"] and sorted(completed) == ["0", "1"]  # lr=-1 jobs last
+    for name in failed:
+        assert "lr" in statuses[name]["error"]
+        assert "Traceback" in (sweep_dir / name / "error.txt").read_text()
+    for name in completed:
+        assert 0.0 <= statuses[name]["metrics"]["val/acc_best"] <= 1.0
+
+
+def test_report_of_the_grid_shows_four_runs(grid_sweep) -> None:
+    sweep_dir, _ = grid_sweep
+    rows = report(sweep_dir)
+    assert len(rows) == 4
+    assert {r["model.optimizer.lr"] for r in rows} == {"0.01", "-1"}
+    assert {r["data.batch_size"] for r in rows} == {"16", "32"}
+    assert "data" not in rows[0]  # the same in every run: not a column
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("completed", "failed")}
+    assert len(by_status["completed"]) == 2 and len(by_status["failed"]) == 2
+    assert all(r["model.optimizer.lr"] == "-1" and "lr" in r["error"] for r in by_status["failed"])
+    assert all(r["epochs"] == "1" and float(r["val/acc_best"]) >= 0 for r in by_status["completed"])
+    assert (sweep_dir / "results.md").read_text().count("| failed |") == 2
+    assert (sweep_dir / "val_acc_curves.png").stat().st_size > 5_000
+
+
+def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
+    sweep_dir, _ = grid_sweep
+    finished = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in job_dirs(sweep_dir)[:2]}
+    failed_before = {d.name: (d / "error.txt").stat().st_mtime_ns for d in job_dirs(sweep_dir)[2:]}
+    result = run_cli(
+        "train.py", "-m", *FAST, *GRID, "resume=true", f"hydra.sweep.dir={sweep_dir}",
+        cwd=sweep_dir.parents[3],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert output.count("already completed: skipped (resume=true)") == 2
+    assert output.count("job failed, the sweep goes on") == 2  # rerun, and failing again
+    for name, mtime in finished.items():
+        assert (sweep_dir / name / "metrics.json").stat().st_mtime_ns == mtime  # not retrained
+    for name, mtime in failed_before.items():
+        assert (sweep_dir / name / "error.txt").stat().st_mtime_ns > mtime
+    assert len(job_dirs(sweep_dir)) == 4
+
+
+def study_trials(sweep_dir: Path, name: str = "mnist_optuna") -> list:
+    import optuna
+
+    from imgcls.report import optuna_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.mark.slow
+def test_optuna_study_resumes_in_its_sweep_dir_and_survives_failed_trials(tmp_path: Path) -> None:
+    search = ["hparams_search=mnist_optuna", "hydra.sweeper.n_trials=3", *FAST]
+    first = run_cli("train.py", *search, cwd=tmp_path)  # hydra.mode=MULTIRUN: no -m needed
+    assert first.returncode == 0, first.stderr[-3000:]
+    (sweep_dir,) = multirun_dirs(tmp_path)
+    trials = study_trials(sweep_dir)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    runs = job_dirs(sweep_dir)
+    assert len(runs) == 3 and all(status_of(r)["status"] == "completed" for r in runs)
+    # every trial's sampled lr is the lr its run was trained with
+    run_lrs = {
+        float(o.split("=")[1])
+        for r in runs
+        for o in overrides_of(r)
+        if o.startswith("model.optimizer.lr=")
+    }
+    assert run_lrs == {t.params["model.optimizer.lr"] for t in trials}
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(t.value for t in trials))
+
+    # same sweep dir: the study is loaded and grows; lr=-1 makes each new trial fail
+    second = run_cli(
+        "train.py", *search, f"hydra.sweep.dir={sweep_dir}", "model.optimizer.lr=-1", cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = study_trials(sweep_dir)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["FAIL"] * 3
+    assert "Failed experiment" in second.stdout + second.stderr
+    runs = job_dirs(sweep_dir)
+    assert len(runs) == 6  # the first call's run dirs are untouched, none reused
+    rows = report(sweep_dir)
+    assert sorted(r["status"] for r in rows) == ["completed"] * 3 + ["failed"] * 3
+    assert all("lr must be > 0" in r["error"] for r in rows if r["status"] == "failed")
+
+
+@pytest.mark.parametrize(
+    "search", sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))
+)
+def test_hparams_search_configs_compose_into_an_optuna_search_space(search: str) -> None:
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    if search == "binary_optuna" and not (CONFIG_DIR / "model" / "mlp.yaml").is_file():
+        pytest.skip("configs/model/mlp.yaml is not there yet")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", [f"hparams_search={search}", "data=digits"], return_hydra_config=True
+        )
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler.seed is not None and sweeper.study_name == search
+    assert sweeper.storage.url.endswith("/optuna.db")
+    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert not fixed and len(space) >= 3
+    assert "model/optimizer" in space  # the optimizer itself is searched
+    for key in (k for k in space if "/" not in k):  # a typo would silently add a new key
+        assert OmegaConf.select(cfg, key, default=MISSING) is not MISSING, key
+    if search == "binary_optuna":
+        assert {"model.net.dropout", "model.net.activation"} <= set(space)
+        assert cfg.model.num_classes == 2
