@@ -187,3 +187,44 @@ def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path) 
     steps = [int(r.split(",")[header.index("step")]) for r in csv_rows[1:]]
     assert max(steps) == 39  # global step after the epoch: ceil((1221 // 2) / 16) = 39
     assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_two_parallel_sweeps_started_together_keep_every_result(tmp_path: Path) -> None:
+    args = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "data=digits",
+        "model.optimizer.lr=0.01,0.003",
+        "seed=1,2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "callbacks=none",
+        "logger=csv",
+        "extras.print_config=false",
+    ]
+    env = {**os.environ, "IMGCLS_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "train.py"), *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=400) == 0, proc.stderr.read().decode()[-2000:]
+    sweeps = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 2  # distinct sweep dirs, even when started in the same second
+    for sweep in sweeps:
+        jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+        assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+        for job in jobs:
+            status = json.loads((job / "status.json").read_text())
+            assert status["status"] == "completed", status
+            assert json.loads((job / "metrics.json").read_text())["test/acc"] >= 0.0
