@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_png(path: Path, min_bytes: int = 5_000) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
@@ -56,7 +47,6 @@ def plotted_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     """Two short epochs with the default callbacks (plots included) and TensorBoard."""
     from .conftest import compose_config
 
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("plotted_run")
     cfg = compose_config("train", [*TINY, "trainer.max_epochs=2"], run_dir)
     return run_dir, train(cfg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import pytorch_lightning as pl
@@ -21,15 +20,6 @@ TINY = [
     "trainer.max_epochs=1",
     "+trainer.enable_checkpointing=false",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny CPU runs are much faster on one thread when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class LRRecorder(pl.Callback):

@@ -196,8 +196,6 @@ def test_optuna_study_resumes_in_its_sweep_dir_and_survives_failed_trials(tmp_pa
 def test_hparams_search_configs_compose_into_an_optuna_search_space(search: str) -> None:
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-    if search == "binary_optuna" and not (CONFIG_DIR / "model" / "mlp.yaml").is_file():
-        pytest.skip("configs/model/mlp.yaml is not there yet")
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train", [f"hparams_search={search}", "data=digits"], return_hydra_config=True
