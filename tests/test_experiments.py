@@ -80,3 +80,41 @@ def test_recipe_trains_fast_dev_run(make_cfg, fake_mnist: Path, name: str) -> No
         assert math.isfinite(metrics[key])
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
+
+
+def test_folder_alexnet_trains_on_a_generated_folder(make_cfg, tmp_path: Path) -> None:
+    from .test_folder import write_flat_folder
+
+    root = write_flat_folder(tmp_path / "pics", n=12)
+    cfg = make_cfg(
+        "train", ["experiment=folder_alexnet", f"data.root={root}", "trainer.fast_dev_run=true"]
+    )
+    assert (cfg.model.num_classes, cfg.model.net.in_channels, cfg.model.net.image_size) == (
+        3,
+        3,
+        64,
+    )
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_svhn_convnet_aug_trains_on_generated_mat_files(make_cfg, tmp_path: Path) -> None:
+    from imgcls.data.svhn import SVHN_FILES
+
+    from .test_svhn import write_svhn_mat
+
+    data_dir = tmp_path / "data"
+    for seed, (split, n) in enumerate((("train", 80), ("test", 20))):
+        write_svhn_mat(data_dir / "svhn" / SVHN_FILES[split], n, seed)
+    cfg = make_cfg(
+        "train",
+        [
+            "experiment=svhn_convnet_aug",
+            f"data.data_dir={data_dir}",
+            "data.val_size=20",
+            "trainer.fast_dev_run=true",
+        ],
+    )
+    assert (cfg.model.net.in_channels, cfg.model.net.image_size) == (3, 32)
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
