@@ -1,0 +1,194 @@
+"""Template vs plain PyTorch: the same net, data, batch size and optimizer, side by side.
+
+(a) the template: ``Trainer`` (``trainer=fast``) + ``ImageClassifier`` + the datamodule's in-memory
+fast path (uint8 batches sliced from a tensor, normalised in ``on_after_batch_transfer``);
+(b) a minimal hand-written loop in the same process: shuffle, slice, normalise, forward, loss,
+backward, step. Warm-up steps are excluded from both clocks; the two alternate ``--repeats``
+times and the medians are compared.
+
+    python benchmarks/parity.py                      # tinynet (+ convnet), batch 128, fp32, CPU
+    python benchmarks/parity.py --precision bf16-mixed --steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import _common as C
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+TARGET_RATIO = 0.95
+
+
+def plain_loop(
+    cfg: DictConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    device: str,
+    precision: str,
+    channels_last: bool,
+    seed: int = 0,
+) -> float:
+    """Images/s of a hand-written training loop over uint8 ``images`` (warm-up excluded)."""
+    pl.seed_everything(seed, verbose=False)
+    net = instantiate(cfg.model.net).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    mean, std = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
+    use_bf16 = precision == "bf16-mixed"
+    device_type = torch.device(device).type
+    net.train()
+
+    n, step, done, start = len(labels), 0, 0, None
+    generator = torch.Generator().manual_seed(seed)
+    while step < warmup + steps:
+        order = torch.randperm(n, generator=generator)
+        for first in range(0, n, batch_size):
+            idx = order[first : first + batch_size]
+            x = images[idx].to(device, non_blocking=True)
+            y = labels[idx].to(device, non_blocking=True)
+            x = (x.float().div_(255.0) - mean) / std
+            x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step == warmup:
+                C.synchronize(device)
+                start = time.perf_counter()
+            elif step > warmup:
+                done += len(idx)
+            if step == warmup + steps:
+                break
+    C.synchronize(device)
+    return done / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=C.default_models(), help="model configs")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each")
+    parser.add_argument("--precision", choices=C.PRECISIONS, default="32-true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--optimizer", default=None, help="model/optimizer config for both (default: the model's)"
+    )
+    parser.add_argument("--data-dir", default=str(C.DEFAULT_DATA_DIR))
+    parser.add_argument("--synthetic", action="store_true", help="random tensors, not MNIST")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], help="extra Hydra override (repeatable)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU available")
+    C.quiet_lightning()
+
+    data_overrides, data_description = C.resolve_data(args.data_dir, args.synthetic)
+    print(C.header("Parity: template vs plain PyTorch loop", data_description, args.device))
+    print(
+        f"- batch {args.batch_size}, precision {args.precision}, channels_last "
+        f"{args.channels_last}, optimizer {args.optimizer or 'model default'}, "
+        f"device {args.device}; "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps, median of "
+        f"{args.repeats} alternating runs\n"
+    )
+
+    rows, ok = [], True
+    for model_name in args.models:
+        overrides = [
+            *data_overrides,
+            f"model={model_name}",
+            *([f"model/optimizer={args.optimizer}"] if args.optimizer else []),
+            f"++model.channels_last={str(args.channels_last).lower()}",
+            "data.in_memory=true",
+            "data.augment=none",
+            f"data.batch_size={args.batch_size}",
+            f"trainer.precision={args.precision}",
+            *C.bench_trainer_overrides(args.device, args.warmup, args.steps),
+            *args.override,
+        ]
+        cfg = C.compose(overrides)
+        datamodule = C.build_datamodule(cfg)
+        images, labels = datamodule.splits["train"]
+        norm = datamodule.pipeline.normalize
+        template, plain = [], []
+        for _ in range(args.repeats):
+            dm = instantiate(cfg.data)
+            C.share_splits(dm, datamodule)
+            timer = C.template_fit(cfg, dm, args.warmup, args.steps)
+            template.append(timer.images_per_second)
+            plain.append(
+                plain_loop(
+                    cfg,
+                    images,
+                    labels,
+                    norm.mean.flatten(),
+                    norm.std.flatten(),
+                    batch_size=args.batch_size,
+                    warmup=args.warmup,
+                    steps=args.steps,
+                    device=args.device,
+                    precision=args.precision,
+                    channels_last=args.channels_last,
+                )
+            )
+        ratio = C.median(template) / C.median(plain)
+        overhead_ms = (1 / C.median(template) - 1 / C.median(plain)) * args.batch_size * 1000
+        ok &= ratio >= TARGET_RATIO
+        rows.append(
+            [
+                model_name,
+                C.fmt_rate(C.median(template)),
+                C.spread(template) or "-",
+                C.fmt_rate(C.median(plain)),
+                C.spread(plain) or "-",
+                f"{ratio:.3f}",
+                f"{overhead_ms:.2f}",
+                "yes" if ratio >= TARGET_RATIO else "NO",
+            ]
+        )
+        runs = ", ".join(f"{t:,.0f} vs {p:,.0f}" for t, p in zip(template, plain, strict=True))
+        print(f"{model_name}: template vs plain img/s per run: {runs}", file=sys.stderr, flush=True)
+
+    headers = [
+        "model",
+        "template img/s",
+        "spread",
+        "plain img/s",
+        "spread",
+        "template / plain",
+        "overhead ms/step",
+        f">= {TARGET_RATIO}",
+    ]
+    print(C.markdown_table(headers, rows))
+    print(f"\ntarget: template >= {TARGET_RATIO:.2f}x the plain loop: {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
