@@ -20,11 +20,11 @@ install: $(STAMP)  ## create .venv and install imgcls with the dev and sweep ext
 train: $(STAMP)  ## train with the default config (MNIST + tinynet); extra overrides in ARGS="..."
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP)  ## run the whole test suite
-	$(PY) -m pytest $(ARGS)
+test: $(STAMP)  ## run the whole test suite (in parallel: one worker per core, at most 4)
+	$(PY) -m pytest -n auto --maxprocesses 4 $(ARGS)
 
 test-fast: $(STAMP)  ## the suite without tests marked slow
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n auto --maxprocesses 4 -m "not slow" $(ARGS)
 
 format: $(STAMP)  ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
