@@ -30,10 +30,8 @@ format: $(STAMP)  ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-lint: $(STAMP)  ## ruff lint + format check, then every pre-commit hook
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pre-commit run --all-files
+lint: $(STAMP)  ## every pre-commit hook (ruff lint + format, whitespace, yaml, large files)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pre-commit run --all-files
 
 clean-logs:  ## delete every run under logs/
 	rm -rf logs/

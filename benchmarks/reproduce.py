@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import time
+from pathlib import Path
 
 import torch
 from _common import DEFAULT_DATA_DIR, compose, hardware_description, prepare_mnist
@@ -35,14 +36,16 @@ QUIET = ["~callbacks.rich_progress_bar", "~callbacks.rich_model_summary", "~call
 
 def run_recipe(name: str, data_dir: str, max_epochs: int | None, accelerator: str) -> list[str]:
     overrides = [f"experiment={name}", f"data.data_dir={data_dir}", *QUIET]
-    overrides += ["+trainer.enable_progress_bar=false", f"trainer.accelerator={accelerator}"]
+    overrides += ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+    overrides.append(f"trainer.accelerator={accelerator}")
     if max_epochs is not None:
         overrides.append(f"trainer.max_epochs={max_epochs}")
     cfg = compose(overrides)
     start = time.perf_counter()
     metrics = train(cfg)
     seconds = time.perf_counter() - start
-    epochs = max_epochs if max_epochs is not None else cfg.trainer.max_epochs
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    epochs = torch.load(last, weights_only=True)["epoch"] + 1  # early stopping may end sooner
     return [
         name,
         REFERENCE.get(name, "-"),

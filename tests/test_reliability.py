@@ -175,18 +175,52 @@ def test_killed_run_resumes_in_its_own_dir(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path) -> None:
-    common = ["data=digits", "extras.print_config=false", "callbacks=none", "logger=csv"]
+    common = ["data=digits", "extras.print_config=false", "logger=csv"]
     ddp = run_cli("train.py", *common, "trainer=ddp_cpu", "trainer.max_epochs=1", cwd=tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one dir, not one per rank
     assert ddp.stdout.count("run dir:") == 1  # logged once
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
     # data.batch_size is per process: 2 processes x 16 = global batch 32, half the steps
     csv_rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     header = csv_rows[0].split(",")
     steps = [int(r.split(",")[header.index("step")]) for r in csv_rows[1:]]
     assert max(steps) == 39  # global step after the epoch: ceil((1221 // 2) / 16) = 39
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+    # test accuracy of the same checkpoint in one process equals the 2-process synced value
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    single = run_cli("eval.py", f"ckpt_path={best}", "extras.print_config=false", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    single_metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert single_metrics["test/acc"] == pytest.approx(ddp_metrics["test/acc"], abs=1e-6)
+
+
+def test_eval_refuses_data_of_another_shape(make_cfg, capsys, tmp_path: Path) -> None:
+    from imgcls.eval import run as eval_run
+
+    from .test_folder import write_flat_folder
+
+    trained = make_cfg("train", [*TINY, "trainer.max_epochs=1", "test=false"], subdir="trained")
+    train(trained)
+    ckpt = Path(trained.paths.output_dir) / "checkpoints" / "last.ckpt"
+    folder = write_flat_folder(tmp_path / "three_classes", n=4)
+    cfg = make_cfg(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            "data=folder",
+            f"data.root={folder}",
+            "data.grayscale=true",
+            "data.image_size=28",
+        ],
+        subdir="eval",
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        eval_run(cfg)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "trained with num_classes=10" in line and "evaluation data has num_classes=3" in line
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ augmentation) lives here once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +40,8 @@ class ImageDataModule(pl.LightningDataModule):
         data_dir: str = "data",
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         val_size: float = 0.1,
         seed: int = 42,
         image_size: int | None = None,
@@ -208,10 +209,19 @@ class ImageDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _loader_settings(self) -> tuple[int, bool]:
+        """(workers, pinned memory): ``None`` means one worker per core (at most 8) and pinning
+        when training on a GPU; the in-memory path never uses workers."""
+        hp = self.hparams
+        workers = min(8, os.cpu_count() or 1) if hp.num_workers is None else hp.num_workers
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        return (0 if hp.in_memory else workers), pin
+
     def _loader(self, split: str, train: bool) -> Any:
         images, labels = self.splits[split]
         hp = self.hparams
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        workers, pin_memory = self._loader_settings()
         if hp.in_memory:
             rank, world_size = self._rank_and_world()
             return TensorBatchLoader(
@@ -223,15 +233,15 @@ class ImageDataModule(pl.LightningDataModule):
                 epoch_fn=self._current_epoch,
                 rank=rank,
                 world_size=world_size,
-                pin_memory=hp.pin_memory,
+                pin_memory=pin_memory,
             )
         return DataLoader(
             TensorImageDataset(images, labels, self.pipeline, train=train),
             batch_size=batch_size,
             shuffle=train,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=workers > 0,
         )
 
     def _current_epoch(self) -> int:
