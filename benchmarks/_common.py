@@ -88,6 +88,33 @@ def resolve_data(data_dir: str | Path, force_synthetic: bool = False) -> tuple[l
     return data_overrides(data_dir, synthetic=True), "synthetic MNIST-shaped tensors (no MNIST)"
 
 
+# ---------------------------------------------------------------------------------- arguments
+def add_common_arguments(parser: Any, synthetic: bool = True, overrides: bool = True) -> None:
+    """--data-dir, --synthetic, -o/--override and --threads, which every script takes."""
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    if synthetic:
+        parser.add_argument("--synthetic", action="store_true", help="random tensors, not MNIST")
+    if overrides:
+        parser.add_argument(
+            "-o",
+            "--override",
+            action="append",
+            default=[],
+            help="extra Hydra override (repeatable)",
+        )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+
+
+def parse_common(parser: Any, argv: Sequence[str] | None, devices: Sequence[str] = ()) -> Any:
+    """Parse, apply --threads, and refuse a CUDA device where there is none."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("cuda: no GPU available")
+    return args
+
+
 # ---------------------------------------------------------------------------------- configs
 def compose(overrides: Sequence[str], output_dir: str | Path | None = None) -> DictConfig:
     """``configs/train.yaml`` composed with ``overrides``, writing (if at all) below a temp dir."""

@@ -95,17 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--optimizer", default=None, help="model/optimizer config for both (default: the model's)"
     )
-    parser.add_argument("--data-dir", default=str(C.DEFAULT_DATA_DIR))
-    parser.add_argument("--synthetic", action="store_true", help="random tensors, not MNIST")
-    parser.add_argument(
-        "-o", "--override", action="append", default=[], help="extra Hydra override (repeatable)"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no GPU available")
+    C.add_common_arguments(parser)
+    args = C.parse_common(parser, argv, [parser.parse_known_args(argv)[0].device])
     C.quiet_lightning()
 
     data_overrides, data_description = C.resolve_data(args.data_dir, args.synthetic)

@@ -153,15 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
     parser.add_argument("--num-workers", type=int, default=0, help="workers of the standard path")
     parser.add_argument("--no-data-table", action="store_true", help="skip the data-path table")
-    parser.add_argument("--data-dir", default=str(C.DEFAULT_DATA_DIR))
-    parser.add_argument("--synthetic", action="store_true", help="random tensors, not MNIST")
-    parser.add_argument(
-        "-o", "--override", action="append", default=[], help="extra Hydra override (repeatable)"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    C.add_common_arguments(parser)
+    args = C.parse_common(parser, argv)
     devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     if "cuda" in devices and not torch.cuda.is_available():
         parser.error("--devices cuda: no GPU available")

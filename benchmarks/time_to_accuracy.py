@@ -212,14 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra Hydra override for every run (repeatable)",
     )
-    parser.add_argument("--data-dir", default=str(C.DEFAULT_DATA_DIR))
     parser.add_argument("-v", "--verbose", action="store_true", help="print every evaluation")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no GPU available")
+    C.add_common_arguments(parser, synthetic=False, overrides=False)
+    args = C.parse_common(parser, argv, [parser.parse_known_args(argv)[0].device])
     if not C.prepare_mnist(args.data_dir):
         parser.error(f"MNIST is neither in {args.data_dir}/MNIST/raw nor in {C.SHARED_MNIST_RAW}")
     C.quiet_lightning()
