@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
@@ -257,3 +258,31 @@ def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg):
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert cfg.model.num_classes == 3 and cfg.model.net.in_channels == 3
+
+
+def test_class_weights_auto_weigh_rare_classes_up(tmp_path, make_cfg):
+    from hydra.utils import instantiate
+
+    root = tmp_path / "imbalanced"
+    for k, (name, channel) in enumerate(COLORS.items()):
+        write_class_images(root / name, channel, n=(30, 10, 10)[k], seed=k)
+    cfg = make_cfg(
+        "train",
+        [
+            "data=folder",
+            f"data.root={root}",
+            "data.image_size=16",
+            "data.split=[0.6,0.2,0.2]",
+            "model=mlp",
+            "model.class_weights=auto",
+            "trainer.fast_dev_run=true",
+        ],
+    )
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False)
+    trainer.fit(model, datamodule=datamodule)
+    counts = datamodule.class_counts().float()
+    assert counts[0] > counts[1]  # apples dominate
+    expected = counts.sum() / (3 * counts)
+    torch.testing.assert_close(model.loss_weights, expected)
+    assert model.loss_weights[1] > model.loss_weights[0]

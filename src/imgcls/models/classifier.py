@@ -42,15 +42,22 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         nonfinite_loss: str = "stop",
+        class_weights: str | list[float] | None = None,
     ) -> None:
         super().__init__()
         lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
         if lr is not None and not lr > 0:
             raise UserError(f"model.optimizer.lr must be > 0, got {lr}")
+        if isinstance(class_weights, str) and class_weights != "auto":
+            raise UserError(
+                f"model.class_weights must be auto, a list or null, got {class_weights!r}"
+            )
         if nonfinite_loss not in ("stop", "skip"):
             raise UserError(
                 f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}"
             )
+        if class_weights is not None and not isinstance(class_weights, str):
+            class_weights = [float(w) for w in class_weights]  # plain data in checkpoints
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
         if channels_last:
@@ -66,8 +73,31 @@ class ImageClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        #: cross-entropy class weights (``class_weights``), resolved in ``setup``
+        self.loss_weights: torch.Tensor | None = None
         #: plain-data facts saved into every checkpoint: resolved run config and class names
         self.run_info: dict[str, Any] = {}
+
+    def setup(self, stage: str) -> None:
+        """Resolve ``class_weights``: ``auto`` weighs classes by inverse training frequency."""
+        weights = self.hparams.class_weights
+        if weights is None or self.loss_weights is not None:
+            return
+        if weights == "auto":
+            datamodule = self.trainer.datamodule if self.trainer is not None else None
+            if datamodule is None or not hasattr(datamodule, "class_counts"):
+                raise UserError(
+                    "model.class_weights=auto needs an imgcls datamodule to count classes"
+                )
+            counts = datamodule.class_counts().float()
+            weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if weights.numel() != self.hparams.num_classes:
+            raise UserError(
+                f"model.class_weights has {weights.numel()} entries for "
+                f"{self.hparams.num_classes} classes"
+            )
+        self.loss_weights = weights.to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -80,7 +110,10 @@ class ImageClassifier(pl.LightningModule):
         """(loss, predictions or logits, labels) of a batch."""
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        weight = None if self.loss_weights is None else self.loss_weights.to(logits.device)
+        loss = F.cross_entropy(
+            logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing
+        )
         return loss, logits if return_logits else logits.argmax(dim=1), y
 
     def on_train_start(self) -> None:
