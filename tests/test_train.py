@@ -106,3 +106,19 @@ def test_resume_from_last_checkpoint_continues_epochs(make_cfg) -> None:
     )
     assert new_last["epoch"] == 1  # one more epoch, the first not repeated
     assert new_last["global_step"] == 10
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(make_cfg) -> None:
+    frozen = [  # an lr this small cannot change val/acc: only epoch 0 is ever "best"
+        "data=digits",
+        "model.optimizer.lr=1e-12",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+        "test=false",
+    ]
+    cfg = make_cfg("train", frozen)
+    train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2

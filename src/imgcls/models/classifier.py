@@ -142,8 +142,8 @@ class ImageClassifier(pl.LightningModule):
             self.skipped_batches += 1
             self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
             return None
-        callback = self.trainer.checkpoint_callback
-        last_good = (callback.last_model_path or callback.best_model_path) if callback else ""
+        saved = {c.monitor: c.best_model_path for c in self.trainer.checkpoint_callbacks}
+        last_good = saved.get(None) or next((p for p in saved.values() if p), "")
         raise UserError(
             f"training stopped: loss is {loss.item()} at epoch {self.current_epoch}, "
             f"step {self.global_step}; last good checkpoint: {last_good or 'none yet'}; lower "
