@@ -141,6 +141,7 @@ def test_early_stopping_clipping_and_accumulation(make_cfg) -> None:
             "callbacks.early_stopping.patience=0",
             "callbacks.early_stopping.min_delta=1.0",  # no epoch improves val/acc by 1.0
             "~callbacks.model_checkpoint",
+            "~callbacks.last_checkpoint",
             "~callbacks.lr_monitor",
             "trainer.limit_train_batches=4",
             "trainer.max_epochs=5",
