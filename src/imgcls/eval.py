@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(eval_data_config(cfg, trained))
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
     check_compatible(datamodule, trained, class_names)
-    model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+    model = ImageClassifier.from_checkpoint(checkpoint)
     trainer = build_trainer(
         cfg,
         callbacks=instantiate_list(cfg.get("callbacks")),

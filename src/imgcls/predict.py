@@ -52,7 +52,7 @@ def predict(cfg: DictConfig) -> Path:
     datamodule = instantiate(trained["data"])  # preprocessing only: no data is loaded
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
     device = pick_device(cfg.device)
-    model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+    model = ImageClassifier.from_checkpoint(checkpoint)
     model.eval().to(device)
 
     rows, skipped = [], []

@@ -209,13 +209,23 @@ class ImageClassifier(pl.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
     ) -> ImageClassifier:
-        """Load an imgcls checkpoint; the network is rebuilt from the config stored inside it."""
-        if "net" not in kwargs:
-            kwargs = {
-                **build_model_parts(stored_config(read_checkpoint(checkpoint_path))),
-                **kwargs,
-            }
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+        """Load an imgcls checkpoint (read once, ``weights_only``); the net from its config."""
+        if "net" in kwargs:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, **kwargs
+            )
+        return cls.from_checkpoint(
+            read_checkpoint(checkpoint_path, map_location or "cpu"), **kwargs
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], **kwargs: Any) -> ImageClassifier:
+        """Rebuild from an already loaded imgcls checkpoint; ``kwargs`` override hyperparameters."""
+        parts = build_model_parts(stored_config(checkpoint))
+        model = cls(**{**checkpoint.get("hyper_parameters", {}), **parts, **kwargs})
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        return model
 
 
 def takes_argument(factory: Callable[..., Any], name: str) -> bool:

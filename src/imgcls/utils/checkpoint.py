@@ -17,7 +17,7 @@ from imgcls.utils.errors import UserError
 RUN_INFO_KEY = "imgcls"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no code runs); one clear error if unusable."""
     path = Path(path)
     if not path.is_file():
@@ -25,7 +25,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"ckpt_path={path} does not exist; pass a .ckpt file from a run's checkpoints/"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
@@ -83,9 +83,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        read_checkpoint(path)  # one clear error for a missing, truncated or foreign file
-        return super().load_checkpoint(
-            path,
-            map_location=map_location,
-            weights_only=True if weights_only is None else weights_only,
-        )
+        if weights_only is False:  # the caller explicitly trusts this file
+            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
+        # one read, with one clear error for a missing, truncated or foreign file
+        return read_checkpoint(path, map_location=map_location)
