@@ -11,6 +11,7 @@ from imgcls.models.classifier import ImageClassifier
 from imgcls.models.nets.alexnet import AlexNet, AlexNetLRN
 from imgcls.models.nets.blocks import (
     ACTIVATIONS,
+    FastDropout,
     count_parameters,
     dense_head,
     feature_side,
@@ -272,3 +273,41 @@ def test_model_configs_build_the_net_from_the_datamodule(make_cfg, name: str) ->
     assert cfg.model.net.num_classes == cfg.model.num_classes == 3
     assert cfg.model.net.image_size == 28
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_drops_independently_with_probability_p(p: float) -> None:
+    torch.manual_seed(0)
+    layer = FastDropout(p).train()
+    out = layer(torch.ones(1000, 1000))
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - p) < 0.002  # 1M draws: std ~0.0005
+    assert torch.allclose(out[~dropped], torch.tensor(1 / (1 - p)))
+    # no structure: rows, columns and the four 16-bit lanes of each draw drop alike
+    assert dropped.float().mean(0).std() < 0.05 and dropped.float().mean(1).std() < 0.05
+    lanes = dropped.flatten()[: 4 * 250_000].view(-1, 4).float().mean(0)
+    assert torch.allclose(lanes, torch.full((4,), p), atol=0.005)
+
+
+def test_fast_dropout_gradient_is_the_scaled_mask_and_eval_is_identity() -> None:
+    torch.manual_seed(1)
+    layer = FastDropout(0.2).train()
+    x = torch.randn(64, 8, 5, 5, requires_grad=True)  # numel not a multiple of 4 per row
+    torch.manual_seed(2)
+    out = layer(x)
+    out.sum().backward()
+    kept = out != 0
+    assert torch.allclose(x.grad, kept.float() / 0.8)
+    assert torch.allclose(out[kept], x.detach()[kept] / 0.8)
+    torch.manual_seed(2)
+    assert torch.equal(layer(x), out)  # seeded like every other torch RNG use
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+
+
+def test_nets_use_fast_dropout_and_keep_nn_dropouts_state_dict() -> None:
+    net = TinyNet(dropout=0.1)
+    assert sum(isinstance(m, FastDropout) for m in net.modules()) == 6
+    assert all(isinstance(m, FastDropout) for m in net.modules() if isinstance(m, nn.Dropout))
+    assert FastDropout(0.1).state_dict() == nn.Dropout(0.1).state_dict() == {}

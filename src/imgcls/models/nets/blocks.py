@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from imgcls.utils.errors import UserError
@@ -26,6 +27,34 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 #: images of at least this side get a strided stem (as the published nets do); smaller ones not
 LARGE_IMAGE = 128
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU masks are cut from 64-bit random integers, four per draw.
+
+    On a CPU, drawing one Bernoulli sample per activation is the largest cost of a small CNN's
+    training step. Here every 16 random bits decide one element: elements are still dropped
+    independently with probability ``p`` (rounded to a multiple of 1/65536) and kept ones scaled
+    by ``1 / (1 - p)``, at about a third of the cost. On a GPU, under ``torch.compile``, in eval
+    mode or with ``inplace=True`` it is plain ``nn.Dropout``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            not self.training
+            or self.p == 0.0
+            or self.inplace
+            or x.device.type != "cpu"
+            or torch.compiler.is_compiling()
+        ):
+            return super().forward(x)
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        n = x.numel()
+        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        lanes = bits.view(torch.int16)[:n].view(x.shape)  # uniform on -32768..32767
+        keep = lanes >= round(self.p * 65536) - 32768
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 def activation(name: str) -> nn.Module:
@@ -148,7 +177,7 @@ def dense_head(
             raise UserError(f"hidden layer sizes must be >= 1, got {list(hidden_sizes)}")
         layers += [nn.Linear(width, int(hidden)), activation(act)]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(FastDropout(dropout))
         width = int(hidden)
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from imgcls.models.nets.blocks import FastDropout
 from imgcls.utils.errors import UserError
 
 
@@ -15,7 +16,7 @@ def conv_bn(
         nn.Conv2d(in_ch, out_ch, kernel, padding=padding, bias=False),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
+        FastDropout(dropout),
     )
 
 
