@@ -13,9 +13,11 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from imgcls.config import CONFIG_DIR
+from imgcls.data.digits import DigitsDataModule
 from imgcls.data.loaders import TensorBatchLoader
 from imgcls.models.classifier import ImageClassifier
 from imgcls.train import build_trainer, train
+from imgcls.utils.errors import UserError
 from imgcls.utils.runs import instantiate_list
 
 
@@ -95,8 +97,6 @@ def test_compiled_model_checkpoint_round_trip(make_cfg) -> None:
 
 # ------------------------------------------------------------------ fast path == standard path
 def _datamodule(in_memory: bool, augment: str = "none"):  # noqa: ANN202
-    from imgcls.data.digits import DigitsDataModule
-
     datamodule = DigitsDataModule(batch_size=32, augment=augment, in_memory=in_memory, seed=7)
     datamodule.setup("fit")
     return datamodule
@@ -145,3 +145,51 @@ def test_augmentation_applies_only_while_training() -> None:
     train_raw, _ = standard.splits["train"]
     unaugmented = standard.pipeline(train_raw[:1], train=False)[0]
     assert not torch.allclose(train_set[0][0], unaugmented, atol=1e-3)
+
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("on_device", "device", "free", "expected"),
+    [
+        (None, "cuda", 100 * GiB, True),  # auto: the splits fit in a quarter of free memory
+        (None, "cuda", 1000, False),  # auto: too big for this GPU, stay in host memory
+        (None, "cpu", None, False),  # already where training runs
+        (True, "cpu", None, False),
+        (False, "cuda", 100 * GiB, False),
+        (True, "cuda", 100 * GiB, True),
+    ],
+)
+def test_on_device_decision(monkeypatch, on_device, device, free, expected) -> None:  # noqa: ANN001
+    monkeypatch.setattr("imgcls.data.base.device_free_memory", lambda _device: free)
+    datamodule = DigitsDataModule(on_device=on_device)
+    datamodule.setup("fit")
+    assert datamodule._use_device_copies(torch.device(device)) is expected
+
+
+def test_on_device_without_room_is_a_one_line_error(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("imgcls.data.base.device_free_memory", lambda _device: 1000)
+    datamodule = DigitsDataModule(on_device=True)
+    datamodule.setup("fit")
+    with pytest.raises(UserError, match=r"data.on_device=true needs .* set data.on_device=false"):
+        datamodule._use_device_copies(torch.device("cuda"))
+
+
+def test_on_device_copies_each_split_once_and_cuts_batches_there(monkeypatch) -> None:  # noqa: ANN001
+    """The whole path but CUDA itself: "meta" stands in for the GPU (no data, real placement)."""
+    monkeypatch.setattr("imgcls.data.base.device_free_memory", lambda _device: 100 * GiB)
+    datamodule = DigitsDataModule(batch_size=32, on_device=True)
+    datamodule.setup("fit")
+    meta = torch.device("meta")
+    monkeypatch.setattr(datamodule, "_training_device", lambda: meta)
+    loader = datamodule.train_dataloader()
+    assert loader.images.device == meta and loader.labels.device == meta
+    assert datamodule.train_dataloader().images is loader.images  # copied once, then reused
+    batches = list(loader)
+    assert len(batches) == len(loader) > 1
+    assert all(x.device == meta and y.device == meta and x.shape[0] == 32 for x, y in batches[:-1])
+    assert not loader.pin_memory
+    assert datamodule.splits["train"][0].device.type == "cpu"  # the host copy stays
+    datamodule.teardown("fit")
+    assert not datamodule._device_splits

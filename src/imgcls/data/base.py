@@ -23,6 +23,14 @@ from imgcls.utils.errors import UserError
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
 
 
+def device_free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA ``device`` (``None`` where torch cannot tell)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Shared behaviour of every imgcls datamodule; subclasses implement ``load_split``."""
 
@@ -49,6 +57,7 @@ class ImageDataModule(pl.LightningDataModule):
         std: Sequence[float] | None = None,
         augment: str | Sequence[str] | None = None,
         in_memory: bool = True,
+        on_device: bool | None = None,
         classes: Sequence[int | str] | None = None,
         num_folds: int | None = None,
         fold: int = 0,
@@ -70,6 +79,7 @@ class ImageDataModule(pl.LightningDataModule):
             random_erasing=random_erasing,
         )
         self.splits: dict[str, Split] = {}
+        self._device_splits: dict[str, Split] = {}  # data.on_device copies, by split
 
     # ------------------------------------------------------------------ contract for subclasses
     def load_split(self, split: str) -> Split:
@@ -217,13 +227,50 @@ class ImageDataModule(pl.LightningDataModule):
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return (0 if hp.in_memory else workers), pin
 
+    def _training_device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _use_device_copies(self, device: torch.device) -> bool:
+        """Whether the in-memory splits go to ``device`` once (``data.on_device``).
+
+        ``None`` decides by size: on a GPU, when all splits take at most a quarter of its free
+        memory. ``True`` on a GPU without room for them is a one-line error, before training.
+        """
+        on_device = self.hparams.on_device
+        if device.type == "cpu" or on_device is False:
+            return False
+        needed = sum(t.nbytes for split in self.splits.values() for t in split)
+        free = device_free_memory(device)
+        if on_device is None:
+            return free is not None and needed <= free // 4
+        if free is not None and needed > free:
+            raise UserError(
+                f"data.on_device=true needs {needed / 2**30:.2f} GiB on {device} but only "
+                f"{free / 2**30:.2f} GiB are free; set data.on_device=false"
+            )
+        return True
+
+    def _split_tensors(self, split: str) -> Split:
+        """The split's (images, labels): the ``data.on_device`` copy when there is one."""
+        device = self._training_device()
+        if not self.hparams.in_memory or not self._use_device_copies(device):
+            return self.splits[split]
+        cached = self._device_splits.get(split)
+        if cached is None or cached[0].device != device:
+            images, labels = self.splits[split]
+            cached = (images.to(device), labels.to(device))
+            self._device_splits[split] = cached
+        return cached
+
     def _loader(self, split: str, train: bool) -> Any:
-        images, labels = self.splits[split]
+        images, labels = self._split_tensors(split)
         hp = self.hparams
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         workers, pin_memory = self._loader_settings()
         if hp.in_memory:
             rank, world_size = self._rank_and_world()
+            pin_memory = pin_memory and images.device.type == "cpu"
             return TensorBatchLoader(
                 images,
                 labels,
@@ -243,6 +290,9 @@ class ImageDataModule(pl.LightningDataModule):
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
         )
+
+    def teardown(self, stage: str | None = None) -> None:
+        self._device_splits.clear()  # frees the data.on_device copies
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

@@ -13,9 +13,11 @@ from imgcls.data.transforms import BatchPipeline
 class TensorBatchLoader:
     """Serves whole batches by indexing an in-memory uint8 tensor: no per-sample work, no workers.
 
-    Shuffles with its own seeded generator (the same order on every DDP rank) and shards by rank:
-    training shards are cut to equal length so every rank takes the same number of steps;
-    evaluation shards keep every sample once, so synced metrics equal the single-process value.
+    The tensors may live on the training device (``data.on_device``): batches are then cut there
+    and nothing crosses PCIe. Shuffles with its own seeded generator (the same order on every DDP
+    rank) and shards by rank: training shards are cut to equal length so every rank takes the
+    same number of steps; evaluation shards keep every sample once, so synced metrics equal the
+    single-process value.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class TensorBatchLoader:
             order = order[: self._shard_size() * self.world_size]
         else:
             order = torch.arange(n)
-        order = order[self.rank :: self.world_size]
+        order = order[self.rank :: self.world_size].to(self.labels.device)
         for step in range(len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             images, labels = self.images[idx], self.labels[idx]
