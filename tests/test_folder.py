@@ -13,7 +13,8 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from imgcls.data.folder import STATS_CACHE, FolderDataModule
+from imgcls.data import folder as folder_module
+from imgcls.data.folder import STATS_CACHE, FileImages, FolderDataModule
 from imgcls.utils.errors import UserError
 
 #: class -> the RGB channel its images are bright in (lets a test check every label)
@@ -239,7 +240,8 @@ def test_normalize_auto_without_write_access_does_not_cache(tmp_path, monkeypatc
         root.chmod(0o755)
 
 
-def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg):
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "streaming"])
+def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg, in_memory):
     from imgcls.train import train
 
     root = write_flat_folder(tmp_path / "pics", n=6)
@@ -251,6 +253,8 @@ def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg):
             f"data.root={root}",
             "data.image_size=24",
             "data.augment=natural",
+            f"data.in_memory={in_memory}",
+            "data.num_workers=0",
             "trainer.fast_dev_run=true",
             "logger=csv",
         ],
@@ -286,3 +290,84 @@ def test_class_weights_auto_weigh_rare_classes_up(tmp_path, make_cfg):
     expected = counts.sum() / (3 * counts)
     torch.testing.assert_close(model.loss_weights, expected)
     assert model.loss_weights[1] > model.loss_weights[0]
+
+
+# ------------------------------------------------------------------ streaming (in_memory=false)
+def _splits_equal(streamed: FolderDataModule, decoded: FolderDataModule) -> None:
+    assert streamed.splits.keys() == decoded.splits.keys()
+    for split, (images, labels) in decoded.splits.items():
+        lazy, lazy_labels = streamed.splits[split]
+        assert isinstance(lazy, FileImages) and lazy.shape == tuple(images.shape)
+        assert torch.equal(lazy_labels, labels), split
+        assert torch.equal(lazy[:], images), split  # decoded on access, byte for byte
+
+
+def test_streaming_keeps_no_pixels_and_matches_the_in_memory_splits(tmp_path, monkeypatch, caplog):
+    root = write_flat_folder(tmp_path / "pics")
+    (root / "banana" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage, not a jpeg")
+    (root / "cherry" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    decoded = make(root, split=[0.6, 0.2, 0.2], seed=1)
+    decoded.setup()
+    streamed = make(root, split=[0.6, 0.2, 0.2], seed=1, in_memory=False)
+    calls = []
+    original = folder_module.decode_image
+    monkeypatch.setattr(folder_module, "decode_image", lambda *a: calls.append(a) or original(*a))
+    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder"):
+        streamed.setup()
+    assert calls == []  # setup checks headers only
+    assert "skipping 2 of 32 images" in caplog.text  # the same bad files, reported the same way
+    assert "broken.jpg" in caplog.text and "truncated.png" in caplog.text
+    _splits_equal(streamed, decoded)
+    assert streamed.class_counts().tolist() == decoded.class_counts().tolist()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streaming_loader_decodes_in_workers_like_the_fast_path(tmp_path, workers):
+    root = write_flat_folder(tmp_path / "pics", n=6)
+    decoded = make(root)
+    decoded.setup()
+    streamed = make(root, in_memory=False, num_workers=workers, batch_size=4)
+    streamed.setup()
+    loader = streamed.val_dataloader()
+    assert loader.num_workers == workers and loader.persistent_workers == (workers > 0)
+    images, labels = decoded.splits["val"]
+    batches = list(loader)
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), decoded.preprocess(images))
+    assert torch.equal(torch.cat([y for _, y in batches]), labels)
+
+
+def test_streaming_k_fold_class_subset_and_auto_statistics_match(tmp_path):
+    root = write_flat_folder(tmp_path / "pics", n=8)
+    options = dict(num_folds=3, fold=1, classes=["cherry", "apple"], normalize="auto")
+    decoded = make(root, **options)
+    decoded.setup()
+    (root / STATS_CACHE).unlink()  # the streamed module computes its own statistics
+    streamed = make(root, in_memory=False, **options)
+    streamed.setup()
+    _splits_equal(streamed, decoded)
+    for stat in ("mean", "std"):
+        torch.testing.assert_close(
+            getattr(streamed.pipeline.normalize, stat), getattr(decoded.pipeline.normalize, stat)
+        )
+
+
+def test_streaming_names_a_file_that_breaks_after_setup(tmp_path):
+    root = write_flat_folder(tmp_path / "pics", n=4)
+    dm = make(root, in_memory=False, num_workers=0)
+    dm.setup()
+    victim = dm.splits["val"][0].paths[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # header intact, pixels gone
+    with pytest.raises(UserError, match=f"{victim.name}: unreadable image"):
+        list(dm.val_dataloader())
+
+
+def test_worker_errors_reach_the_user_as_the_workers_own_line() -> None:
+    from imgcls.utils.runs import one_line
+
+    wrapped = UserError(
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\nimgcls.utils.errors.UserError: /d/a.png: unreadable '
+        "image (OSError: truncated)\n"
+    )
+    assert one_line(wrapped) == "/d/a.png: unreadable image (OSError: truncated)"
+    assert one_line(UserError("plain\n  message")) == "plain message"

@@ -65,6 +65,16 @@ def load_image_tensor(path: str | Path, channels: int = 3) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
+def check_image_file(path: str | Path) -> None:
+    """Cheap integrity check without decoding the pixels: a ``UserError`` naming the path if PIL
+    cannot identify the file, its header is broken or it is a decompression bomb."""
+    try:
+        with _open_checked(path) as image:
+            image.verify()
+    except _DECODE_ERRORS as err:
+        raise UserError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
+
+
 def load_image(path: str | Path, mode: str | None = None, backend: str = "pil") -> np.ndarray:
     """An image file as a NumPy array ``[H, W]`` or ``[H, W, C]`` (uint8 for 8-bit images).
 

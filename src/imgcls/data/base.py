@@ -23,6 +23,11 @@ from imgcls.utils.errors import UserError
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
 
 
+def _concat(first: Any, second: Any) -> Any:
+    """Two image collections as one: tensors, or lazy ones (``FileImages``) that ``concat``."""
+    return first.concat(second) if hasattr(first, "concat") else torch.cat([first, second])
+
+
 def device_free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA ``device`` (``None`` where torch cannot tell)."""
     if device.type != "cuda":
@@ -193,7 +198,7 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             if given_val is not None:  # k-fold over the whole pool: train + given validation
                 val_images, val_labels = self._keep_classes(given_val)
-                images = torch.cat([resize_uint8(images, size), resize_uint8(val_images, size)])
+                images = _concat(resize_uint8(images, size), resize_uint8(val_images, size))
                 labels = torch.cat([labels, val_labels])
             train_idx, val_idx = self.train_val_indices(labels)
             train = (resize_uint8(images[train_idx], size), labels[train_idx])

@@ -10,10 +10,11 @@ Layouts (class names are the folder names, sorted; labels follow that order):
   by the same fractions.
 
 Files are found recursively below each class folder; files without an image suffix are ignored.
-Every image is decoded once (thread pool) to uint8 ``[C, image_size, image_size]`` and kept in
-memory (a 3x64x64 image is 12 KB: 100k images ~ 1.2 GB; at 224 px, 150 KB each), so the base's
-fast in-memory path serves batches. ``in_memory=false`` only switches to a DataLoader with
-per-sample augmentation in workers; the decoded images still live in RAM.
+With ``in_memory=true`` (default) every image is decoded once (thread pool) to uint8
+``[C, image_size, image_size]`` and kept in memory (a 3x64x64 image is 12 KB: 100k images ~
+1.2 GB; at 224 px, 150 KB each), so the base's fast in-memory path serves batches. With
+``in_memory=false`` nothing is kept: setup only checks each file's header, and DataLoader workers
+decode every image from disk when a batch needs it (folders larger than RAM).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 
 from imgcls.data.base import ImageDataModule, Split
 from imgcls.data.transforms import resize_uint8
-from imgcls.imaging import IMAGE_SUFFIXES, load_image_tensor
+from imgcls.imaging import IMAGE_SUFFIXES, check_image_file, load_image_tensor
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,53 @@ def _take_stratified(
         taken += [members[i] for i in sorted(perm[:k])]
         rest += [members[i] for i in sorted(perm[k:])]
     return rest, taken
+
+
+def decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+    """One image file as uint8 ``[channels, size, size]``; unreadable files raise ``UserError``."""
+    return resize_uint8(load_image_tensor(path, channels=channels).unsqueeze(0), size)[0]
+
+
+class FileImages:
+    """A folder's images read from disk on access, standing in for a uint8 ``[N, C, S, S]`` tensor.
+
+    The streaming path (``in_memory=false``): an int gives one decoded image, a slice a stacked
+    batch, a bool mask or an index tensor a (still lazy) subset. Pickling it for DataLoader
+    workers sends only the paths.
+    """
+
+    dtype = torch.uint8
+
+    def __init__(self, paths: Sequence[Path], channels: int, size: int, workers: int = 1) -> None:
+        self.paths, self.channels, self.size, self.workers = list(paths), channels, size, workers
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        return decode_image(path, self.channels, self.size)
+
+    def _subset(self, paths: Sequence[Path]) -> FileImages:
+        return FileImages(paths, self.channels, self.size, self.workers)
+
+    def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor | FileImages:
+        if isinstance(key, torch.Tensor):
+            indices = key.nonzero().flatten() if key.dtype == torch.bool else key.flatten()
+            return self._subset([self.paths[i] for i in indices.tolist()])
+        if isinstance(key, slice):
+            paths = self.paths[key]
+            if not paths:
+                return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                return torch.stack(list(pool.map(self._decode, paths)))
+        return self._decode(self.paths[int(key)])
+
+    def concat(self, other: FileImages) -> FileImages:
+        return self._subset(self.paths + other.paths)
 
 
 def _listing(entries: Sequence[str]) -> str:
@@ -310,25 +358,38 @@ class FolderDataModule(ImageDataModule):
                     f"data.split={list(self.split_fractions)}; add images or raise the fraction"
                 )
 
-    # ------------------------------------------------------------------ decoding
+    # ------------------------------------------------------------------ reading
     def _decode_one(self, path: Path) -> torch.Tensor | str:
         try:
-            image = load_image_tensor(path, channels=self.in_channels)
-            return resize_uint8(image.unsqueeze(0), self.image_size)[0]
+            return decode_image(path, self.in_channels, self.image_size)
         except UserError as err:
             return str(err)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
             return f"{path}: unreadable image ({type(err).__name__}: {err})"
 
-    def _decode_all(self) -> dict[str, Split]:
-        """Decode every split once; report all unreadable images together, then skip or fail."""
+    def _check_one(self, path: Path) -> Path | str:
+        try:
+            check_image_file(path)
+            return path
+        except UserError as err:
+            return str(err)
+
+    def _read_all(self) -> dict[str, Split]:
+        """Every split as (images, labels): decoded tensors, or ``FileImages`` when streaming.
+
+        Unreadable images are reported all together, then skipped or fatal. Streaming checks only
+        each file's header here; a file that breaks later stops training with its path.
+        """
         index = self.index
+        streaming = not self.hparams.in_memory
         items = [
             (split, path, label) for split, files in index.files.items() for path, label in files
         ]
-        log.info(f"decoding {len(items)} images from data.root={self.root} ...")
+        verb = "checking" if streaming else "decoding"
+        log.info(f"{verb} {len(items)} images from data.root={self.root} ...")
+        read = self._check_one if streaming else self._decode_one
         with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
-            results = list(pool.map(self._decode_one, [path for _, path, _ in items]))
+            results = list(pool.map(read, [path for _, path, _ in items]))
         bad = [r for r in results if isinstance(r, str)]
         if bad:
             if self.on_bad_image == "error":
@@ -340,42 +401,44 @@ class FolderDataModule(ImageDataModule):
                 f"skipping {len(bad)} of {len(items)} images that cannot be read "
                 "(data.on_bad_image=skip):\n  " + "\n  ".join(bad)
             )
-        decoded: dict[str, Split] = {}
+        splits: dict[str, Split] = {}
         channels, size = self.in_channels, self.image_size
         for split in index.files:
             kept = [
-                (image, label)
-                for (s, _, label), image in zip(items, results, strict=True)
-                if s == split and not isinstance(image, str)
+                (result, label)
+                for (s, _, label), result in zip(items, results, strict=True)
+                if s == split and not isinstance(result, str)
             ]
             if not kept and (split != "val" or self.hparams.num_folds is None):
                 raise UserError(
                     f"data.root={self.root}: no readable images left in the {split} split"
                 )
-            images = (
-                torch.stack([image for image, _ in kept])
-                if kept
-                else torch.empty((0, channels, size, size), dtype=torch.uint8)
-            )
             labels = torch.tensor([label for _, label in kept], dtype=torch.long)
-            decoded[split] = (images, labels)
-        missing = set(range(len(index.class_names))) - set(decoded["train"][1].tolist())
+            if streaming:
+                paths = [path for path, _ in kept]
+                splits[split] = (FileImages(paths, channels, size, self.decode_workers), labels)
+            elif kept:
+                splits[split] = (torch.stack([image for image, _ in kept]), labels)
+            else:
+                splits[split] = (torch.empty((0, channels, size, size), dtype=torch.uint8), labels)
+        missing = set(range(len(index.class_names))) - set(splits["train"][1].tolist())
         if missing:
             names = [index.class_names[i] for i in sorted(missing)]
             raise UserError(
                 f"data.root={self.root}: no readable training images for classes {names}; "
                 "add images to those class folders"
             )
-        total = sum(images.numel() for images, _ in decoded.values())
-        log.info(
-            f"decoded {len(items) - len(bad)} images at {channels}x{size}x{size} "
-            f"({total / 1e6:.0f} MB in memory)"
-        )
-        return decoded
+        if not streaming:
+            total = sum(images.numel() for images, _ in splits.values())
+            log.info(
+                f"decoded {len(items) - len(bad)} images at {channels}x{size}x{size} "
+                f"({total / 1e6:.0f} MB in memory)"
+            )
+        return splits
 
     def _split(self, split: str) -> Split:
         if self._decoded is None:
-            self._decoded = self._decode_all()
+            self._decoded = self._read_all()
         return self._decoded[split]
 
     def load_split(self, split: str) -> Split:

@@ -112,6 +112,14 @@ def user_facing(err: BaseException) -> BaseException:
     return err
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line; from a DataLoader worker, the worker's own message."""
+    text = str(err)
+    if "Original Traceback" in text:  # torch re-raises worker errors with their traceback
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split()) or type(err).__name__
+
+
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **details: Any) -> None:
     """Record ``running`` / ``completed`` / ``failed`` (with details and times) in the run dir."""
@@ -150,7 +158,7 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
         except Exception as raised:
             err = user_facing(raised)
             expected = isinstance(err, (UserError, MisconfigurationException))
-            message = " ".join(str(err).split()) or type(err).__name__
+            message = one_line(err)
             if not expected:
                 message = f"{type(err).__name__}: {message}"
             if run_dir is not None:
