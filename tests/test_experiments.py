@@ -17,7 +17,7 @@ RECIPES = {
     "mnist_alexnet_lrn": ("AlexNetLRN", "Adam", 0.0001, None, 64, 40),
     "mnist_convnet": ("ConvNet", "SGD", 0.01, 0.9, 64, 20),
     "mnist_tinynet": ("TinyNet", "SGD", 0.01, 0.9, 64, 20),
-    "mnist_tinynet_fast": ("TinyNet", "SGD", 0.05, 0.9, 256, 8),
+    "mnist_tinynet_fast": ("TinyNet", "SGD", 0.1, 0.9, 128, 8),
     "binary_mlp": ("MLP", "Adam", 0.001, None, 64, 30),
 }
 
