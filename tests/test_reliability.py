@@ -68,6 +68,26 @@ def test_unusable_ckpt_paths_are_rejected_before_training(make_cfg, capsys, tmp_
         assert expected in one_line_error(capsys, cfg)
 
 
+def test_ckpt_path_is_read_in_full_once(make_cfg, tmp_path, monkeypatch) -> None:
+    first = make_cfg("train", [*TINY, "trainer.max_epochs=1", "test=false"], subdir="first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    loads = []
+    real_load = torch.load
+
+    def recording_load(f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(str(f)) == last:
+            loads.append(bool(kwargs.get("mmap")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    resumed = make_cfg(
+        "train", [*TINY, "trainer.max_epochs=2", "test=false", f"ckpt_path={last}"], subdir="2"
+    )
+    train(resumed)
+    assert loads == [True, False]  # the up-front check maps it; only the resume reads it
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))

@@ -67,7 +67,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
     if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # fail now, clearly, rather than after set-up
+        # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
+        read_checkpoint(cfg.ckpt_path, mmap=True)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
     callbacks = instantiate_list(cfg.get("callbacks"))

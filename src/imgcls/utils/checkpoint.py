@@ -17,15 +17,21 @@ from imgcls.utils.errors import UserError
 RUN_INFO_KEY = "imgcls"
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs); one clear error if unusable."""
+def read_checkpoint(
+    path: str | Path, map_location: Any = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no code runs); one clear error if unusable.
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check of a file that is
+    read in full later.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(
             f"ckpt_path={path} does not exist; pass a .ckpt file from a run's checkpoints/"
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
