@@ -9,23 +9,27 @@ paths alone (no model), with torchvision's per-sample PIL pipeline as a referenc
 
     python benchmarks/throughput.py                          # tinynet + convnet, CPU (+ GPU)
     python benchmarks/throughput.py --models tinynet --batch-sizes 128 256 512 --compile
+    python benchmarks/throughput.py --models tinynet --torch-dropout   # FastDropout vs nn.Dropout
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import _common as C
 import torch
 from hydra.utils import instantiate
+from torch import nn
 from torch.utils.data import DataLoader
 
 from imgcls.data.loaders import TensorBatchLoader, TensorImageDataset
+from imgcls.models.nets.blocks import FastDropout
 
 #: the issue's target: tinynet, fastest configuration, on the 2-core CPU
 TINYNET_CPU_TARGET = 8_000
@@ -114,6 +118,29 @@ def dropout_options(model: str, wanted: list[str], data_overrides: list[str]) ->
     return options or ["model"]
 
 
+@contextlib.contextmanager
+def dropout_masks(implementation: str) -> Iterator[None]:
+    """``"fast"``: the nets' FastDropout as it is; ``"torch"``: plain ``nn.Dropout`` masks."""
+    original = FastDropout.forward
+    if implementation == "torch":
+        FastDropout.forward = nn.Dropout.forward
+    try:
+        yield
+    finally:
+        FastDropout.forward = original
+
+
+def mask_options(model: str, dropout: str, compare: bool, data_overrides: list[str]) -> list[str]:
+    """Dropout implementations to time: both when asked for and the net drops anything."""
+    value = (
+        model_dropout(C.compose([*data_overrides, f"model={model}"]))
+        if dropout == "model"
+        else dropout
+    )
+    has_dropout = value != "-" and float(value) > 0
+    return ["fast", "torch"] if compare and has_dropout else ["fast"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -145,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         default=["model", "0"],
         help="model.net.dropout settings ('model': as configured); on a CPU, dropout's random "
         "masks are a large share of a small net's step",
+    )
+    parser.add_argument(
+        "--torch-dropout",
+        action="store_true",
+        help="also time nets with dropout using nn.Dropout's masks instead of FastDropout's",
     )
     parser.add_argument("--compile", action="store_true", help="also time model.compile=true")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
@@ -181,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     compile_options = [False, True] if args.compile else [False]
     grid = [
-        (model, *rest, dropout)
+        (model, *rest, dropout, masks)
         for model in args.models
         for rest in itertools.product(
             devices,
@@ -192,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             compile_options,
         )
         for dropout in dropout_options(model, args.dropout, data_overrides)
+        for masks in mask_options(model, dropout, args.torch_dropout, data_overrides)
     ]
     rows, best = [], {}
-    for i, (model, device, batch, precision, path, cl, comp, dropout) in enumerate(grid, 1):
+    for i, (model, device, batch, precision, path, cl, comp, dropout, masks) in enumerate(grid, 1):
         overrides = [
             *data_overrides,
             f"model={model}",
@@ -215,11 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             datamodule = instantiate(cfg.data)
             C.share_splits(datamodule, source)
-            rates.append(C.template_fit(cfg, datamodule, args.warmup, args.steps).images_per_second)
+            with dropout_masks(masks):
+                fit = C.template_fit(cfg, datamodule, args.warmup, args.steps)
+            rates.append(fit.images_per_second)
         rate = C.median(rates)
         label = f"{precision}, {path}, channels_last {cl}" + (", compiled" if comp else "")
         if dropout != "model":
             label += f", dropout {dropout}"
+        if masks == "torch":
+            label += ", nn.Dropout masks"
         key = (model, device)
         if key not in best or rate > best[key][0]:
             best[key] = (rate, f"{label}, batch {batch}")
@@ -231,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 path,
                 cl,
                 "on" if comp else "off",
-                model_dropout(cfg),
+                model_dropout(cfg) + (" (nn.Dropout)" if masks == "torch" else ""),
                 batch,
                 C.fmt_rate(rate),
                 f"{batch / rate * 1000:.2f}",
