@@ -5,6 +5,7 @@ Not a test or a library: the scripts (``python benchmarks/<name>.py``) import it
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import platform
@@ -116,15 +117,28 @@ def parse_common(parser: Any, argv: Sequence[str] | None, devices: Sequence[str]
 
 
 # ---------------------------------------------------------------------------------- configs
+_scratch_root: Path | None = None
+
+
+def scratch_dir() -> Path:
+    """A fresh folder below this process's scratch root, which is removed when the process ends."""
+    global _scratch_root
+    if _scratch_root is None:
+        _scratch_root = Path(tempfile.mkdtemp(prefix="imgcls-bench-"))
+        atexit.register(shutil.rmtree, _scratch_root, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=_scratch_root))
+
+
 def compose(overrides: Sequence[str], output_dir: str | Path | None = None) -> DictConfig:
-    """``configs/train.yaml`` composed with ``overrides``, writing (if at all) below a temp dir."""
+    """``configs/train.yaml`` composed with ``overrides``, writing (if at all) to ``output_dir``
+    or else to a scratch folder that is removed when the script ends."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     setup_config_environment()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose("train", overrides=list(overrides))
-    out = Path(output_dir or tempfile.mkdtemp(prefix="imgcls-bench-"))
+    out = Path(output_dir) if output_dir is not None else scratch_dir()
     with open_dict(cfg):
         cfg.extras.print_config = False
         cfg.paths.output_dir = str(out)

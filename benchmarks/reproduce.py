@@ -5,9 +5,9 @@
     python benchmarks/reproduce.py --experiments mnist_tinynet --max-epochs 1   # a quick check
 
 Each recipe runs exactly as ``python train.py experiment=<name>`` would (fit, then test the best
-checkpoint); the table gives the test accuracy, epochs, wall time (fit + test) and hardware.
-Needs the four MNIST files (copied from ../shared/data when present); never prints a number that
-was not measured.
+checkpoint), its run dir kept in ``logs/benchmarks/reproduce/``; the table gives the test
+accuracy, epochs, wall time (fit + test) and hardware. Needs the four MNIST files (copied from
+../shared/data when present); never prints a number that was not measured.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from _common import DEFAULT_DATA_DIR, compose, hardware_description, prepare_mnist
 
+from imgcls.config import REPO_ROOT
 from imgcls.train import train
 
 REFERENCE = {
@@ -31,6 +32,8 @@ REFERENCE = {
     "mnist_speedrun": ">= 99.4%",
     "binary_mlp": "-",
 }
+#: the recipes' run dirs are kept (checkpoints, TensorBoard, metrics) below the git-ignored logs/
+RUNS_DIR = REPO_ROOT / "logs" / "benchmarks" / "reproduce"
 QUIET = ["~callbacks.rich_progress_bar", "~callbacks.rich_model_summary", "~callbacks.plots"]
 
 
@@ -40,7 +43,8 @@ def run_recipe(name: str, data_dir: str, max_epochs: int | None, accelerator: st
     overrides.append(f"trainer.accelerator={accelerator}")
     if max_epochs is not None:
         overrides.append(f"trainer.max_epochs={max_epochs}")
-    cfg = compose(overrides)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    cfg = compose(overrides, output_dir=RUNS_DIR / f"{stamp}_{name}")
     start = time.perf_counter()
     metrics = train(cfg)
     seconds = time.perf_counter() - start
