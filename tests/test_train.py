@@ -122,3 +122,15 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(make_cfg) 
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_train_called_directly_creates_its_run_dir(make_cfg, tmp_path) -> None:
+    """Without Hydra's run dir set-up (a script calling ``train(cfg)``) nothing is missing."""
+    from omegaconf import open_dict
+
+    cfg = make_cfg("train", ["data=digits", "trainer.fast_dev_run=true", "logger=csv"])
+    run_dir = tmp_path / "not" / "yet" / "there"
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    metrics = train(cfg)
+    assert (run_dir / "config.yaml").is_file() and "test/acc" in metrics

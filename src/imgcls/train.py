@@ -79,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model.run_info = {"config": resolved, "class_names": list(datamodule.class_names)}
     run_dir = output_dir(cfg)
     if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; a direct train(cfg) may not
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
 
     if cfg.train:
