@@ -186,6 +186,8 @@ def test_on_device_copies_each_split_once_and_cuts_batches_there(monkeypatch) ->
     loader = datamodule.train_dataloader()
     assert loader.images.device == meta and loader.labels.device == meta
     assert datamodule.train_dataloader().images is loader.images  # copied once, then reused
+    monkeypatch.setattr("imgcls.data.base.device_free_memory", lambda _device: 0)
+    assert datamodule.val_dataloader().images.device == meta  # one decision for every split
     batches = list(loader)
     assert len(batches) == len(loader) > 1
     assert all(x.device == meta and y.device == meta and x.shape[0] == 32 for x, y in batches[:-1])

@@ -85,6 +85,7 @@ class ImageDataModule(pl.LightningDataModule):
         )
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}  # data.on_device copies, by split
+        self._device_decisions: dict[torch.device, bool] = {}
 
     # ------------------------------------------------------------------ contract for subclasses
     def load_split(self, split: str) -> Split:
@@ -245,16 +246,21 @@ class ImageDataModule(pl.LightningDataModule):
         on_device = self.hparams.on_device
         if device.type == "cpu" or on_device is False:
             return False
+        if device in self._device_decisions:  # decided once, before any split was copied
+            return self._device_decisions[device]
         needed = sum(t.nbytes for split in self.splits.values() for t in split)
         free = device_free_memory(device)
         if on_device is None:
-            return free is not None and needed <= free // 4
-        if free is not None and needed > free:
+            use = free is not None and needed <= free // 4
+        elif free is not None and needed > free:
             raise UserError(
                 f"data.on_device=true needs {needed / 2**30:.2f} GiB on {device} but only "
                 f"{free / 2**30:.2f} GiB are free; set data.on_device=false"
             )
-        return True
+        else:
+            use = True
+        self._device_decisions[device] = use
+        return use
 
     def _split_tensors(self, split: str) -> Split:
         """The split's (images, labels): the ``data.on_device`` copy when there is one."""
@@ -298,6 +304,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         self._device_splits.clear()  # frees the data.on_device copies
+        self._device_decisions.clear()
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
