@@ -35,8 +35,8 @@ class FastDropout(nn.Dropout):
     On a CPU, drawing one Bernoulli sample per activation is the largest cost of a small CNN's
     training step. Here every 16 random bits decide one element: elements are still dropped
     independently with probability ``p`` (rounded to a multiple of 1/65536) and kept ones scaled
-    by ``1 / (1 - p)``, at about a third of the cost. On a GPU, under ``torch.compile``, in eval
-    mode or with ``inplace=True`` it is plain ``nn.Dropout``.
+    by ``1 / (1 - p)``, for far less work (``benchmarks/throughput.py --torch-dropout``). On a
+    GPU, under ``torch.compile``, in eval mode or with ``inplace=True`` it is ``nn.Dropout``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
