@@ -122,6 +122,9 @@ def experiment_overrides(args: argparse.Namespace, data_overrides: list[str]) ->
         f"++trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
         "++trainer.devices=1",
         "++trainer.min_epochs=0",
+        # the report goes to stdout: no progress bar or model summary in it
+        "++trainer.enable_progress_bar=false",
+        "++trainer.enable_model_summary=false",
     ]
     if not args.keep_validation:
         overrides += [
