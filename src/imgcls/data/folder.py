@@ -534,7 +534,10 @@ class FolderDataModule(ImageDataModule):
     def _apply_stats(self, stats: dict[str, list[float]]) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
         self._stats_pending = False
-        log.info(f"data.normalize=auto: mean={stats['mean']} std={stats['std']}")
+        log.info(
+            f"normalising with mean={stats['mean']} std={stats['std']} "
+            f"(data.normalize={self.normalize_mode})"
+        )
 
     def _ensure_stats(self) -> None:
         if not self._stats_pending:
