@@ -359,20 +359,17 @@ class FolderDataModule(ImageDataModule):
                 )
 
     # ------------------------------------------------------------------ reading
-    def _decode_one(self, path: Path) -> torch.Tensor | str:
+    def _read_one(self, path: Path) -> torch.Tensor | Path | str:
+        """The decoded image (in memory) or the checked path (streaming); else why it failed."""
         try:
-            return decode_image(path, self.in_channels, self.image_size)
-        except UserError as err:
-            return str(err)
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
-            return f"{path}: unreadable image ({type(err).__name__}: {err})"
-
-    def _check_one(self, path: Path) -> Path | str:
-        try:
+            if self.hparams.in_memory:
+                return decode_image(path, self.in_channels, self.image_size)
             check_image_file(path)
             return path
         except UserError as err:
             return str(err)
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+            return f"{path}: unreadable image ({type(err).__name__}: {err})"
 
     def _read_all(self) -> dict[str, Split]:
         """Every split as (images, labels): decoded tensors, or ``FileImages`` when streaming.
@@ -387,9 +384,8 @@ class FolderDataModule(ImageDataModule):
         ]
         verb = "checking" if streaming else "decoding"
         log.info(f"{verb} {len(items)} images from data.root={self.root} ...")
-        read = self._check_one if streaming else self._decode_one
         with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
-            results = list(pool.map(read, [path for _, path, _ in items]))
+            results = list(pool.map(self._read_one, [path for _, path, _ in items]))
         bad = [r for r in results if isinstance(r, str)]
         if bad:
             if self.on_bad_image == "error":
