@@ -26,7 +26,7 @@ import _common as C
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.loaders import TensorBatchLoader, TensorImageDataset
 from imgcls.models.nets.blocks import FastDropout
@@ -61,13 +61,17 @@ def data_path_rows(datamodule, batch_size: int, num_workers: int, mnist_dir: Pat
     rows.append(
         ["in-memory slicing + batch normalisation", C.fmt_rate(loader_rate(fast, pipeline, 400))]
     )
-    standard = DataLoader(
-        TensorImageDataset(images, labels, pipeline, train=True),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+
+    def shuffled(dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+
+    standard = shuffled(TensorImageDataset(images, labels, pipeline, train=True))
     rows.append(
         [
             f"standard: per-sample tensors, {num_workers} workers",
@@ -85,13 +89,7 @@ def data_path_rows(datamodule, batch_size: int, num_workers: int, mnist_dir: Pat
                 [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
             ),
         )
-        reference = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=num_workers,
-            persistent_workers=num_workers > 0,
-        )
+        reference = shuffled(dataset)
         rows.append(
             [
                 f"torchvision MNIST, PIL + ToTensor + Normalize, {num_workers} workers",
