@@ -24,10 +24,9 @@ from omegaconf import DictConfig, open_dict
 from imgcls.config import CONFIG_DIR, REPO_ROOT, setup_config_environment
 from imgcls.data.mnist import MNIST_FILES, MNISTDataModule
 
-#: where the four official MNIST .gz files may lie beside the clone (read-only is fine)
-SHARED_MNIST_RAW = REPO_ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
-#: the template's own default data dir (paths.data_dir)
+#: the template's own default data dir (paths.data_dir): the repository tracks MNIST's .gz files
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
+REPO_MNIST_RAW = DEFAULT_DATA_DIR / "MNIST" / "raw"
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -38,20 +37,20 @@ def _extracted(name: str) -> str:
 
 
 def prepare_mnist(data_dir: str | Path = DEFAULT_DATA_DIR) -> bool:
-    """Make ``<data_dir>/MNIST/raw`` hold MNIST: copied from ../shared if not there yet.
+    """Make ``<data_dir>/MNIST/raw`` hold MNIST: copied from the repository's if not there yet.
 
     Returns whether MNIST is available (torchvision's MNIST then verifies and extracts it offline).
     """
     raw = Path(data_dir) / "MNIST" / "raw"
     if all((raw / _extracted(f)).is_file() or (raw / f).is_file() for f in MNIST_FILES):
         return True
-    if not all((SHARED_MNIST_RAW / f).is_file() for f in MNIST_FILES):
+    if not all((REPO_MNIST_RAW / f).is_file() for f in MNIST_FILES):
         return False
     raw.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
         if not (raw / name).is_file():
             tmp = raw / f".{name}.tmp{os.getpid()}"
-            shutil.copyfile(SHARED_MNIST_RAW / name, tmp)
+            shutil.copyfile(REPO_MNIST_RAW / name, tmp)
             tmp.replace(raw / name)  # atomic: a concurrent run never sees half a file
     return True
 

@@ -6,8 +6,8 @@
 
 Each recipe runs exactly as ``python train.py experiment=<name>`` would (fit, then test the best
 checkpoint), its run dir kept in ``logs/benchmarks/reproduce/``; the table gives the test
-accuracy, epochs, wall time (fit + test) and hardware. Needs the four MNIST files (copied from
-../shared/data when present); never prints a number that was not measured.
+accuracy, epochs, wall time (fit + test) and hardware. Uses the repository's MNIST files
+(data/MNIST/raw); never prints a number that was not measured.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if not prepare_mnist(args.data_dir):
-        raise SystemExit(f"MNIST not found in {args.data_dir}/MNIST/raw or ../shared/data: not run")
+        raise SystemExit(f"MNIST not found in {args.data_dir}/MNIST/raw: not run")
     hardware = hardware_description("cuda" if args.accelerator == "gpu" else "cpu")
     rows = []
     for name in args.experiments:

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     C.add_common_arguments(parser, synthetic=False, overrides=False)
     args = C.parse_common(parser, argv, [parser.parse_known_args(argv)[0].device])
     if not C.prepare_mnist(args.data_dir):
-        parser.error(f"MNIST is neither in {args.data_dir}/MNIST/raw nor in {C.SHARED_MNIST_RAW}")
+        parser.error(f"MNIST is neither in {args.data_dir}/MNIST/raw nor in {C.REPO_MNIST_RAW}")
     C.quiet_lightning()
     data_overrides = C.data_overrides(args.data_dir)
     targets = tuple(sorted(args.targets))

@@ -20,7 +20,8 @@ from imgcls.config import CONFIG_DIR, REPO_ROOT, setup_config_environment
 setup_config_environment()
 torch.set_num_threads(1)  # tests share 2 cores with subprocesses: one thread each is fastest
 
-SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
+#: the four official MNIST .gz files, tracked in the repository (paths.data_dir/MNIST/raw)
+REPO_MNIST = REPO_ROOT / "data" / "MNIST" / "raw"
 
 
 def make_quiet(cfg: DictConfig) -> None:

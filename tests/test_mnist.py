@@ -9,9 +9,10 @@ import torch
 from torchvision.datasets import MNIST
 
 from imgcls.data import DigitsDataModule, MNISTDataModule
+from imgcls.data.mnist import MNIST_FILES
 from imgcls.utils.errors import UserError
 
-from .conftest import SHARED_MNIST, write_fake_mnist
+from .conftest import REPO_MNIST, write_fake_mnist
 
 
 def test_mnist_reads_idx_files_and_keeps_test_split(fake_mnist: Path) -> None:
@@ -76,11 +77,11 @@ def test_digits_is_real_offline_and_fixed_test_split() -> None:
     assert torch.bincount(a.splits["test"][1]).min() >= 35  # stratified
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
 def test_real_mnist_files_verify_and_extract_offline(tmp_path: Path) -> None:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for f in SHARED_MNIST.glob("*.gz"):
+    assert sorted(f.name for f in REPO_MNIST.glob("*.gz")) == sorted(MNIST_FILES)
+    for f in REPO_MNIST.glob("*.gz"):
         (raw / f.name).symlink_to(f)
     dm = MNISTDataModule(data_dir=str(tmp_path))
     dm.prepare_data()
