@@ -83,6 +83,7 @@ def test_missing_cached_weights_are_one_line_naming_the_file(torch_home: Path) -
     assert not expected.exists()  # nothing was downloaded
 
 
+@pytest.mark.slow  # ~10-20 s: a train.py process
 def test_offline_cli_run_stops_before_any_image_is_decoded(tmp_path, torch_home) -> None:
     root = write_flat_folder(tmp_path / "pics", n=4)
     result = run_cli(
@@ -316,3 +317,37 @@ def test_finetuning_run_from_local_weights_trains_evaluates_and_predicts(tmp_pat
     predict(predict_cfg)
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 8 and {r["predicted_class"] for r in rows} <= {"apple", "banana", "cherry"}
+
+
+def test_a_run_resumed_after_the_unfreezing_ends_like_an_uninterrupted_one(tmp_path) -> None:
+    from imgcls.train import train
+
+    base = [
+        "data=digits",
+        "model=torchvision",
+        "model/scheduler=step",
+        "model.scheduler.step_size=1",
+        "callbacks=finetuning",
+        "callbacks.finetuning.unfreeze_at_epoch=1",
+        "logger=csv",
+        "~callbacks.plots",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    train(compose_config("train", [*base, "trainer.max_epochs=3"], tmp_path / "whole"))
+    train(compose_config("train", [*base, "trainer.max_epochs=2"], tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"  # two parameter groups by now
+    train(
+        compose_config(
+            "train", [*base, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "cut"
+        )
+    )
+    whole, resumed = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in ("whole", "cut")
+    )
+    assert resumed["epoch"] == whole["epoch"] == 2
+    assert all(torch.equal(v, resumed["state_dict"][k]) for k, v in whole["state_dict"].items())
+    lrs = [[g["lr"] for g in c["optimizer_states"][0]["param_groups"]] for c in (whole, resumed)]
+    assert lrs[0] == lrs[1] and len(lrs[0]) == 2
