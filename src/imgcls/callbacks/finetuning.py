@@ -43,6 +43,11 @@ class HeadFirstFinetuning(BaseFinetuning):
         self.backbone_lr_factor = float(backbone_lr_factor)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        if pl_module.hparams.get("freeze") == "backbone":
+            raise UserError(
+                "model.freeze=backbone keeps the backbone frozen for the whole run, but "
+                "callbacks.finetuning would unfreeze it; drop one (~callbacks.finetuning)"
+            )
         freeze_backbone(pl_module.net)
 
     def finetune_function(
