@@ -5,8 +5,9 @@ ResNet-50 with its ImageNet weights; ``model=timm model.net.name=...`` does the 
 Either way the classifier head is replaced to fit ``num_classes`` (a fresh layer) and the first
 convolution is adapted to ``in_channels``: for one channel the pretrained RGB filters are summed,
 for ``c`` channels they are repeated cyclically and scaled by ``3 / c`` (activations keep their
-scale; for a multiple of 3 a grey image gives exactly the RGB response). The head's module name is kept in ``net.head_name``, so freezing the
-backbone (``model.freeze=backbone``, the ``finetuning`` callback) knows what to leave trainable.
+scale; for a multiple of 3 a grey image gives exactly the RGB response). The head's module name
+is kept in ``net.head_name``, so freezing the backbone (``model.freeze=backbone``, the
+``finetuning`` callback) knows what to leave trainable.
 
 ``model.net.weights``:
 
