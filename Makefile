@@ -12,10 +12,10 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,sweep]"
+	$(PY) -m pip install -q -e ".[all]"
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install imgcls with the dev and sweep extras
+install: $(STAMP)  ## create .venv and install imgcls with every extra (.[all]: dev, sweep, timm)
 
 train: $(STAMP)  ## train with the default config (MNIST + tinynet); extra overrides in ARGS="..."
 	$(PY) train.py $(ARGS)

@@ -1,4 +1,5 @@
-"""Where the Hydra configs live, and the resolvers ``${run_id:}`` and ``${datamodule:...}``."""
+"""Where the Hydra configs live, and the resolvers ``${run_id:}``, ``${datamodule:...}`` and
+``${pretrained:...}`` (the pretrained weights' preprocessing, see imgcls.models.nets.pretrained)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,7 @@ def setup_config_environment() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("datamodule"):
         OmegaConf.register_new_resolver("datamodule", datamodule_attribute)
+    if not OmegaConf.has_resolver("pretrained"):
+        from imgcls.models.nets.pretrained import pretrained_resolver
+
+        OmegaConf.register_new_resolver("pretrained", pretrained_resolver)

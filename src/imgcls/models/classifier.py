@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from imgcls.models.freezing import check_freeze, freeze_backbone
 from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
@@ -43,6 +44,7 @@ class ImageClassifier(pl.LightningModule):
         compile: bool = False,
         nonfinite_loss: str = "stop",
         class_weights: str | list[float] | None = None,
+        freeze: str | None = None,
     ) -> None:
         super().__init__()
         lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
@@ -56,10 +58,13 @@ class ImageClassifier(pl.LightningModule):
             raise UserError(
                 f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}"
             )
+        check_freeze(freeze)
         if class_weights is not None and not isinstance(class_weights, str):
             class_weights = [float(w) for w in class_weights]  # plain data in checkpoints
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
+        if freeze == "backbone":  # the optimizer then gets the head's parameters only
+            freeze_backbone(self.net)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # the compiled net stays outside the module tree, so checkpoints keep plain `net.` names
@@ -178,7 +183,9 @@ class ImageClassifier(pl.LightningModule):
         return self(x).softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        # frozen parameters (model.freeze, callbacks=finetuning) stay out until unfrozen
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
@@ -252,8 +259,12 @@ def build_model_parts(config: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(
             "the checkpoint's stored config has no model.net; it was not made by imgcls"
         )
-    return {
+    parts = {
         key: instantiate(model_cfg[key])
-        for key in ("net", "optimizer", "scheduler")
+        for key in ("optimizer", "scheduler")
         if model_cfg.get(key) is not None
     }
+    # the checkpoint holds the trained weights: pretrained ones are not read (nor needed) again
+    pretrained = isinstance(model_cfg["net"], Mapping) and model_cfg["net"].get("weights")
+    parts["net"] = instantiate(model_cfg["net"], **({"load_weights": False} if pretrained else {}))
+    return parts
