@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.freezing import check_freeze, freeze_backbone
+from imgcls.models.mixing import batch_mixing
 from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
@@ -45,6 +46,8 @@ class ImageClassifier(pl.LightningModule):
         nonfinite_loss: str = "stop",
         class_weights: str | list[float] | None = None,
         freeze: str | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
@@ -71,6 +74,8 @@ class ImageClassifier(pl.LightningModule):
         object.__setattr__(self, "compiled_net", torch.compile(self.net) if compile else None)
         self.skipped_batches = 0
         self.optimizer_factory = optimizer
+        #: mixup/cutmix of each training batch (soft targets), or None
+        self.batch_mix = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
         self.scheduler_factory = scheduler
         # per-step updates of the training metrics skip argument checks (one host sync each)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -112,19 +117,23 @@ class ImageClassifier(pl.LightningModule):
     def _step(
         self, batch: tuple[torch.Tensor, torch.Tensor], return_logits: bool = False
     ) -> tuple[torch.Tensor, ...]:
-        """(loss, predictions or logits, labels) of a batch."""
+        """(loss, predictions or logits, class labels) of a batch; soft targets ``[N, C]`` (mixup)
+        give the loss as probabilities and their most likely class as the label."""
         x, y = batch
         logits = self(x)
         weight = None if self.loss_weights is None else self.loss_weights.to(logits.device)
         loss = F.cross_entropy(
             logits, y, weight=weight, label_smoothing=self.hparams.label_smoothing
         )
-        return loss, logits if return_logits else logits.argmax(dim=1), y
+        labels = y if y.ndim == 1 else y.argmax(dim=1)
+        return loss, logits if return_logits else logits.argmax(dim=1), labels
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # a sanity-check pass must not count as the best epoch
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if self.batch_mix is not None:
+            batch = self.batch_mix(*batch)
         loss, preds, y = self._step(batch)
         if not torch.isfinite(loss):
             return self._nonfinite(loss)

@@ -1,0 +1,128 @@
+"""Mixup / CutMix of training batches and EMA weight averaging, through the composed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from imgcls.models.classifier import ImageClassifier
+from imgcls.models.mixing import batch_mixing
+from imgcls.train import train
+from imgcls.utils.errors import UserError
+
+
+def digits_batch(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    from imgcls.data.digits import DigitsDataModule
+
+    datamodule = DigitsDataModule()
+    datamodule.setup("fit")
+    images, labels = datamodule.splits["train"]
+    return datamodule.preprocess(images[:n]), labels[:n]
+
+
+def training_step_inputs(model: ImageClassifier, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the net saw, the training loss) of one ``training_step``."""
+    seen = []
+    hook = model.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    loss = model.training_step(batch, 0)
+    hook.remove()
+    return seen[0], loss
+
+
+def test_mixup_trains_on_mixed_images_against_mixed_soft_targets(make_cfg) -> None:
+    torch.manual_seed(0)
+    model = instantiate(make_cfg("train", ["data=digits", "model.mixup_alpha=0.4"]).model)
+    model.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    x, y = digits_batch()
+    mixed, loss = training_step_inputs(model, (x, y))
+    # mixup: each image is lam * itself + (1 - lam) * its neighbour in the batch
+    partner = x.roll(1, 0)
+    lam = ((mixed - partner) * (x - partner)).sum() / ((x - partner) ** 2).sum()
+    assert 0 < lam < 1
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * partner, atol=1e-5, rtol=0)
+    # the loss is the cross-entropy against the equally mixed one-hot targets
+    target = lam * F.one_hot(y, 10).float() + (1 - lam) * F.one_hot(y.roll(1, 0), 10).float()
+    with torch.no_grad():
+        logits = model(mixed)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits, target))
+    assert not torch.allclose(loss.detach(), F.cross_entropy(logits, y))
+    # train/acc scores the predictions against each soft target's dominant class
+    expected_acc = (logits.argmax(1) == target.argmax(1)).float().mean()
+    torch.testing.assert_close(model.train_acc.compute(), expected_acc)
+
+
+def test_cutmix_pastes_a_box_from_the_neighbour_and_weighs_labels_by_area(make_cfg) -> None:
+    torch.manual_seed(0)
+    model = instantiate(make_cfg("train", ["data=digits", "model.cutmix_alpha=1.0"]).model)
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    mixed, soft = model.batch_mix(x, y)
+    partner = x.roll(1, 0)
+    from_partner = (mixed == partner) & (mixed != x)
+    assert torch.all((mixed == x) | (mixed == partner))  # pixels are pasted, not blended
+    rows, cols = from_partner[0, 0].any(1).nonzero(), from_partner[0, 0].any(0).nonzero()
+    box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert 0 < box_area < 28 * 28
+    assert torch.equal(from_partner.sum((1, 2, 3)), box_area.expand(8))  # one box for the batch
+    lam = 1 - box_area / (28 * 28)
+    torch.testing.assert_close(soft[torch.arange(8), y], lam.float().expand(8))
+    torch.testing.assert_close(soft[torch.arange(8), y.roll(1, 0)], (1 - lam).float().expand(8))
+
+
+def test_mixing_is_off_by_default_and_rejects_negative_alphas(make_cfg) -> None:
+    assert instantiate(make_cfg("train", ["data=digits"]).model).batch_mix is None
+    both = instantiate(
+        make_cfg("train", ["data=digits", "model.mixup_alpha=0.2", "model.cutmix_alpha=1.0"]).model
+    )
+    assert type(both.batch_mix).__name__ == "RandomChoice"
+    with pytest.raises(UserError, match="model.mixup_alpha must be >= 0"):
+        batch_mixing(10, mixup_alpha=-1.0, cutmix_alpha=0.0)
+
+
+@pytest.fixture(scope="module")
+def ema_mixup_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """One epoch on digits with EMA weights (decay 0.9) and mixup + cutmix."""
+    from .conftest import compose_config
+
+    run_dir = tmp_path_factory.mktemp("ema_run")
+    overrides = [
+        "data=digits",
+        "callbacks=ema",
+        "callbacks.ema.decay=0.9",
+        "model.mixup_alpha=0.2",
+        "model.cutmix_alpha=1.0",
+        "trainer.max_epochs=1",
+        "~callbacks.plots",
+        "seed=5",
+    ]
+    return run_dir, train(compose_config("train", overrides, run_dir))
+
+
+def accuracy(state_dict: dict[str, torch.Tensor], checkpoint: dict, split: str = "val") -> float:
+    model = ImageClassifier.from_checkpoint({**checkpoint, "state_dict": state_dict}).eval()
+    datamodule = instantiate(checkpoint["imgcls"]["config"]["data"])
+    datamodule.setup("fit")
+    images, labels = datamodule.splits[split]
+    with torch.no_grad():
+        return (model(datamodule.preprocess(images)).argmax(1) == labels).float().mean().item()
+
+
+def test_ema_weights_are_validated_saved_and_tested(ema_mixup_run) -> None:
+    run_dir, metrics = ema_mixup_run
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    steps = checkpoint["global_step"]
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == steps  # updated after every step
+    weight = "net.head.weight" if "net.head.weight" in averaged else next(iter(averaged))
+    assert not torch.equal(averaged[weight], current[weight])
+    # validation ran on the averaged weights: its accuracy is theirs, not the raw weights'
+    assert metrics["val/acc"] == pytest.approx(accuracy(averaged, checkpoint), abs=1e-6)
+    assert accuracy(current, checkpoint) != pytest.approx(metrics["val/acc"], abs=1e-6)
+    # the one epoch's checkpoint is the best one, which train.py tests: with the averaged weights
+    assert metrics["test/acc"] == pytest.approx(accuracy(averaged, checkpoint, "test"), abs=1e-6)
+    # mixup's train/acc is scored against each soft target's dominant class
+    assert 0.0 < metrics["train/acc"] <= 1.0
+    assert metrics["test/acc"] > 0.5  # chance is 0.1
