@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from imgcls.config import CONFIG_DIR, setup_config_environment
+from imgcls.loggers import finish_loggers
 from imgcls.utils.checkpoint import read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
@@ -94,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(to_floats(trainer.callback_metrics))
 
     log_hparams_with_metrics(loggers, cfg, metrics)
+    finish_loggers(loggers)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
