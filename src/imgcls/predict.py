@@ -1,11 +1,17 @@
-"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions."""
+"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions.
+
+``ckpt_path`` is a training checkpoint (``.ckpt``) or a model exported by export.py (``.onnx``,
+``.pt``; the preprocessing is read from the ``.json`` beside it).
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -13,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from imgcls.config import CONFIG_DIR, setup_config_environment
+from imgcls.export import ExportedClassifier, is_exported
 from imgcls.imaging import IMAGE_SUFFIXES, load_image_tensor
 from imgcls.models.classifier import ImageClassifier
 from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
@@ -45,15 +52,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def predict(cfg: DictConfig) -> Path:
-    checkpoint = read_checkpoint(cfg.ckpt_path)
+def load_classifier(path: str, device: torch.device) -> tuple[Any, Callable, int, list[str]]:
+    """(model, preprocess, channels, class names) of a checkpoint or an exported model."""
+    if is_exported(path):  # model.onnx / model.pt from export.py, its model.json beside it
+        exported = ExportedClassifier(path, device)
+        return exported, exported.preprocess, exported.in_channels, exported.class_names
+    checkpoint = read_checkpoint(path)
     trained = stored_config(checkpoint)
-    class_names = stored_class_names(checkpoint)
     datamodule = instantiate(trained["data"])  # preprocessing only: no data is loaded
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+    model = ImageClassifier.from_checkpoint(checkpoint).eval().to(device)
+    return model, datamodule.preprocess, datamodule.in_channels, stored_class_names(checkpoint)
+
+
+def predict(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device)
-    model = ImageClassifier.from_checkpoint(checkpoint)
-    model.eval().to(device)
+    model, preprocess, channels, class_names = load_classifier(cfg.ckpt_path, device)
 
     rows, skipped = [], []
     files = list_images(Path(cfg.input))
@@ -61,12 +75,12 @@ def predict(cfg: DictConfig) -> Path:
         batch_files, images = [], []
         for path in files[start : start + cfg.batch_size]:
             try:
-                image = load_image_tensor(path, channels=datamodule.in_channels)
+                image = load_image_tensor(path, channels=channels)
             except UserError as err:
                 skipped.append(str(err))
                 continue
             batch_files.append(path)
-            images.append(datamodule.preprocess(image.unsqueeze(0)))
+            images.append(preprocess(image.unsqueeze(0)))
         if not images:
             continue
         with torch.inference_mode():

@@ -1,0 +1,11 @@
+"""Run from a clone without installing (see src/imgcls/export.py)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from imgcls.export import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()

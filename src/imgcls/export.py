@@ -1,0 +1,203 @@
+"""``python export.py ckpt_path=PATH format=onnx|torchscript``: a servable model + preprocessing.
+
+Writes the checkpoint's network (eval mode, CPU, float32, any batch size) as ONNX (``model.onnx``,
+torch's ``torch.export``-based exporter) or TorchScript (``model.pt``, traced), and beside it
+``model.json``: the input size and channels, the normalisation mean/std, the class names and how to
+turn an image into the input. After writing, the exported model is run on a batch of another size
+and must match the PyTorch outputs. ``predict.py ckpt_path=model.onnx`` (or ``model.pt``) runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from imgcls.config import CONFIG_DIR, setup_config_environment
+from imgcls.data.transforms import Normalize, resize_uint8, to_float
+from imgcls.models.classifier import ImageClassifier
+from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+from imgcls.utils.errors import UserError
+from imgcls.utils.preflight import exit_on_unknown_choice
+from imgcls.utils.runs import apply_extras, output_dir, report_errors
+
+log = logging.getLogger(__name__)
+
+#: export format -> file suffix of the exported model
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+PREPROCESSING = (
+    "decode to {channels} channel(s) ({mode}), resize to {size}x{size} (bilinear, antialiased), "
+    "scale to [0, 1], subtract mean and divide by std per channel; float32 [batch, {channels}, "
+    "{size}, {size}]. The output is [batch, classes] scores (logits or log-probabilities): argmax "
+    "is the class, softmax the probabilities."
+)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """The preprocessing JSON written beside an exported model."""
+    return Path(model_path).with_suffix(".json")
+
+
+def is_exported(path: str | Path) -> bool:
+    return Path(path).suffix in SUFFIXES.values()
+
+
+def preprocessing_spec(checkpoint: dict[str, Any], fmt: str, model_file: str) -> dict[str, Any]:
+    """What a server needs to feed the exported model: read from the checkpoint's datamodule."""
+    datamodule = instantiate(stored_config(checkpoint)["data"])  # no data is loaded
+    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+    normalize = datamodule.pipeline.normalize
+    channels, size = datamodule.in_channels, datamodule.image_size
+    return {
+        "format": fmt,
+        "model": model_file,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "in_channels": channels,
+        "image_size": size,
+        "mean": normalize.mean.flatten().tolist(),
+        "std": normalize.std.flatten().tolist(),
+        "class_names": stored_class_names(checkpoint),
+        "preprocessing": PREPROCESSING.format(
+            channels=channels, size=size, mode="grayscale" if channels == 1 else "RGB"
+        ),
+    }
+
+
+def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as err:
+        raise UserError(
+            "format=onnx needs onnx and onnxscript: pip install -e '.[export]'"
+        ) from err
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        opset_version=opset,
+        external_data=False,  # one self-contained file
+        verbose=False,
+    )
+
+
+def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    torch.jit.trace(net, example).save(str(path))
+
+
+class ExportedClassifier:
+    """An exported model with the preprocessing beside it: callable on a preprocessed batch."""
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
+        path, spec_path = Path(path), sidecar_path(path)
+        if not path.is_file():
+            raise UserError(f"ckpt_path={path} does not exist")
+        if not spec_path.is_file():
+            raise UserError(
+                f"ckpt_path={path} has no {spec_path.name} beside it: export models with "
+                "`python export.py ckpt_path=<.ckpt> format=onnx|torchscript`"
+            )
+        spec = json.loads(spec_path.read_text())
+        self.format, self.class_names = spec["format"], list(spec["class_names"])
+        self.in_channels, self.image_size = int(spec["in_channels"]), int(spec["image_size"])
+        self.normalize = Normalize(spec["mean"], spec["std"])
+        self.device = torch.device(device)
+        if self.format == "onnx":
+            self.session = onnx_session(path, self.device)
+            self.output_device = torch.device("cpu")
+        else:
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
+            self.output_device = self.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` images of any size -> the model's normalised input."""
+        return self.normalize(to_float(resize_uint8(images, self.image_size)))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores ``[N, classes]`` of a preprocessed batch."""
+        if self.format == "onnx":
+            feed = {INPUT_NAME: images.detach().cpu().numpy()}
+            return torch.from_numpy(self.session.run([OUTPUT_NAME], feed)[0])
+        with torch.inference_mode():
+            return self.module(images.to(self.device))
+
+
+def onnx_session(path: Path, device: torch.device) -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise UserError(
+            f"running {path.name} needs onnxruntime: pip install -e '.[export]'"
+        ) from err
+    available = onnxruntime.get_available_providers()
+    wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
+    providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(str(path), providers=providers)
+
+
+def export(cfg: DictConfig) -> Path:
+    if cfg.format not in SUFFIXES:
+        raise UserError(f"format={cfg.format} is not supported; use onnx or torchscript")
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    path = Path(cfg.output) if cfg.get("output") else output_dir(cfg) / "model"
+    path = path.with_suffix(SUFFIXES[cfg.format])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = preprocessing_spec(checkpoint, cfg.format, path.name)
+    net = ImageClassifier.from_checkpoint(checkpoint).net.eval().float().cpu()
+    size, channels = spec["image_size"], spec["in_channels"]
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, channels, size, size, generator=generator)
+    with torch.no_grad():
+        if cfg.format == "onnx":
+            export_onnx(net, example, path, cfg.get("opset"))
+        else:
+            export_torchscript(net, example, path)
+    sidecar_path(path).write_text(json.dumps(spec, indent=2) + "\n")
+    check_exported(net, path, torch.randn(3, channels, size, size, generator=generator), cfg.atol)
+    log.info(f"{cfg.format} model -> {path}; preprocessing -> {sidecar_path(path)}")
+    return path
+
+
+def check_exported(net: nn.Module, path: Path, batch: torch.Tensor, atol: float) -> None:
+    """The exported model must give the PyTorch outputs on a batch of another size."""
+    with torch.no_grad():
+        expected = net(batch)
+    got = ExportedClassifier(path)(batch)
+    error = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
+    if not error <= atol:
+        raise UserError(
+            f"the exported {path.name} differs from the PyTorch model (shape {tuple(got.shape)} vs "
+            f"{tuple(expected.shape)}, max abs difference {error:.3g} > atol={atol})"
+        )
+    log.info(
+        f"exported model matches PyTorch on a batch of {len(batch)} (max abs diff {error:.2g})"
+    )
+
+
+@report_errors
+def run(cfg: DictConfig) -> Path:
+    apply_extras(cfg)
+    return export(cfg)
+
+
+def main() -> None:
+    setup_config_environment()
+    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")(run)()
+
+
+if __name__ == "__main__":
+    main()
