@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.loggers import finish_loggers
+from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
@@ -72,6 +73,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         read_checkpoint(cfg.ckpt_path, mmap=True)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
+    if cfg.get("tune"):
+        tuned = run_tuner(cfg, model, datamodule)
+        if tunes_only(cfg):
+            return tuned
+        pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
+        datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
@@ -134,7 +141,7 @@ def run(cfg: DictConfig) -> float | None:
             log.info(f"{name}: {metrics[name]:.4f}")
     log.info(f"run dir: {output_dir(cfg)}")
     name = cfg.get("optimized_metric")
-    if not name:
+    if not name or tunes_only(cfg):
         return None
     if name not in metrics:
         raise UserError(
