@@ -71,8 +71,15 @@ def test_mlflow_store_holds_the_runs_metrics_and_params(many_loggers_run) -> Non
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert [m.step for m in history] == [4, 9]  # once per epoch, at the global step
     params = run.data.params
-    assert params["lr"] == "0.005" and params["batch_size"] == "16" and params["seed"] == "4"
+    assert float(params["lr"]) == configured_lr(run_dir)
+    assert params["batch_size"] == "16" and params["seed"] == "4"
     assert params["net"] == "TinyNet" and params["data"] == "DigitsDataModule"
+
+
+def configured_lr(run_dir: Path) -> float:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(run_dir / "config.yaml").model.optimizer.lr
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
@@ -119,7 +126,8 @@ def test_wandb_runs_offline_without_api_key_and_its_files_hold_the_metrics(
     assert len(history["val/acc"]) == 2  # one value per epoch
     assert history["test/acc"][-1] == pytest.approx(metrics["test/acc"])
     assert history["hp/test_acc"][-1] == pytest.approx(metrics["test/acc"])
-    assert config["lr"] == 0.005 and config["batch_size"] == 16 and config["seed"] == 4
+    assert config["lr"] == configured_lr(run_dir)
+    assert config["batch_size"] == 16 and config["seed"] == 4
 
 
 @pytest.mark.slow

@@ -48,6 +48,9 @@ def run_tuner(
     trainer = build_trainer(
         cfg, logger=False, callbacks=[], enable_checkpointing=False, max_epochs=-1
     )
+    # the optimizer alone: lr_find replaces the LR schedule with its own ramp, and a batch-size
+    # trial's memory does not depend on it (a OneCycle schedule cannot be sized for either)
+    model.scheduler_factory = None
     tuner = Tuner(trainer)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
