@@ -60,6 +60,13 @@ def test_onecycle_fills_total_steps_and_cycles_per_step(make_cfg) -> None:
     assert rec.lrs[-1] < rec.lrs[0]  # annealed below the start
 
 
+def test_onecycle_trains_when_warmup_would_end_on_step_zero(make_cfg) -> None:
+    """tinynet's schedule (pct_start 0.25) over exactly 4 steps: torch's OneCycleLR divides by 0."""
+    trainer, rec = fit(make_cfg, ["model=tinynet", "trainer.limit_train_batches=4"])
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 5
+    assert len(rec.lrs) == 4 and rec.lrs[-1] < max(rec.lrs)
+
+
 def test_cosine_warmup_ramps_up_then_decays(make_cfg) -> None:
     trainer, rec = fit(
         make_cfg,

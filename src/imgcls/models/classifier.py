@@ -201,7 +201,9 @@ class ImageClassifier(pl.LightningModule):
         if takes_argument(self.scheduler_factory, "total_steps") and not has_argument(
             self.scheduler_factory, "total_steps", "epochs"
         ):  # OneCycleLR and warmup schedules: the whole run, in optimizer steps
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            kwargs["total_steps"] = schedule_length(
+                self.scheduler_factory, int(self.trainer.estimated_stepping_batches)
+            )
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         interval = self.hparams.scheduler_interval
         if interval == "auto":
@@ -251,6 +253,13 @@ def takes_argument(factory: Callable[..., Any], name: str) -> bool:
         return name in inspect.signature(func).parameters
     except (TypeError, ValueError):
         return False
+
+
+def schedule_length(factory: Callable[..., Any], steps: int) -> int:
+    """``total_steps`` for a schedule over the run: ``steps``, one more where OneCycleLR's warm-up
+    would end on step 0 (``pct_start * total_steps == 1``), which divides by zero in torch."""
+    pct_start = factory.keywords.get("pct_start") if isinstance(factory, functools.partial) else None
+    return steps + 1 if pct_start is not None and pct_start * steps == 1 else steps
 
 
 def has_argument(factory: Callable[..., Any], *names: str) -> bool:
