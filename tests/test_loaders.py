@@ -56,3 +56,29 @@ def test_debug_overfit_memorises_its_batches(make_cfg, in_memory) -> None:
     )
     metrics = train(cfg)
     assert metrics["train/acc"] == 1.0
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "standard"])
+def test_distributed_evaluation_serves_every_sample_exactly_once(in_memory) -> None:
+    # 325 test images over 2 ranks: a padding sampler would repeat one of them
+    dm = DigitsDataModule(
+        batch_size=16, in_memory=in_memory, num_workers=0, classes=[0, 1, 3, 4, 5, 6, 7, 8, 9]
+    )
+    dm.setup("test")
+    images, _ = dm.splits["test"]
+    served = []
+    for rank in range(2):
+        dm.trainer = _Trainer(rank=rank, world_size=2)
+        dm.trainer.training = False
+        loader = dm.test_dataloader()
+        batches = [dm.on_after_batch_transfer(batch, 0)[0] for batch in loader]
+        assert len(batches) == len(loader)
+        served.append(torch.cat(batches))
+    assert [len(s) for s in served] == [163, 162]
+    # the same multiset of images as one process sees: none repeated, none left out
+    rows, counts = torch.unique(torch.cat(served).flatten(1), dim=0, return_counts=True)
+    expected_rows, expected_counts = torch.unique(
+        dm.preprocess(images).flatten(1), dim=0, return_counts=True
+    )
+    assert torch.equal(counts, expected_counts)
+    torch.testing.assert_close(rows, expected_rows)
