@@ -13,8 +13,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from imgcls.data import folder as folder_module
 from imgcls.data.folder import STATS_CACHE, FileImages, FolderDataModule
+from imgcls.data.folder import read as folder_read
+from imgcls.data.folder import stats as folder_stats
 from imgcls.utils.errors import UserError
 
 #: class -> the RGB channel its images are bright in (lets a test check every label)
@@ -58,9 +59,9 @@ def test_flat_layout_classes_split_and_bad_files(tmp_path, caplog):
     assert dm._decoded is None
     assert dm.class_names == ["apple", "banana", "cherry"]
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (3, 3, 16)
-    assert dm._decoded is None
+    assert dm._decoded is None and dm._index is None  # not even the files were listed
 
-    with caplog.at_level(logging.INFO, logger="imgcls.data.folder"):
+    with caplog.at_level(logging.INFO, logger="imgcls.data.folder.read"):
         dm.setup("fit")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # all unreadable files reported once, together
@@ -140,15 +141,15 @@ def test_bad_roots_give_one_clear_error(tmp_path):
     empty = write_flat_folder(tmp_path / "empty", n=4)
     (empty / "durian").mkdir()
     (empty / "durian" / "readme.md").write_text("no images here")
-    with pytest.raises(UserError, match=str(empty / "durian")):
-        _ = make(empty).num_classes
+    with pytest.raises(UserError, match=str(empty / "durian")):  # found when files are listed
+        make(empty).setup()
 
     stray = tmp_path / "stray"
     for k, name in enumerate(("a", "b")):
         write_class_images(stray / "train" / name, k, 3, seed=k)
     write_class_images(stray / "test" / "zebra", 0, 2, seed=5)
     with pytest.raises(UserError, match="zebra"):
-        _ = make(stray).num_classes
+        make(stray).setup()
 
 
 def test_on_bad_image_error_lists_every_bad_file(tmp_path):
@@ -172,7 +173,7 @@ def test_decompression_bomb_refused(tmp_path, monkeypatch, caplog):
     # (2x the limit, where PIL only warns): refused all the same
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     dm = make(root)
-    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder"):
+    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder.read"):
         dm.setup()
     assert "bomb.png" in caplog.text and "DecompressionBomb" in caplog.text
     assert sum(len(labels) for _, labels in dm.splits.values()) == 24
@@ -206,7 +207,7 @@ def test_normalize_auto_computes_caches_and_reuses(tmp_path, monkeypatch):
     def fail(*args):
         raise AssertionError("statistics recomputed despite the cache")
 
-    monkeypatch.setattr(FolderDataModule, "_compute_stats", staticmethod(fail))
+    monkeypatch.setattr(folder_stats, "compute_stats", fail)
     again = make(root, normalize="auto")
     again.setup()
     assert torch.allclose(again.pipeline.normalize.mean, dm.pipeline.normalize.mean)
@@ -310,9 +311,9 @@ def test_streaming_keeps_no_pixels_and_matches_the_in_memory_splits(tmp_path, mo
     decoded.setup()
     streamed = make(root, split=[0.6, 0.2, 0.2], seed=1, in_memory=False)
     calls = []
-    original = folder_module.decode_image
-    monkeypatch.setattr(folder_module, "decode_image", lambda *a: calls.append(a) or original(*a))
-    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder"):
+    original = folder_read.decode_image
+    monkeypatch.setattr(folder_read, "decode_image", lambda *a: calls.append(a) or original(*a))
+    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder.read"):
         streamed.setup()
     assert calls == []  # setup checks headers only
     assert "skipping 2 of 32 images" in caplog.text  # the same bad files, reported the same way
