@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import logging
 import os
@@ -372,3 +374,72 @@ def test_worker_errors_reach_the_user_as_the_workers_own_line() -> None:
     )
     assert one_line(wrapped) == "/d/a.png: unreadable image (OSError: truncated)"
     assert one_line(UserError("plain\n  message")) == "plain message"
+
+
+def test_resolving_shape_facts_lists_no_class_folder_and_opens_no_file(
+    tmp_path, make_cfg, monkeypatch
+):
+    from omegaconf import OmegaConf
+
+    root = tmp_path / "ds"
+    for k, (name, channel) in enumerate(COLORS.items()):
+        write_class_images(root / "train" / name / "batch1", channel, 4, seed=k)
+        write_class_images(root / "val" / name, channel, 2, seed=10 + k)
+    cfg = make_cfg("train", ["data=folder", f"data.root={root}", "data.grayscale=true"])
+    listed, opened = [], []
+    real_scandir, real_listdir, real_open = os.scandir, os.listdir, io.open
+
+    def counting(real, log):
+        def call(path=".", *args, **kwargs):
+            log.append(str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", counting(real_scandir, listed))
+    monkeypatch.setattr(os, "listdir", counting(real_listdir, listed))
+    monkeypatch.setattr(io, "open", counting(real_open, opened))
+    monkeypatch.setattr(builtins, "open", counting(real_open, opened))
+    model = OmegaConf.to_container(cfg.model, resolve=True)  # ${datamodule:...} on every net
+    monkeypatch.undo()
+    assert model["net"]["num_classes"] == 3 and model["net"]["in_channels"] == 1
+    assert set(listed) <= {str(root), str(root / "train")}, listed  # the folders, not the files
+    assert opened == []
+
+
+def write_images_as_users_have_them(folder: Path, level: int) -> None:
+    """One image per awkward case, all of brightness ``level`` (so the label is checkable)."""
+    other = 255 - level
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    Image.new("RGB", (12, 9), (level,) * 3).save(folder / "IMG_0001.JPG", quality=100)
+    Image.new("L", (9, 12), level).save(folder / "nested" / "deeper" / "scan.PNG")
+    Image.new("CMYK", (10, 10), (0, 0, 0, 255 - level)).save(folder / "print.jpeg", quality=100)
+    deep = np.full((8, 8), level * 257, dtype=np.uint16)
+    Image.fromarray(deep).save(folder / "sixteen_bit.png")  # I;16
+    Image.new("RGB", (8, 8), (level,) * 3).convert("P").save(folder / "palette.png")
+    frames = [Image.new("RGB", (8, 8), (v,) * 3) for v in (level, other)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=40)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotated 90 degrees
+    Image.new("RGB", (16, 8), (level,) * 3).save(folder / "phone.jpg", exif=exif, quality=100)
+
+
+def test_folders_as_users_have_them(tmp_path, caplog):
+    root = tmp_path / "photos"  # train/ and val/ only: test/ is carved from train/
+    for name, level in (("dark", 40), ("light", 210)):
+        write_images_as_users_have_them(root / "train" / name, level)
+        (root / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (level,) * 3).save(root / "val" / name / "v.PNG")
+        Image.new("RGB", (8, 8), (level,) * 3).save(root / "val" / name / "w.JPEG")
+    with caplog.at_level(logging.INFO, logger="imgcls.data.folder"):
+        dm = make(root, split=[0.5, 0.25, 0.25])
+        dm.setup()
+    assert "has no test/ folder: the test split is 25% of train/" in caplog.text
+    assert "skipping" not in caplog.text  # every file read
+    sizes = {split: len(labels) for split, (_, labels) in dm.splits.items()}
+    assert sizes == {"train": 10, "val": 4, "test": 4}  # 7 files per class in train/
+    for split, (images, labels) in dm.splits.items():
+        brightness = images.float().mean(dim=(1, 2, 3))
+        assert torch.equal((brightness > 128).long(), labels), (split, brightness)
+        # the first frame, 16-bit scaled, CMYK converted: every image at its class's level
+        assert ((brightness - torch.tensor([40.0, 210.0])[labels]).abs() < 6).all(), brightness
