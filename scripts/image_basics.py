@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             f"{title}: shape={info['shape']} dtype={info['dtype']} "
             f"range=[{info['min']}, {info['max']}] mean={info['mean']:.3f}"
         )
+        if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+            image = as_uint8(image)  # e.g. a 16-bit PNG: the operations take uint8 or float
+            print(f"  as_uint8 -> range=[{image.min()}, {image.max()}] (scaled, not clipped)")
         written.append(render(image, title, args.out / f"{stem}_basics.png"))
         print(f"  -> {written[-1]}")
     return written

@@ -136,15 +136,18 @@ def test_script_renders_before_after_figures(tmp_path, capsys):
     module = basics
     photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    written = module.main(
-        [str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)]
-    )
-    assert [p.name for p in written] == ["photo_basics.png", "digit_basics.png"]
+    deep = np.linspace(0, 65535, 24).round().astype(np.uint16).reshape(4, 6)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    files = [str(tmp_path / "photo.png"), str(tmp_path / "deep.png")]
+    written = module.main([*files, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
+    assert [p.name for p in written] == ["photo_basics.png", "deep_basics.png", "digit_basics.png"]
     for path in written:
         with Image.open(path) as figure:
             assert figure.format == "PNG" and figure.width > figure.height > 100
     printed = capsys.readouterr().out
     assert "shape=(30, 40, 3) dtype=uint8 range=[0, 255]" in printed
+    assert "dtype=uint16 range=[0, 65535]" in printed
+    assert "as_uint8 -> range=[0, 255]" in printed
     assert "sklearn digits" in printed  # no MNIST in data-dir: the offline digits
 
 
