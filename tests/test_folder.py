@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import logging
 import os
@@ -13,8 +15,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from imgcls.data import folder as folder_module
 from imgcls.data.folder import STATS_CACHE, FileImages, FolderDataModule
+from imgcls.data.folder import read as folder_read
+from imgcls.data.folder import stats as folder_stats
 from imgcls.utils.errors import UserError
 
 #: class -> the RGB channel its images are bright in (lets a test check every label)
@@ -58,9 +61,9 @@ def test_flat_layout_classes_split_and_bad_files(tmp_path, caplog):
     assert dm._decoded is None
     assert dm.class_names == ["apple", "banana", "cherry"]
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (3, 3, 16)
-    assert dm._decoded is None
+    assert dm._decoded is None and dm._index is None  # not even the files were listed
 
-    with caplog.at_level(logging.INFO, logger="imgcls.data.folder"):
+    with caplog.at_level(logging.INFO, logger="imgcls.data.folder.read"):
         dm.setup("fit")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # all unreadable files reported once, together
@@ -140,15 +143,15 @@ def test_bad_roots_give_one_clear_error(tmp_path):
     empty = write_flat_folder(tmp_path / "empty", n=4)
     (empty / "durian").mkdir()
     (empty / "durian" / "readme.md").write_text("no images here")
-    with pytest.raises(UserError, match=str(empty / "durian")):
-        _ = make(empty).num_classes
+    with pytest.raises(UserError, match=str(empty / "durian")):  # found when files are listed
+        make(empty).setup()
 
     stray = tmp_path / "stray"
     for k, name in enumerate(("a", "b")):
         write_class_images(stray / "train" / name, k, 3, seed=k)
     write_class_images(stray / "test" / "zebra", 0, 2, seed=5)
     with pytest.raises(UserError, match="zebra"):
-        _ = make(stray).num_classes
+        make(stray).setup()
 
 
 def test_on_bad_image_error_lists_every_bad_file(tmp_path):
@@ -172,7 +175,7 @@ def test_decompression_bomb_refused(tmp_path, monkeypatch, caplog):
     # (2x the limit, where PIL only warns): refused all the same
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     dm = make(root)
-    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder"):
+    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder.read"):
         dm.setup()
     assert "bomb.png" in caplog.text and "DecompressionBomb" in caplog.text
     assert sum(len(labels) for _, labels in dm.splits.values()) == 24
@@ -206,7 +209,7 @@ def test_normalize_auto_computes_caches_and_reuses(tmp_path, monkeypatch):
     def fail(*args):
         raise AssertionError("statistics recomputed despite the cache")
 
-    monkeypatch.setattr(FolderDataModule, "_compute_stats", staticmethod(fail))
+    monkeypatch.setattr(folder_stats, "compute_stats", fail)
     again = make(root, normalize="auto")
     again.setup()
     assert torch.allclose(again.pipeline.normalize.mean, dm.pipeline.normalize.mean)
@@ -310,9 +313,9 @@ def test_streaming_keeps_no_pixels_and_matches_the_in_memory_splits(tmp_path, mo
     decoded.setup()
     streamed = make(root, split=[0.6, 0.2, 0.2], seed=1, in_memory=False)
     calls = []
-    original = folder_module.decode_image
-    monkeypatch.setattr(folder_module, "decode_image", lambda *a: calls.append(a) or original(*a))
-    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder"):
+    original = folder_read.decode_image
+    monkeypatch.setattr(folder_read, "decode_image", lambda *a: calls.append(a) or original(*a))
+    with caplog.at_level(logging.WARNING, logger="imgcls.data.folder.read"):
         streamed.setup()
     assert calls == []  # setup checks headers only
     assert "skipping 2 of 32 images" in caplog.text  # the same bad files, reported the same way
@@ -371,3 +374,72 @@ def test_worker_errors_reach_the_user_as_the_workers_own_line() -> None:
     )
     assert one_line(wrapped) == "/d/a.png: unreadable image (OSError: truncated)"
     assert one_line(UserError("plain\n  message")) == "plain message"
+
+
+def test_resolving_shape_facts_lists_no_class_folder_and_opens_no_file(
+    tmp_path, make_cfg, monkeypatch
+):
+    from omegaconf import OmegaConf
+
+    root = tmp_path / "ds"
+    for k, (name, channel) in enumerate(COLORS.items()):
+        write_class_images(root / "train" / name / "batch1", channel, 4, seed=k)
+        write_class_images(root / "val" / name, channel, 2, seed=10 + k)
+    cfg = make_cfg("train", ["data=folder", f"data.root={root}", "data.grayscale=true"])
+    listed, opened = [], []
+    real_scandir, real_listdir, real_open = os.scandir, os.listdir, io.open
+
+    def counting(real, log):
+        def call(path=".", *args, **kwargs):
+            log.append(str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", counting(real_scandir, listed))
+    monkeypatch.setattr(os, "listdir", counting(real_listdir, listed))
+    monkeypatch.setattr(io, "open", counting(real_open, opened))
+    monkeypatch.setattr(builtins, "open", counting(real_open, opened))
+    model = OmegaConf.to_container(cfg.model, resolve=True)  # ${datamodule:...} on every net
+    monkeypatch.undo()
+    assert model["net"]["num_classes"] == 3 and model["net"]["in_channels"] == 1
+    assert set(listed) <= {str(root), str(root / "train")}, listed  # the folders, not the files
+    assert opened == []
+
+
+def write_images_as_users_have_them(folder: Path, level: int) -> None:
+    """One image per awkward case, all of brightness ``level`` (so the label is checkable)."""
+    other = 255 - level
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    Image.new("RGB", (12, 9), (level,) * 3).save(folder / "IMG_0001.JPG", quality=100)
+    Image.new("L", (9, 12), level).save(folder / "nested" / "deeper" / "scan.PNG")
+    Image.new("CMYK", (10, 10), (0, 0, 0, 255 - level)).save(folder / "print.jpeg", quality=100)
+    deep = np.full((8, 8), level * 257, dtype=np.uint16)
+    Image.fromarray(deep).save(folder / "sixteen_bit.png")  # I;16
+    Image.new("RGB", (8, 8), (level,) * 3).convert("P").save(folder / "palette.png")
+    frames = [Image.new("RGB", (8, 8), (v,) * 3) for v in (level, other)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=40)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotated 90 degrees
+    Image.new("RGB", (16, 8), (level,) * 3).save(folder / "phone.jpg", exif=exif, quality=100)
+
+
+def test_folders_as_users_have_them(tmp_path, caplog):
+    root = tmp_path / "photos"  # train/ and val/ only: test/ is carved from train/
+    for name, level in (("dark", 40), ("light", 210)):
+        write_images_as_users_have_them(root / "train" / name, level)
+        (root / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (level,) * 3).save(root / "val" / name / "v.PNG")
+        Image.new("RGB", (8, 8), (level,) * 3).save(root / "val" / name / "w.JPEG")
+    with caplog.at_level(logging.INFO, logger="imgcls.data.folder"):
+        dm = make(root, split=[0.5, 0.25, 0.25])
+        dm.setup()
+    assert "has no test/ folder: the test split is 25% of train/" in caplog.text
+    assert "skipping" not in caplog.text  # every file read
+    sizes = {split: len(labels) for split, (_, labels) in dm.splits.items()}
+    assert sizes == {"train": 10, "val": 4, "test": 4}  # 7 files per class in train/
+    for split, (images, labels) in dm.splits.items():
+        brightness = images.float().mean(dim=(1, 2, 3))
+        assert torch.equal((brightness > 128).long(), labels), (split, brightness)
+        # the first frame, 16-bit scaled, CMYK converted: every image at its class's level
+        assert ((brightness - torch.tensor([40.0, 210.0])[labels]).abs() < 6).all(), brightness

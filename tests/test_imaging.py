@@ -1,4 +1,5 @@
-"""Image basics: loading, describe, dtype conversion and brightness without wrap-around."""
+"""Image basics (scripts/image_basics.py): describe, dtype conversion and brightness without
+wrap-around; and the package's decoder (imgcls.imaging) on files as users have them."""
 
 from __future__ import annotations
 
@@ -10,20 +11,29 @@ import torch
 from PIL import Image
 
 from imgcls.config import REPO_ROOT
-from imgcls.imaging import (
-    Brightness,
-    DarkenRegion,
-    ToFloat,
-    ToUint8,
-    adjust_brightness,
-    as_float,
-    as_uint8,
-    darken_region,
-    describe,
-    load_image,
-    load_image_tensor,
-)
+from imgcls.imaging import load_image_tensor
 from imgcls.utils.errors import UserError
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "image_basics", REPO_ROOT / "scripts" / "image_basics.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the tutorial operations live in the script that shows them
+basics = _load_script()
+Brightness, DarkenRegion, ToFloat, ToUint8 = (
+    basics.Brightness,
+    basics.DarkenRegion,
+    basics.ToFloat,
+    basics.ToUint8,
+)
+adjust_brightness, as_float, as_uint8 = basics.adjust_brightness, basics.as_float, basics.as_uint8
+darken_region, describe, load_image = basics.darken_region, basics.describe, basics.load_image
 
 
 def test_brightness_clips_instead_of_wrapping():
@@ -123,20 +133,74 @@ def test_loading_images_and_refusing_bad_ones(tmp_path, monkeypatch):
 
 
 def test_script_renders_before_after_figures(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "image_basics", REPO_ROOT / "scripts" / "image_basics.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = basics
     photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    written = module.main(
-        [str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)]
-    )
-    assert [p.name for p in written] == ["photo_basics.png", "digit_basics.png"]
+    deep = np.linspace(0, 65535, 24).round().astype(np.uint16).reshape(4, 6)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    files = [str(tmp_path / "photo.png"), str(tmp_path / "deep.png")]
+    written = module.main([*files, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
+    assert [p.name for p in written] == ["photo_basics.png", "deep_basics.png", "digit_basics.png"]
     for path in written:
         with Image.open(path) as figure:
             assert figure.format == "PNG" and figure.width > figure.height > 100
     printed = capsys.readouterr().out
     assert "shape=(30, 40, 3) dtype=uint8 range=[0, 255]" in printed
+    assert "dtype=uint16 range=[0, 65535]" in printed
+    assert "as_uint8 -> range=[0, 255]" in printed
     assert "sklearn digits" in printed  # no MNIST in data-dir: the offline digits
+
+
+# ------------------------------------------------------------------ files as users have them
+def _decoded(path, channels=3):
+    return load_image_tensor(path, channels=channels).int()
+
+
+def test_decoder_reads_grayscale_cmyk_palette_and_alpha(tmp_path):
+    Image.fromarray(np.full((4, 6), 77, dtype=np.uint8)).save(tmp_path / "gray.png")
+    rgb = _decoded(tmp_path / "gray.png")
+    assert rgb.shape == (3, 4, 6) and (rgb == 77).all()
+    assert _decoded(tmp_path / "gray.png", channels=1).shape == (1, 4, 6)
+
+    Image.new("CMYK", (6, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    red = _decoded(tmp_path / "cmyk.jpg")[:, 0, 0]
+    assert red[0] > 240 and red[1] < 15 and red[2] < 15, red
+
+    colours = np.zeros((4, 6, 3), dtype=np.uint8)
+    colours[:, :3] = (10, 200, 30)
+    colours[:, 3:] = (250, 5, 90)
+    Image.fromarray(colours).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    assert torch.equal(_decoded(tmp_path / "p.png"), torch.from_numpy(colours).permute(2, 0, 1))
+
+    rgba = np.zeros((4, 6, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :3, 3] = 255  # left half opaque, right half fully transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    out = _decoded(tmp_path / "rgba.png")
+    assert (out[:, :, :3] == 200).all() and (out[:, :, 3:] == 0).all()
+
+
+def test_decoder_scales_16_bit_images_instead_of_clipping(tmp_path):
+    levels = np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode == "I;16"  # a real 16-bit PNG
+    assert _decoded(tmp_path / "deep.png", channels=1).tolist() == [[[0, 64, 128, 255]]]
+    assert _decoded(tmp_path / "deep.png")[:, 0, 2].tolist() == [128, 128, 128]
+
+
+def test_decoder_takes_the_first_frame_and_honours_exif_orientation(tmp_path):
+    frames = [Image.new("RGB", (6, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    with Image.open(tmp_path / "anim.gif") as gif:
+        assert gif.n_frames == 2
+    assert _decoded(tmp_path / "anim.gif")[:, 0, 0].tolist() == [255, 0, 0]
+
+    stored = np.zeros((4, 6), dtype=np.uint8)  # 6 wide, 4 high; bright left column
+    stored[:, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    shown = _decoded(tmp_path / "phone.png", channels=1)[0]
+    assert shown.shape == (6, 4)  # upright: 4 wide, 6 high
+    assert (shown[0] == 255).all() and (shown[1:] == 0).all()  # the left column is now the top

@@ -14,6 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import Container, OmegaConf
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from imgcls.data.loaders import TensorBatchLoader, TensorImageDataset
@@ -274,13 +275,17 @@ class ImageDataModule(pl.LightningDataModule):
             self._device_splits[split] = cached
         return cached
 
+    def _overfitting(self) -> bool:
+        """``trainer.overfit_batches`` (``debug=overfit``): the same training batches each epoch."""
+        return self.trainer is not None and bool(self.trainer.overfit_batches)
+
     def _loader(self, split: str, train: bool) -> Any:
         images, labels = self._split_tensors(split)
         hp = self.hparams
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
         workers, pin_memory = self._loader_settings()
+        rank, world_size = self._rank_and_world()
         if hp.in_memory:
-            rank, world_size = self._rank_and_world()
             pin_memory = pin_memory and images.device.type == "cpu"
             return TensorBatchLoader(
                 images,
@@ -288,15 +293,26 @@ class ImageDataModule(pl.LightningDataModule):
                 batch_size,
                 shuffle=train,
                 seed=hp.seed,
-                epoch_fn=self._current_epoch,
+                # overfitting: one seeded order for every epoch, so the first batches stay the same
+                epoch_fn=(lambda: 0) if self._overfitting() else self._current_epoch,
                 rank=rank,
                 world_size=world_size,
                 pin_memory=pin_memory,
             )
+        dataset = TensorImageDataset(images, labels, self.pipeline, train=train)
+        sampler = None
+        if not train and world_size > 1:
+            # Lightning's default DistributedSampler pads the last shard with repeated samples,
+            # which the synced metrics would count twice: every sample once, like the in-memory
+            # path (a DistributedSampler subclass, so Lightning keeps it)
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=world_size, rank=rank, shuffle=False
+            )
         return DataLoader(
-            TensorImageDataset(images, labels, self.pipeline, train=train),
+            dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and not self._overfitting(),
+            sampler=sampler,
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,

@@ -30,16 +30,34 @@ from imgcls.utils.errors import UserError
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float input is returned unchanged."""
+    """Integer images -> float32 ``[0, 1]``; float input is returned unchanged.
+
+    uint8 is divided by 255 (the batch path's case); other integer types by their dtype's maximum
+    (65535 for 16-bit images), negative values clipped to 0; bool gives 0.0 and 1.0.
+    """
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
-    return images
+    if images.is_floating_point():
+        return images
+    if images.dtype == torch.bool:
+        return images.float()
+    top = float(torch.iinfo(images.dtype).max)
+    return images.double().clamp_(min=0).div_(top).float()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float ``[0, 1]`` -> uint8 ``[0, 255]``, rounded and clipped (no wrap-around)."""
+    """Any images -> uint8 ``[0, 255]``, rounded and clipped (no wrap-around).
+
+    float ``[0, 1]`` is scaled by 255; uint16/uint32/uint64 (16-bit images ...) are scaled down
+    by their dtype's maximum; signed integers (say, int16 results of uint8 arithmetic) are
+    uint8-unit values, clipped to 0..255.
+    """
     if images.dtype == torch.uint8:
         return images
+    if images.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        images = images.double().div_(float(torch.iinfo(images.dtype).max))
+    elif not images.is_floating_point():
+        return images.clamp(0, 255).to(torch.uint8)
     return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -1,0 +1,258 @@
+"""``FolderDataModule``: arguments, shape facts, normalisation and checkpoint state of a folder.
+
+Scanning (``scan``), reading (``read``) and the ``normalize=auto`` statistics (``stats``) live in
+their own modules of this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls.data.base import ImageDataModule, Split
+from imgcls.data.folder import stats as folder_stats
+from imgcls.data.folder.read import read_splits
+from imgcls.data.folder.scan import (
+    FolderIndex,
+    FolderLayout,
+    carve_missing_splits,
+    find_layout,
+    scan_files,
+)
+from imgcls.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = (0.449,), (0.226,)
+NORMALIZE_MODES = ("imagenet", "auto", "none")
+BAD_IMAGE_MODES = ("skip", "error")
+
+
+class FolderDataModule(ImageDataModule):
+    """Image classification on a folder of class folders (``data=folder data.root=PATH``)."""
+
+    native_size = 64
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int | None = 64,
+        grayscale: bool = False,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        normalize: str = "imagenet",
+        on_bad_image: str = "skip",
+        decode_workers: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if root is None or not str(root).strip():
+            raise UserError(
+                "data=folder needs data.root=PATH: a folder of class folders (PATH/<class>/*.jpg) "
+                "or of train/ val/ test/ folders holding class folders"
+            )
+        self.root = Path(str(root)).expanduser()
+        self.grayscale = bool(grayscale)
+        self.split_fractions = self._check_split(split)
+        if normalize not in NORMALIZE_MODES:
+            raise UserError(
+                f"data.normalize={normalize!r} is not supported; use one of "
+                f"{list(NORMALIZE_MODES)} (or set data.mean and data.std)"
+            )
+        if on_bad_image not in BAD_IMAGE_MODES:
+            raise UserError(
+                f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
+            )
+        self.normalize_mode = normalize
+        self.on_bad_image = on_bad_image
+        self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
+        super().__init__(image_size=image_size, **kwargs)
+        self._layout: FolderLayout | None = None
+        self._index: FolderIndex | None = None
+        self._decoded: dict[str, Split] | None = None
+        # normalize=auto: statistics known once computed, read from the cache or a checkpoint
+        explicit = self.hparams.mean is not None
+        self._stats_pending = normalize == "auto" and not explicit
+
+    # ------------------------------------------------------------------ arguments
+    @staticmethod
+    def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
+        try:
+            fractions = tuple(float(f) for f in split)
+        except (TypeError, ValueError):
+            fractions = ()
+        if (
+            len(fractions) != 3
+            or any(f < 0 for f in fractions)
+            or fractions[0] <= 0
+            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
+        ):
+            raise UserError(
+                f"data.split={list(split) if split is not None else split} must be three fractions "
+                "[train, val, test] that sum to 1 with train > 0, e.g. data.split=[0.8,0.1,0.1]"
+            )
+        return fractions  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ shape metadata
+    @property
+    def native_channels(self) -> int:  # type: ignore[override]
+        return 1 if self.grayscale else 3
+
+    @property
+    def in_channels(self) -> int:
+        return self.native_channels
+
+    @property
+    def all_class_names(self) -> list[str]:  # type: ignore[override]
+        return self.layout.class_names
+
+    @property
+    def default_mean(self) -> tuple[float, ...]:  # type: ignore[override]
+        if self.normalize_mode == "none":
+            return (0.0,) * self.native_channels
+        return IMAGENET_GRAY_MEAN if self.grayscale else IMAGENET_MEAN
+
+    @property
+    def default_std(self) -> tuple[float, ...]:  # type: ignore[override]
+        if self.normalize_mode == "none":
+            return (1.0,) * self.native_channels
+        return IMAGENET_GRAY_STD if self.grayscale else IMAGENET_STD
+
+    # ------------------------------------------------------------------ scanning
+    @property
+    def layout(self) -> FolderLayout:
+        """Layout and class names (lists ``root`` and ``root/train`` only, once): the shape facts
+        need no more, so ``${datamodule:num_classes}`` stays cheap on large folders."""
+        if self._layout is None:
+            self._layout = find_layout(self.root)
+        return self._layout
+
+    @property
+    def index(self) -> FolderIndex:
+        """The files of every split (scanned once, on first use: no image is decoded)."""
+        if self._index is None:
+            index = scan_files(self.layout)
+            carve_missing_splits(
+                index, self.split_fractions, self.hparams.seed, self.hparams.num_folds is not None
+            )
+            self._index = index
+        return self._index
+
+    def _read_all(self) -> dict[str, Split]:
+        return read_splits(
+            self.index,
+            self.in_channels,
+            self.image_size,
+            in_memory=self.hparams.in_memory,
+            on_bad_image=self.on_bad_image,
+            workers=self.decode_workers,
+            k_fold=self.hparams.num_folds is not None,
+        )
+
+    def _split(self, split: str) -> Split:
+        if self._decoded is None:
+            self._decoded = self._read_all()
+        return self._decoded[split]
+
+    def load_split(self, split: str) -> Split:
+        return self._split(split)
+
+    def load_val_split(self) -> Split | None:
+        val = self._split("val")
+        if self.hparams.num_folds is not None and len(val[1]) == 0:
+            return None
+        return val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        super().setup(stage)
+        self._decoded = None  # the splits now hold the images
+        if self._stats_pending:
+            key = self._stats_key()
+            stats = folder_stats.read_cached(self.root, key)
+            if stats is None:
+                stats = folder_stats.compute_stats(self.splits["train"][0])
+                folder_stats.write_cached(self.root, key, stats)
+            self._apply_stats(stats)
+
+    # ------------------------------------------------------------------ normalize=auto
+    def _stats_key(self) -> str:
+        hp = self.hparams
+        settings = {
+            "image_size": self.image_size,
+            "grayscale": self.grayscale,
+            "split": list(self.split_fractions),
+            "seed": hp.seed,
+            "classes": list(hp.classes) if hp.classes is not None else None,
+            "num_folds": hp.num_folds,
+            "fold": hp.fold,
+            "on_bad_image": self.on_bad_image,
+        }
+        return folder_stats.stats_key(self.index, settings)
+
+    @property
+    def stats_cache_path(self) -> Path:
+        return self.root / folder_stats.STATS_CACHE
+
+    def _apply_stats(self, stats: folder_stats.Stats) -> None:
+        self.pipeline.set_normalization(stats["mean"], stats["std"])
+        self._stats_pending = False
+        log.info(
+            f"normalising with mean={stats['mean']} std={stats['std']} "
+            f"(data.normalize={self.normalize_mode})"
+        )
+
+    def _ensure_stats(self) -> None:
+        if not self._stats_pending:
+            return
+        try:
+            cached = folder_stats.read_cached(self.root, self._stats_key())
+        except UserError:
+            cached = None
+        if cached is not None:
+            self._apply_stats(cached)
+            return
+        if not self.root.is_dir():
+            raise UserError(
+                f"data.normalize=auto needs the training images in data.root={self.root} (or their "
+                f"statistics in {self.stats_cache_path}) to normalise like training did; "
+                "restore them, or pass data.mean=[...] data.std=[...]"
+            )
+        self.setup("fit")
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        self._ensure_stats()
+        return super().preprocess(images)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Saved into checkpoints by Lightning: the normalisation statistics actually used."""
+        normalize = self.pipeline.normalize
+        if self._stats_pending:
+            return {}
+        return {
+            "mean": normalize.mean.flatten().tolist(),
+            "std": normalize.std.flatten().tolist(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "mean" in state_dict and "std" in state_dict:
+            self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
+
+    # ------------------------------------------------------------------ extras
+    def summary(self) -> dict[str, Any]:
+        """Layout, classes and file counts per split (scanning only)."""
+        index = self.index
+        return {
+            "root": str(self.root),
+            "layout": index.layout.kind,
+            "classes": list(index.layout.class_names),
+            "files": {split: len(items) for split, items in index.files.items()},
+            "ignored_files": index.ignored,
+        }
