@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.export import ExportedClassifier, is_exported
 from imgcls.imaging import IMAGE_SUFFIXES, load_image_tensor
 from imgcls.models.classifier import ImageClassifier
 from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
 from imgcls.utils.errors import UserError
-from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.runs import apply_extras, report_errors
 
 log = logging.getLogger(__name__)
@@ -108,11 +104,7 @@ def run(cfg: DictConfig) -> Path:
     return predict(cfg)
 
 
-def main() -> None:
-    setup_config_environment()
-    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")(run)()
-
-
 if __name__ == "__main__":
-    main()
+    from imgcls.cli import predict
+
+    predict()

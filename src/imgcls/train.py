@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
-from imgcls.utils.preflight import exit_on_unknown_choice
-from imgcls.utils.resume import LAST_CHECKPOINT, resume_arguments
+from imgcls.utils.resume import LAST_CHECKPOINT
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
@@ -150,12 +146,7 @@ def run(cfg: DictConfig) -> float | None:
     return metrics[name]
 
 
-def main() -> None:
-    setup_config_environment()
-    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
-    sys.argv[1:] = resume_arguments(sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(run)()
-
-
 if __name__ == "__main__":
-    main()
+    from imgcls.cli import train
+
+    train()
