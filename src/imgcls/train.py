@@ -15,6 +15,7 @@ from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
+from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
 from imgcls.utils.resume import LAST_CHECKPOINT
 from imgcls.utils.runs import (
     apply_extras,
@@ -75,13 +76,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
-    callbacks = instantiate_list(cfg.get("callbacks"))
+    run_dir = output_dir(cfg)
+    interrupt = InterruptCheckpoint(run_dir / LAST_CHECKPOINT)
+    callbacks = [*instantiate_list(cfg.get("callbacks")), interrupt]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.run_info = {"config": resolved, "class_names": list(datamodule.class_names)}
-    run_dir = output_dir(cfg)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; a direct train(cfg) may not
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
@@ -89,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = to_floats(trainer.callback_metrics)
+    interrupt.raise_if_requested()
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -130,7 +133,8 @@ def run(cfg: DictConfig) -> float | None:
     metrics = finished_metrics(cfg)
     if metrics is None:
         write_status(output_dir(cfg), "running")
-        metrics = train(cfg)
+        with interruptible(cfg):
+            metrics = train(cfg)
         write_status(output_dir(cfg), "completed", metrics=metrics)
     for name in ("val/acc_best", "test/acc", "test/loss"):
         if name in metrics:
