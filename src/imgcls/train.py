@@ -40,11 +40,24 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
     return instantiate(cfg.trainer, **kwargs)
 
 
-def log_hparams_with_metrics(
-    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float]
-) -> None:
-    """Write the run's key hyperparameters with its real final metrics (TensorBoard hparams tab)."""
-    params = {
+#: overrides that say where a run is, not how it trains: never hyperparameters
+NOT_HYPERPARAMETERS = ("hydra", "paths", "resume", "ckpt_path", "extras", "tags", "task_name")
+
+
+def run_overrides() -> list[str]:
+    """This run's command-line overrides (with a sweep's or Optuna's values); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The run's key hyperparameters plus every key its overrides set (what a sweep varies).
+
+    An override's value is read back from the composed config (``0.01`` stays a number); a group
+    choice such as ``model/optimizer=sgd`` is logged as given.
+    """
+    params: dict[str, Any] = {
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "net": cfg.model.net._target_.rsplit(".", 1)[-1],
         "optimizer": cfg.model.optimizer._target_.rsplit(".", 1)[-1],
@@ -53,6 +66,24 @@ def log_hparams_with_metrics(
         "max_epochs": cfg.trainer.get("max_epochs"),
         "seed": cfg.seed,
     }
+    for override in overrides:
+        if "=" not in override or override.startswith("~"):
+            continue
+        key, given = override.lstrip("+").split("=", 1)
+        if key.split(".", 1)[0].split("/", 1)[0] in NOT_HYPERPARAMETERS:
+            continue
+        value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
+        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+            value = given  # a group picked with a dot key (data=digits): its name
+        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return params
+
+
+def log_hparams_with_metrics(
+    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
+) -> None:
+    """Write the run's hyperparameters with its real final metrics (TensorBoard hparams tab)."""
+    params = hyperparameters(cfg, overrides)
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -100,7 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(to_floats(trainer.callback_metrics))
 
-    log_hparams_with_metrics(loggers, cfg, metrics)
+    log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
