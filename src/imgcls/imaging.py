@@ -56,12 +56,15 @@ def load_image_tensor(path: str | Path, channels: int = 3) -> torch.Tensor:
     """
     try:
         with _open_checked(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(image, dtype=np.uint8)
+            return pil_to_tensor(image, channels)
     except _DECODE_ERRORS as err:
         raise UserError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
-    tensor = torch.from_numpy(array.copy())
+
+
+def pil_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
+    """A PIL image as uint8 ``[C, H, W]`` (EXIF orientation applied, 1 or 3 channels)."""
+    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
