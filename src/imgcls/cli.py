@@ -1,4 +1,4 @@
-"""The commands ``train.py``, ``eval.py`` and ``predict.py`` (``imgcls-train`` ...).
+"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...).
 
 Nothing heavy is imported here: ``--help``, ``--cfg`` and config mistakes answer before torch,
 Lightning and torchvision load. The config is composed and checked up front
@@ -55,3 +55,8 @@ def evaluate() -> None:
 def predict() -> None:
     """``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``."""
     launch("predict", "imgcls.predict", sys.argv[1:])
+
+
+def export() -> None:
+    """``python export.py ckpt_path=PATH format=onnx``."""
+    launch("export", "imgcls.export", sys.argv[1:])
