@@ -43,9 +43,14 @@ def setup_config_environment() -> None:
     if not OmegaConf.has_resolver("datamodule"):
         OmegaConf.register_new_resolver("datamodule", datamodule_attribute)
     if not OmegaConf.has_resolver("pretrained"):
-        from imgcls.models.nets.pretrained import pretrained_resolver
+        OmegaConf.register_new_resolver("pretrained", pretrained_attribute)
 
-        OmegaConf.register_new_resolver("pretrained", pretrained_resolver)
+
+def pretrained_attribute(key: str, *, _root_: DictConfig) -> Any:
+    """``${pretrained:...}``, importing the nets (and torch) only when a config resolves it."""
+    from imgcls.models.nets.pretrained import pretrained_resolver
+
+    return pretrained_resolver(key, _root_=_root_)
 
 
 def compose(
