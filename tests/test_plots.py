@@ -149,7 +149,8 @@ def plotted_points(history, split: str, kind: str) -> dict[int, float]:
 @pytest.mark.parametrize("resumed", [False, True], ids=["one_run", "resumed_after_epoch_2"])
 def test_training_curves_plot_every_epoch_at_its_own_epoch(make_cfg, resumed: bool) -> None:
     """Epoch n's train/loss (as in TensorBoard) is drawn at epoch n+1 (1-based); none dropped."""
-    common = [*TINY, "trainer.limit_test_batches=1"]
+    # a per-epoch schedule: OneCycle's length is fixed by max_epochs, which the resume raises
+    common = [*TINY, "trainer.limit_test_batches=1", "model/scheduler=step"]
     cfg = make_cfg("train", [*common, "trainer.max_epochs=3"])
     run_dir = Path(cfg.paths.output_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
