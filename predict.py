@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from imgcls.predict import main  # noqa: E402
+from imgcls.cli import predict as main  # noqa: E402
 
 if __name__ == "__main__":
     main()

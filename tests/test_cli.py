@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imgcls.config import REPO_ROOT
@@ -17,6 +18,10 @@ from imgcls.config import REPO_ROOT
 from .conftest import run_cli
 
 FAST = ["data=digits", "extras.print_config=false", "callbacks=none", "logger=csv"]
+
+
+class NotPlainData:
+    """An object that is not a tensor or plain data: ``weights_only`` loading refuses it."""
 
 
 def run_dirs(root: Path, task: str = "train") -> list[Path]:
@@ -66,8 +71,11 @@ def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
     ckpt = run / "checkpoints" / "last.ckpt"
     assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
 
-    evaluated = run_cli("eval.py", f"ckpt_path={ckpt}", "extras.print_config=false", cwd=tmp_path)
+    # the run dir itself: its best checkpoint, named in the log
+    evaluated = run_cli("eval.py", f"ckpt_path={run}", "extras.print_config=false", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    (best,) = (run / "checkpoints").glob("epoch_*.ckpt")
+    assert f"ckpt_path={run} is a directory: using its best checkpoint {best}" in evaluated.stdout
     (eval_run,) = run_dirs(tmp_path, "eval")
     eval_metrics = json.loads((eval_run / "metrics.json").read_text())
     assert 0.5 < eval_metrics["test/acc"] <= 1.0
@@ -99,3 +107,63 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
     assert "is not a readable checkpoint" in last_line(result.stderr)
     missing = run_cli("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in last_line(missing.stderr)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("eval.py", [], "error: ckpt_path is required: add ckpt_path="),
+        ("predict.py", ["input=x.png"], "error: ckpt_path is required: add ckpt_path="),
+        ("predict.py", ["ckpt_path=x.ckpt"], "error: input is required: add input="),
+        ("train.py", ["data.batch_size=abc"], "error: data.batch_size=abc is not an integer"),
+        ("train.py", ["model.optimizer.lr=fast"], "error: model.optimizer.lr=fast is not a number"),
+        ("train.py", ["trainer.max_epoch=3"], "did you mean trainer.max_epochs?"),
+        ("eval.py", ["ckpt_path=x", "trainer.devics=1"], "did you mean trainer.devices?"),
+    ],
+    ids=["eval_no_ckpt", "predict_no_ckpt", "predict_no_input", "batch_abc", "lr_str", "typo",
+         "eval_typo"],
+)  # fmt: skip
+def test_config_mistakes_are_one_line_and_exit_2(tmp_path: Path, script, args, expected) -> None:
+    result = run_cli(script, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert expected in line
+    assert not (tmp_path / "logs").exists()  # refused before any run dir was made
+
+
+def test_a_key_typo_names_the_key_and_how_to_add_a_new_one(tmp_path: Path) -> None:
+    result = run_cli("train.py", "trainer.max_epoch=3", cwd=tmp_path)
+    assert result.stderr.strip() == (
+        "error: unknown config key trainer.max_epoch; did you mean trainer.max_epochs? "
+        "(to add a new key: +trainer.max_epoch=3)"
+    )
+
+
+def test_a_checkpoint_holding_code_is_refused_without_torch_advice(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": NotPlainData()}, evil)
+    result = run_cli("eval.py", f"ckpt_path={evil}", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: ckpt_path={evil} is not a readable checkpoint: it holds Python objects"
+    )
+    assert "weights_only" not in line and "trust" not in line
+
+
+def test_a_run_dir_as_ckpt_path_means_its_best_or_last_checkpoint(tmp_path: Path, caplog) -> None:
+    from imgcls.utils.checkpoint import find_checkpoint
+    from imgcls.utils.errors import UserError
+
+    caplog.set_level("INFO")
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    with pytest.raises(UserError, match="is a directory without checkpoints"):
+        find_checkpoint(tmp_path / "run")
+    (folder / "last.ckpt").write_bytes(b"")
+    assert find_checkpoint(tmp_path / "run") == folder / "last.ckpt"  # no best: the last
+    assert "using its last checkpoint" in caplog.text
+    (folder / "epoch_003.ckpt").write_bytes(b"")
+    assert find_checkpoint(tmp_path / "run") == folder / "epoch_003.ckpt"
+    assert find_checkpoint(folder, prefer="last") == folder / "last.ckpt"

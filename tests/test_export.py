@@ -51,14 +51,13 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 
 def real_batch(paths: dict[str, Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """(preprocessed PNG batch, the checkpoint's PyTorch outputs on it)."""
-    from imgcls.imaging import load_image_tensor
-    from imgcls.predict import load_classifier
+    from imgcls.api import load_model
 
-    model, preprocess, channels, _ = load_classifier(str(paths["ckpt"]), torch.device("cpu"))
+    classifier = load_model(paths["ckpt"])
     files = sorted(paths["images"].glob("*.png"))
-    batch = torch.cat([preprocess(load_image_tensor(f, channels)[None]) for f in files])
+    batch = torch.cat([classifier.preprocess(classifier.image_tensor(f)[None]) for f in files])
     with torch.no_grad():
-        return batch, model(batch)
+        return batch, classifier.model(batch)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -92,7 +92,7 @@ def test_plots_can_be_switched_off(make_cfg) -> None:
     )
     train(cfg)
     written = sorted(p.name for p in (Path(cfg.paths.output_dir) / "plots").iterdir())
-    assert written == ["per_class_accuracy.png", "training_curves.png"]
+    assert written == ["per_class_accuracy.png", "training_curves.csv", "training_curves.png"]
 
 
 def test_most_confident_mistakes_are_kept_across_batches() -> None:
@@ -126,3 +126,46 @@ def test_history_survives_a_checkpoint_round_trip() -> None:
     restored = ClassificationPlots()
     restored.load_state_dict(plots.state_dict())
     assert restored.history == plots.history
+
+
+def scalars_by_epoch(run_dir: Path, tag: str) -> dict[int, float]:
+    """TensorBoard's values of ``tag`` keyed by the epoch logged at the same step."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")}
+    return {epoch_at[e.step]: e.value for e in events.Scalars(tag)}
+
+
+def plotted_points(history, split: str, kind: str) -> dict[int, float]:
+    """The (epoch, value) points the training-curves figure draws for ``split``."""
+    from imgcls.callbacks.plots import training_curves_figure
+
+    figure = training_curves_figure(history)
+    ax = figure.axes[0 if kind == "loss" else 1]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == split]
+    return dict(zip(map(int, line.get_xdata()), line.get_ydata().tolist(), strict=True))
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["one_run", "resumed_after_epoch_2"])
+def test_training_curves_plot_every_epoch_at_its_own_epoch(make_cfg, resumed: bool) -> None:
+    """Epoch n's train/loss (as in TensorBoard) is drawn at epoch n+1 (1-based); none dropped."""
+    # a per-epoch schedule: OneCycle's length is fixed by max_epochs, which the resume raises
+    common = [*TINY, "trainer.limit_test_batches=1", "model/scheduler=step"]
+    cfg = make_cfg("train", [*common, "trainer.max_epochs=3"])
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resumed:  # killed after epoch 2, continued in the same run dir
+        train(make_cfg("train", [*common, "trainer.max_epochs=2", "test=false"]))
+        cfg.ckpt_path = str(last)
+    train(cfg)
+    state = torch.load(last, weights_only=True)
+    (history,) = [s["history"] for k, s in state["callbacks"].items() if "ClassificationPlots" in k]
+    for split, kind in (("train", "loss"), ("train", "acc"), ("val", "acc")):
+        logged = scalars_by_epoch(run_dir, f"{split}/{kind}")
+        assert sorted(logged) == [0, 1, 2]
+        expected = {epoch + 1: value for epoch, value in logged.items()}
+        assert plotted_points(history, split, kind) == pytest.approx(expected)
+    rows = list(csv.DictReader((run_dir / "plots" / "training_curves.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    logged = scalars_by_epoch(run_dir, "train/loss")
+    assert [float(r["train/loss"]) for r in rows] == pytest.approx([logged[e] for e in range(3)])

@@ -39,6 +39,10 @@ def one_thread_per_job() -> Iterator[None]:
         yield
 
 
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
 def multirun_dirs(root: Path) -> list[Path]:
     return sorted((root / "logs" / "train" / "multiruns").iterdir())
 
@@ -76,7 +80,7 @@ def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     result = run_cli(
         "train.py", "-m", *FAST, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=root
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # two jobs failed
     (sweep_dir,) = multirun_dirs(root)
     return sweep_dir, result
 
@@ -110,6 +114,18 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(grid_sweep) -> None:
         assert 0.0 <= statuses[name]["metrics"]["val/acc_best"] <= 1.0
 
 
+def test_a_sweep_ends_with_a_summary_and_exits_1_when_jobs_failed(grid_sweep) -> None:
+    sweep_dir, result = grid_sweep
+    assert "sweep: 4 jobs: 2 completed, 2 failed, 0 skipped" in result.stdout
+    best = max(status_of(d)["metrics"]["val/acc_best"] for d in job_dirs(sweep_dir)[:2])
+    assert f"best val/acc_best: {best:.4f} (job " in result.stdout
+    assert result.stdout.count("  failed job ") == 2 and "lr must be > 0" in result.stdout
+    assert f"report: {sweep_dir / 'results.md'}" in result.stdout
+    assert (sweep_dir / "results.md").is_file()
+    error = last_line(result.stderr)
+    assert error.startswith("error: 2 of 4 sweep jobs failed") and "Traceback" not in result.stderr
+
+
 def test_report_of_the_grid_shows_four_runs(grid_sweep) -> None:
     sweep_dir, _ = grid_sweep
     rows = report(sweep_dir)
@@ -133,8 +149,9 @@ def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
         "train.py", "-m", *FAST, *GRID, "resume=true", f"hydra.sweep.dir={sweep_dir}",
         cwd=sweep_dir.parents[3],
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
     output = result.stdout + result.stderr
+    assert "sweep: 4 jobs: 0 completed, 2 failed, 2 skipped" in result.stdout
     assert output.count("already completed: skipped (resume=true)") == 2
     assert output.count("job failed, the sweep goes on") == 2  # rerun, and failing again
     for name, mtime in finished.items():
@@ -179,7 +196,8 @@ def test_optuna_study_resumes_in_its_sweep_dir_and_survives_failed_trials(tmp_pa
     second = run_cli(
         "train.py", *search, f"hydra.sweep.dir={sweep_dir}", "model.optimizer.lr=-1", cwd=tmp_path
     )
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]  # failed trials are normal in a search
+    assert "sweep: 3 jobs: 0 completed, 3 failed, 0 skipped" in second.stdout  # this call's only
     trials = study_trials(sweep_dir)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["FAIL"] * 3
     assert "Failed experiment" in second.stdout + second.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcls.config import CONFIG_DIR
@@ -144,3 +145,40 @@ def test_train_called_directly_creates_its_run_dir(make_cfg, tmp_path) -> None:
         cfg.paths.output_dir = str(run_dir)
     metrics = train(cfg)
     assert (run_dir / "config.yaml").is_file() and "test/acc" in metrics
+
+
+def test_hparams_hold_every_overridden_key_as_a_sweep_varies_it(make_cfg, tmp_path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from imgcls.train import log_hparams_with_metrics
+
+    overrides = [
+        "model/optimizer=sgd",
+        "model.optimizer.lr=0.003",
+        "data.batch_size=32",
+        "model.net.dropout=0.2",
+        "trainer.max_epochs=2",
+        "hydra.sweep.dir=/tmp/x",
+        "extras.print_config=false",
+    ]
+    cfg = make_cfg("train", ["data=digits", *overrides[:5]])
+    logger = TensorBoardLogger(tmp_path / "tb", name="", version="")
+    log_hparams_with_metrics([logger], cfg, {"val/acc_best": 0.5}, overrides)
+    logger.finalize("success")
+    saved = yaml.safe_load((tmp_path / "tb" / "hparams.yaml").read_text())
+    expected = {
+        "model/optimizer": "sgd",
+        "model.optimizer.lr": 0.003,
+        "data.batch_size": 32,
+        "model.net.dropout": 0.2,
+        "trainer.max_epochs": 2,
+    }
+    assert expected.items() <= saved.items()
+    assert not {"hydra.sweep.dir", "extras.print_config"} & set(saved)  # not hyperparameters
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    logged = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert set(expected) <= set(logged)  # the HParams tab can compare trials on each of them
+    assert logged["model.optimizer.lr"].number_value == pytest.approx(0.003)

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.models.classifier import ImageClassifier
 from imgcls.train import build_trainer
 from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
 from imgcls.utils.errors import UserError
-from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.runs import (
     apply_extras,
     instantiate_list,
@@ -89,11 +85,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def main() -> None:
-    setup_config_environment()
-    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")(run)()
-
-
 if __name__ == "__main__":
-    main()
+    from imgcls.cli import evaluate
+
+    evaluate()

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
 from imgcls.models.classifier import ImageClassifier
 from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
 from imgcls.utils.errors import UserError
-from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.runs import apply_extras, output_dir, report_errors
 
 log = logging.getLogger(__name__)
@@ -193,11 +189,7 @@ def run(cfg: DictConfig) -> Path:
     return export(cfg)
 
 
-def main() -> None:
-    setup_config_environment()
-    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")(run)()
-
-
 if __name__ == "__main__":
-    main()
+    from imgcls.cli import export
+
+    export()

@@ -75,7 +75,12 @@ def _as_8bit(image: Image.Image, channels: int) -> Image.Image:
 def load_image_tensor(path: str | Path, channels: int = 3) -> torch.Tensor:
     """Decode an image file to uint8 ``[C, H, W]`` with 1 (grayscale) or 3 (RGB) channels."""
     with open_image(path) as image:
-        array = np.asarray(_as_8bit(ImageOps.exif_transpose(image), channels), dtype=np.uint8)
+        return pil_to_tensor(image, channels)
+
+
+def pil_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
+    """A PIL image (any mode) as uint8 ``[C, H, W]``, EXIF orientation applied, 1 or 3 channels."""
+    array = np.asarray(_as_8bit(ImageOps.exif_transpose(image), channels), dtype=np.uint8)
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 

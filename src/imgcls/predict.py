@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from imgcls.config import CONFIG_DIR, setup_config_environment
-from imgcls.export import ExportedClassifier, is_exported
-from imgcls.imaging import IMAGE_SUFFIXES, load_image_tensor
-from imgcls.models.classifier import ImageClassifier
-from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+from imgcls.api import load_model
+from imgcls.imaging import IMAGE_SUFFIXES
 from imgcls.utils.errors import UserError
-from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.runs import apply_extras, report_errors
 
 log = logging.getLogger(__name__)
@@ -52,54 +43,48 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_classifier(path: str, device: torch.device) -> tuple[Any, Callable, int, list[str]]:
-    """(model, preprocess, channels, class names) of a checkpoint or an exported model."""
-    if is_exported(path):  # model.onnx / model.pt from export.py, its model.json beside it
-        exported = ExportedClassifier(path, device)
-        return exported, exported.preprocess, exported.in_channels, exported.class_names
-    checkpoint = read_checkpoint(path)
-    trained = stored_config(checkpoint)
-    datamodule = instantiate(trained["data"])  # preprocessing only: no data is loaded
-    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
-    model = ImageClassifier.from_checkpoint(checkpoint).eval().to(device)
-    return model, datamodule.preprocess, datamodule.in_channels, stored_class_names(checkpoint)
-
-
 def predict(cfg: DictConfig) -> Path:
-    device = pick_device(cfg.device)
-    model, preprocess, channels, class_names = load_classifier(cfg.ckpt_path, device)
-
+    classifier = load_model(cfg.ckpt_path, device=pick_device(cfg.device))
     rows, skipped = [], []
     files = list_images(Path(cfg.input))
     for start in range(0, len(files), cfg.batch_size):
         batch_files, images = [], []
         for path in files[start : start + cfg.batch_size]:
             try:
-                image = load_image_tensor(path, channels=channels)
+                images.append(classifier.image_tensor(path))
             except UserError as err:
                 skipped.append(str(err))
                 continue
             batch_files.append(path)
-            images.append(preprocess(image.unsqueeze(0)))
         if not images:
             continue
-        with torch.inference_mode():
-            probs = model(torch.cat(images).to(device)).softmax(dim=1).cpu()
-        confidence, index = probs.max(dim=1)
-        for path, i, p in zip(batch_files, index.tolist(), confidence.tolist(), strict=True):
-            name = class_names[i] if i < len(class_names) else str(i)
-            rows.append((str(path), name, f"{p:.6f}"))
+        predictions = classifier.predictions(classifier.probabilities(images))
+        for path, prediction in zip(batch_files, predictions, strict=True):
+            rows.append((str(path), prediction.label, f"{prediction.probability:.6f}"))
 
     for message in skipped:
         log.warning(f"skipped: {message}")
+    if not rows:
+        raise UserError(f"input={cfg.input}: none of its {len(files)} image files could be read")
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "predicted_class", "confidence"])
         writer.writerows(rows)
+    log.info(prediction_table(rows))
     log.info(f"{len(rows)} predictions ({len(skipped)} unreadable files skipped) -> {output}")
     return output
+
+
+def prediction_table(rows: list[tuple[str, str, str]], limit: int = 20) -> str:
+    """The first ``limit`` predictions as aligned columns (the CSV holds them all)."""
+    shown = [("file", "class", "confidence"), *rows[:limit]]
+    widths = [max(len(r[i]) for r in shown) for i in range(2)]
+    lines = [f"{f:<{widths[0]}}  {c:<{widths[1]}}  {p}" for f, c, p in shown]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in the CSV")
+    return "\n".join(["predictions:", *lines])
 
 
 @report_errors
@@ -108,11 +93,7 @@ def run(cfg: DictConfig) -> Path:
     return predict(cfg)
 
 
-def main() -> None:
-    setup_config_environment()
-    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")(run)()
-
-
 if __name__ == "__main__":
-    main()
+    from imgcls.cli import predict
+
+    predict()

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
-from imgcls.utils.preflight import exit_on_unknown_choice
-from imgcls.utils.resume import LAST_CHECKPOINT, resume_arguments
+from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
+from imgcls.utils.resume import LAST_CHECKPOINT
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
@@ -43,11 +40,24 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
     return instantiate(cfg.trainer, **kwargs)
 
 
-def log_hparams_with_metrics(
-    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float]
-) -> None:
-    """Write the run's key hyperparameters with its real final metrics (TensorBoard hparams tab)."""
-    params = {
+#: overrides that say where a run is, not how it trains: never hyperparameters
+NOT_HYPERPARAMETERS = ("hydra", "paths", "resume", "ckpt_path", "extras", "tags", "task_name")
+
+
+def run_overrides() -> list[str]:
+    """This run's command-line overrides (with a sweep's or Optuna's values); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The run's key hyperparameters plus every key its overrides set (what a sweep varies).
+
+    An override's value is read back from the composed config (``0.01`` stays a number); a group
+    choice such as ``model/optimizer=sgd`` is logged as given.
+    """
+    params: dict[str, Any] = {
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "net": cfg.model.net._target_.rsplit(".", 1)[-1],
         "optimizer": cfg.model.optimizer._target_.rsplit(".", 1)[-1],
@@ -56,6 +66,24 @@ def log_hparams_with_metrics(
         "max_epochs": cfg.trainer.get("max_epochs"),
         "seed": cfg.seed,
     }
+    for override in overrides:
+        if "=" not in override or override.startswith("~"):
+            continue
+        key, given = override.lstrip("+").split("=", 1)
+        if key.split(".", 1)[0].split("/", 1)[0] in NOT_HYPERPARAMETERS:
+            continue
+        value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
+        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+            value = given  # a group picked with a dot key (data=digits): its name
+        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return params
+
+
+def log_hparams_with_metrics(
+    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
+) -> None:
+    """Write the run's hyperparameters with its real final metrics (TensorBoard hparams tab)."""
+    params = hyperparameters(cfg, overrides)
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -79,13 +107,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
-    callbacks = instantiate_list(cfg.get("callbacks"))
+    run_dir = output_dir(cfg)
+    interrupt = InterruptCheckpoint(run_dir / LAST_CHECKPOINT)
+    callbacks = [*instantiate_list(cfg.get("callbacks")), interrupt]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.run_info = {"config": resolved, "class_names": list(datamodule.class_names)}
-    run_dir = output_dir(cfg)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; a direct train(cfg) may not
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
@@ -93,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = to_floats(trainer.callback_metrics)
+    interrupt.raise_if_requested()
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -101,7 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(to_floats(trainer.callback_metrics))
 
-    log_hparams_with_metrics(loggers, cfg, metrics)
+    log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -134,7 +164,8 @@ def run(cfg: DictConfig) -> float | None:
     metrics = finished_metrics(cfg)
     if metrics is None:
         write_status(output_dir(cfg), "running")
-        metrics = train(cfg)
+        with interruptible(cfg):
+            metrics = train(cfg)
         write_status(output_dir(cfg), "completed", metrics=metrics)
     for name in ("val/acc_best", "test/acc", "test/loss"):
         if name in metrics:
@@ -150,12 +181,7 @@ def run(cfg: DictConfig) -> float | None:
     return metrics[name]
 
 
-def main() -> None:
-    setup_config_environment()
-    exit_on_unknown_choice(sys.argv[1:], CONFIG_DIR)
-    sys.argv[1:] = resume_arguments(sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(run)()
-
-
 if __name__ == "__main__":
-    main()
+    from imgcls.cli import train
+
+    train()

@@ -213,6 +213,8 @@ class ClassificationPlots(pl.Callback):
         #: the paths written so far
         self.written: dict[str, Path] = {}
         self._samples_done = False
+        #: (trainer, epoch) whose train metrics are logged but not yet read
+        self._pending_train_epoch: tuple[pl.Trainer, int] | None = None
         self._reset_test_state()
 
     # -------------------------------------------------------------- helpers
@@ -270,9 +272,9 @@ class ClassificationPlots(pl.Callback):
         )
         self._write(trainer, "input_samples", figure)
 
-    def _record(self, trainer: pl.Trainer, names: Sequence[str]) -> None:
+    def _record(self, trainer: pl.Trainer, names: Sequence[str], epoch: int | None = None) -> None:
         metrics = trainer.callback_metrics
-        epoch = self.history.setdefault(trainer.current_epoch, {})
+        epoch = self.history.setdefault(trainer.current_epoch if epoch is None else epoch, {})
         for name in names:
             if name in metrics:
                 epoch[name] = float(metrics[name])
@@ -282,16 +284,42 @@ class ClassificationPlots(pl.Callback):
             self._record(trainer, ("val/loss", "val/acc"))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning runs this hook before the module's own on_train_epoch_end, where the epoch's
+        # train metrics are logged: read them at the next hook that follows it (the checkpoint
+        # save of this epoch, the next epoch's start or the end of training)
         if self._active(trainer):
-            self._record(trainer, ("train/loss", "train/acc"))
+            self._pending_train_epoch = (trainer, trainer.current_epoch)
+
+    def _record_pending_train_metrics(self) -> None:
+        if self._pending_train_epoch is not None:
+            trainer, epoch = self._pending_train_epoch
+            self._pending_train_epoch = None
+            self._record(trainer, ("train/loss", "train/acc"), epoch)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_pending_train_metrics()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_pending_train_metrics()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self.enabled["training_curves"] and self._active(trainer)):
             return
         if trainer.is_global_zero and self.history:
             self._write(trainer, "training_curves", training_curves_figure(self.history))
+            self._write_curves_csv(trainer)
+
+    def _write_curves_csv(self, trainer: pl.Trainer) -> None:
+        """The plotted points as ``training_curves.csv``: epoch (from 1) and each metric."""
+        with (self._dir(trainer) / "training_curves.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", *CURVE_METRICS])
+            for epoch in sorted(self.history):
+                values = self.history[epoch]
+                writer.writerow([epoch + 1, *(values.get(name, "") for name in CURVE_METRICS)])
 
     def state_dict(self) -> dict[str, Any]:
+        self._record_pending_train_metrics()  # a checkpoint saved at epoch end holds that epoch
         return {"history": {int(k): dict(v) for k, v in self.history.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

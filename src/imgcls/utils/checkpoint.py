@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -15,6 +16,43 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from imgcls.utils.errors import UserError
 
 RUN_INFO_KEY = "imgcls"
+UNREADABLE = (
+    "is not a readable checkpoint (truncated, corrupt or not a torch file); use another .ckpt, "
+    "e.g. the run's checkpoints/last.ckpt"
+)
+
+log = logging.getLogger(__name__)
+
+
+def find_checkpoint(directory: Path, prefer: str = "best") -> Path:
+    """The ``best`` (``epoch_*.ckpt``, top ``val/acc``) or ``last`` checkpoint of a run dir.
+
+    ``directory`` is a run dir or its ``checkpoints/``; the other kind is used when the preferred
+    one is absent.
+    """
+    folder = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    last = folder / "last.ckpt"
+    best = sorted(folder.glob("epoch_*.ckpt"))
+    if len(best) > 1 and last.is_file():  # save_top_k > 1: last.ckpt knows which is best
+        recorded = [
+            Path(state["best_model_path"])
+            for state in torch.load(last, weights_only=True, mmap=True)
+            .get("callbacks", {})
+            .values()
+            if isinstance(state, dict) and state.get("best_model_path")
+        ]
+        best = [p for p in recorded if p.is_file()][:1] or best
+    found = {"best": best[-1] if best else None, "last": last if last.is_file() else None}
+    other = "last" if prefer == "best" else "best"
+    path = found[prefer] or found[other]
+    if path is None:
+        raise UserError(
+            f"ckpt_path={directory} is a directory without checkpoints (no epoch_*.ckpt or "
+            "last.ckpt in it or its checkpoints/); pass a run dir that saved one, or a .ckpt file"
+        )
+    kind = prefer if found[prefer] else other
+    log.info(f"ckpt_path={directory} is a directory: using its {kind} checkpoint {path}")
+    return path
 
 
 def read_checkpoint(
@@ -22,22 +60,31 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no code runs); one clear error if unusable.
 
+    A directory (a run dir or its ``checkpoints/``) stands for its best checkpoint.
     ``mmap=True`` maps the tensors instead of reading them: a cheap check of a file that is
     read in full later.
     """
     path = Path(path)
+    if path.is_dir():
+        path = find_checkpoint(path, prefer="best")
     if not path.is_file():
         raise UserError(
-            f"ckpt_path={path} does not exist; pass a .ckpt file from a run's checkpoints/"
+            f"ckpt_path={path} does not exist; pass a .ckpt file or a run dir "
+            "(logs/train/runs/<run>)"
         )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise UserError(f"ckpt_path={path} {UNREADABLE}") from err
+        # torch's message goes on to suggest weights_only=False: never pass that on
         raise UserError(
-            f"ckpt_path={path} is not a readable checkpoint (truncated, corrupt or not a torch "
-            f"file: {first_line[:200]}); use another .ckpt, e.g. the run's checkpoints/last.ckpt"
+            f"ckpt_path={path} is not a readable checkpoint: it holds Python objects other than "
+            "tensors and plain data, refused because loading them could run code; use a "
+            "checkpoint written by imgcls (a run's checkpoints/*.ckpt)"
         ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise UserError(f"ckpt_path={path} {UNREADABLE}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(
             f"ckpt_path={path} is a torch file but not a Lightning checkpoint (no state_dict)"

@@ -24,7 +24,8 @@ def _value(args: list[str], key: str) -> str | None:
 
 
 def run_dir_of(args: list[str]) -> tuple[Path, Path | None] | None:
-    """(run dir, checkpoint) named by ``resume=<run dir>`` or ``ckpt_path=<run>/checkpoints/x``."""
+    """(run dir, checkpoint) named by ``resume=<run dir>`` or ``ckpt_path=<run dir or a file in
+    its checkpoints/>``."""
     resume = _value(args, "resume")
     if resume and resume.lower() not in ("true", "false", "null", "none"):
         run_dir = Path(resume).expanduser().resolve()
@@ -33,6 +34,10 @@ def run_dir_of(args: list[str]) -> tuple[Path, Path | None] | None:
     ckpt = _value(args, "ckpt_path")
     if ckpt and ckpt.lower() not in ("null", "none"):
         path = Path(ckpt).expanduser().resolve()
+        if path.is_dir():  # a run dir (or its checkpoints/): continue it like resume=<run dir>
+            run_dir = path.parent if path.name == "checkpoints" else path
+            checkpoint = run_dir / LAST_CHECKPOINT
+            return run_dir, checkpoint if checkpoint.is_file() else None
         if path.parent.name == "checkpoints":
             return path.parent.parent, path
     return None

@@ -1,0 +1,135 @@
+"""imgcls from Python: ``load_model`` for predictions (``compose`` for configs: imgcls.config).
+
+    import imgcls
+    model = imgcls.load_model("logs/train/runs/<run>")          # a run dir or a .ckpt
+    model.predict(["a.png", pil_image, uint8_tensor])           # [Prediction(label=..., ...)]
+    cfg = imgcls.compose(overrides=["data=digits", "trainer.max_epochs=3"])
+
+``predict.py`` goes through the same ``Classifier.predict``, so both give identical names and
+probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from imgcls.utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted class of one image and the probability of every class."""
+
+    label: str
+    probability: float
+    index: int
+    probabilities: dict[str, float]
+
+
+class Classifier:
+    """A trained network with its class names and its own preprocessing (from the checkpoint).
+
+    ``model`` maps a preprocessed batch to logits on ``device``; ``preprocess`` maps uint8
+    ``[N, C, H, W]`` images of any size to that batch.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        preprocess: Callable[[torch.Tensor], torch.Tensor],
+        in_channels: int,
+        class_names: Sequence[str],
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model, self.preprocess = model, preprocess
+        self.in_channels, self.class_names = int(in_channels), [str(c) for c in class_names]
+        self.device = torch.device(device)
+
+    def image_tensor(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
+        """One input as uint8 ``[C, H, W]``: a file path, a PIL image, or a tensor.
+
+        Tensors are uint8 (0-255) or float in [0, 1], ``[C, H, W]`` or ``[H, W]``, with the
+        model's number of channels.
+        """
+        from imgcls.imaging import load_image_tensor, pil_to_tensor
+
+        if isinstance(image, (str, Path)):
+            return load_image_tensor(image, channels=self.in_channels)
+        if isinstance(image, Image.Image):
+            return pil_to_tensor(image, channels=self.in_channels)
+        if isinstance(image, torch.Tensor):
+            tensor = image.unsqueeze(0) if image.ndim == 2 else image
+            if tensor.ndim != 3 or tensor.shape[0] != self.in_channels:
+                raise UserError(
+                    f"a tensor input must be [C, H, W] with C={self.in_channels} (the model's "
+                    f"channels), got shape {tuple(image.shape)}"
+                )
+            if tensor.is_floating_point():
+                tensor = (tensor.clamp(0, 1) * 255).round()
+            return tensor.to(torch.uint8).cpu()
+        raise UserError(
+            f"cannot predict {type(image).__name__}: pass file paths, PIL images or tensors"
+        )
+
+    def probabilities(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Class probabilities ``[N, num_classes]`` of uint8 ``[C, H, W]`` images (any sizes)."""
+        batch = torch.cat([self.preprocess(i.unsqueeze(0)) for i in images])
+        with torch.inference_mode():
+            return self.model(batch.to(self.device)).softmax(dim=1).float().cpu()
+
+    def predict(
+        self, inputs: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path
+    ) -> list[Prediction]:
+        """The prediction of each input (paths, PIL images, tensors), in order."""
+        if isinstance(inputs, (str, Path, Image.Image, torch.Tensor)):
+            inputs = [inputs]
+        images = [self.image_tensor(i) for i in inputs]
+        return self.predictions(self.probabilities(images)) if images else []
+
+    def predictions(self, probs: torch.Tensor) -> list[Prediction]:
+        names = [*self.class_names, *map(str, range(len(self.class_names), probs.shape[1]))]
+        rows = []
+        for row in probs:
+            index = int(row.argmax())
+            rows.append(
+                Prediction(
+                    label=names[index],
+                    probability=float(row[index]),
+                    index=index,
+                    probabilities=dict(zip(names, row.tolist(), strict=True)),
+                )
+            )
+        return rows
+
+
+def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """The classifier saved in an imgcls checkpoint (a ``.ckpt`` or a run dir: its best one), or
+    a model written by export.py (``.onnx``/``.pt`` with its ``.json`` beside it).
+
+    The network is rebuilt from the config stored in the checkpoint, and the data config gives
+    the preprocessing (resize, normalisation): nothing else is needed.
+    """
+    from hydra.utils import instantiate
+
+    from imgcls.config import setup_config_environment
+    from imgcls.export import ExportedClassifier, is_exported
+    from imgcls.models.classifier import ImageClassifier
+    from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+
+    if is_exported(ckpt_path):
+        exported = ExportedClassifier(ckpt_path, device)
+        return Classifier(
+            exported, exported.preprocess, exported.in_channels, exported.class_names, device
+        )
+    setup_config_environment()
+    checkpoint = read_checkpoint(ckpt_path)
+    datamodule = instantiate(stored_config(checkpoint)["data"])  # preprocessing: loads no data
+    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+    model = ImageClassifier.from_checkpoint(checkpoint).eval().to(device)
+    names = stored_class_names(checkpoint)
+    return Classifier(model, datamodule.preprocess, datamodule.in_channels, names, device)

@@ -1,0 +1,62 @@
+"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...).
+
+Nothing heavy is imported here: ``--help``, ``--cfg`` and config mistakes answer before torch,
+Lightning and torchvision load. The config is composed and checked up front
+(``imgcls.utils.preflight``); the task module is imported only when Hydra runs the task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from imgcls.config import CONFIG_DIR, setup_config_environment
+
+
+def lazy_task(module: str) -> Callable[[DictConfig], Any]:
+    """Hydra's task: ``<module>.run(cfg)``, the module imported when the task starts."""
+
+    def task(cfg: DictConfig) -> Any:
+        return importlib.import_module(module).run(cfg)
+
+    task.__module__ = module  # Hydra names the job after the task's module (``train``)
+    return task
+
+
+def launch(config_name: str, module: str, argv: list[str]) -> None:
+    import hydra
+
+    from imgcls.utils.preflight import exit_on_config_mistake
+
+    setup_config_environment()
+    exit_on_config_mistake(argv, CONFIG_DIR, config_name)
+    sys.argv[1:] = argv
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+        lazy_task(module)
+    )()
+
+
+def train() -> None:
+    """``python train.py``: fit, then test the best checkpoint."""
+    from imgcls.utils.resume import resume_arguments
+
+    launch("train", "imgcls.train", resume_arguments(sys.argv[1:]))
+
+
+def evaluate() -> None:
+    """``python eval.py ckpt_path=PATH``."""
+    launch("eval", "imgcls.eval", sys.argv[1:])
+
+
+def predict() -> None:
+    """``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``."""
+    launch("predict", "imgcls.predict", sys.argv[1:])
+
+
+def export() -> None:
+    """``python export.py ckpt_path=PATH format=onnx``."""
+    launch("export", "imgcls.export", sys.argv[1:])

@@ -1,0 +1,83 @@
+"""Ctrl-C and SIGTERM stop a run with a resumable checkpoint; resume= finishes it exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.config import REPO_ROOT
+from imgcls.utils.interrupts import TRAINING_STARTED
+
+from .conftest import run_cli
+
+STEPS_PER_EPOCH = 150
+ARGS = [
+    "data=digits",
+    "data.batch_size=8",
+    f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.max_epochs=2",
+    "trainer=fast",
+    "logger=csv",
+    "extras.print_config=false",
+]
+
+
+def start_and_signal(tmp_path: Path, signum: int) -> tuple[subprocess.Popen, Path]:
+    """Start a run; once its training loop has started (its log says so), send ``signum``."""
+    env = {**os.environ, "IMGCLS_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), *ARGS],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list((tmp_path / "logs" / "train" / "runs").glob("*/train.log"))
+        if logs and TRAINING_STARTED in logs[0].read_text():
+            proc.send_signal(signum)
+            return proc, logs[0].parent
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the run never started training: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_resumable_checkpoint_and_resume_repeats_no_step(
+    tmp_path: Path, signum: int
+) -> None:
+    proc, run_dir = start_and_signal(tmp_path, signum)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert "Traceback" not in stderr
+    name = signal.Signals(signum).name
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == name
+    command = f"python {REPO_ROOT / 'train.py'} resume={run_dir}"
+    assert status["resume"] == command
+    assert stderr.strip().splitlines()[-1].startswith(f"interrupted by {name} at epoch ")
+    assert stderr.strip().endswith(f"continue with: {command}")
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_done = saved["global_step"]
+    assert 0 < steps_done < 2 * STEPS_PER_EPOCH  # the state when the signal came
+
+    resumed = run_cli("train.py", f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == 1
+    assert final["global_step"] == 2 * STEPS_PER_EPOCH  # every step once: none repeated or lost
+    assert len(list((tmp_path / "logs" / "train" / "runs").iterdir())) == 1  # in the same dir
