@@ -258,7 +258,8 @@ def takes_argument(factory: Callable[..., Any], name: str) -> bool:
 def schedule_length(factory: Callable[..., Any], steps: int) -> int:
     """``total_steps`` for a schedule over the run: ``steps``, one more where OneCycleLR's warm-up
     would end on step 0 (``pct_start * total_steps == 1``), which divides by zero in torch."""
-    pct_start = factory.keywords.get("pct_start") if isinstance(factory, functools.partial) else None
+    bound = factory.keywords if isinstance(factory, functools.partial) else {}
+    pct_start = bound.get("pct_start")
     return steps + 1 if pct_start is not None and pct_start * steps == 1 else steps
 
 
