@@ -15,14 +15,12 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from imgcls.config import CONFIG_DIR, setup_config_environment
 from imgcls.export import ExportedClassifier, is_exported
 from imgcls.imaging import IMAGE_SUFFIXES, load_image_tensor
-from imgcls.models.classifier import ImageClassifier
-from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
 from imgcls.utils.preflight import exit_on_unknown_choice
 from imgcls.utils.runs import apply_extras, report_errors
@@ -57,12 +55,10 @@ def load_classifier(path: str, device: torch.device) -> tuple[Any, Callable, int
     if is_exported(path):  # model.onnx / model.pt from export.py, its model.json beside it
         exported = ExportedClassifier(path, device)
         return exported, exported.preprocess, exported.in_channels, exported.class_names
-    checkpoint = read_checkpoint(path)
-    trained = stored_config(checkpoint)
-    datamodule = instantiate(trained["data"])  # preprocessing only: no data is loaded
-    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
-    model = ImageClassifier.from_checkpoint(checkpoint).eval().to(device)
-    return model, datamodule.preprocess, datamodule.in_channels, stored_class_names(checkpoint)
+    restored = restore(path)  # the datamodule only preprocesses: no data is loaded
+    datamodule = restored.datamodule
+    model = restored.model.eval().to(device)
+    return model, datamodule.preprocess, datamodule.in_channels, restored.class_names
 
 
 def predict(cfg: DictConfig) -> Path:
