@@ -130,7 +130,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml"))
 #: trainers run in-process with fast_dev_run; ddp ones re-launch the command line (pytest) and
 #: the gpu ones need a GPU, so those are composed and built only
-RUNNABLE = {"cpu", "default", "fast"}
+RUNNABLE = ["cpu", "default", "fast"]
 
 
 def matrix_cfg(experiment: str, trainer: str, tmp_path: Path, folder: Path) -> DictConfig:
@@ -160,8 +160,11 @@ def test_every_experiment_composes_with_every_trainer(tmp_path: Path, monkeypatc
             assert isinstance(built, pl.Trainer), (experiment, trainer)
 
 
-@pytest.mark.parametrize("trainer", sorted(RUNNABLE))
+@pytest.mark.parametrize(
+    "trainer", [t if t == "fast" else pytest.param(t, marks=pytest.mark.slow) for t in RUNNABLE]
+)
 def test_every_experiment_trains_with_every_runnable_trainer(tmp_path: Path, trainer) -> None:
+    """fast_dev_run in-process: the lean trainer in every test run, the others with -m slow."""
     from .test_folder import write_flat_folder
 
     folder = write_flat_folder(tmp_path / "pics", n=12)
