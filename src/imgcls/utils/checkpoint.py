@@ -88,7 +88,7 @@ def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) ->
     config = stored_config(checkpoint)
     data_cfg = OmegaConf.create(config["data"])
     if data_override and "_target_" in data_override:
-        data_cfg = OmegaConf.create(data_override)
+        data_cfg = data_override  # as composed: its interpolations (${seed}) resolve in its root
     elif data_override:
         data_cfg = OmegaConf.merge(data_cfg, data_override)
     datamodule = instantiate(data_cfg)
