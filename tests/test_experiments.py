@@ -135,7 +135,9 @@ RUNNABLE = ["cpu", "default", "fast"]
 
 def matrix_cfg(experiment: str, trainer: str, tmp_path: Path, folder: Path) -> DictConfig:
     """The experiment with the trainer, as composed from the command line (callbacks untouched)."""
-    data = [f"data.root={folder}"] if experiment == "folder_alexnet" else ["data=digits"]
+    data = [f"data.root={folder}"] if experiment.startswith("folder_") else ["data=digits"]
+    if experiment == "folder_finetune":  # random weights (offline) and small images: it is quick
+        data += ["model.net.weights=null", "data.image_size=32"]
     overrides = [f"experiment={experiment}", f"trainer={trainer}", *data]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "trainer.fast_dev_run=true"])

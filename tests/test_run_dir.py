@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 
+from imgcls.run_dir import RunDir, log_start, resume_arguments
 from imgcls.train import train
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import ensure_seed
@@ -43,8 +45,6 @@ def test_optimized_metric_typo_fails_before_training(make_cfg, monkeypatch) -> N
 
 
 def test_ckpt_path_inside_a_run_dir_starts_a_new_run(tmp_path) -> None:
-    from imgcls.run_dir import resume_arguments
-
     run = tmp_path / "logs" / "train" / "runs" / "old"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- model=convnet\n- trainer.max_epochs=4\n")
@@ -72,3 +72,37 @@ def test_search_over_a_key_the_model_lacks_is_refused_in_one_line(tmp_path) -> N
         "pick a model that has it or search your own hydra.sweeper.params"
     )
     assert not list((tmp_path / "logs").rglob("status.json"))  # refused before any trial
+
+
+def fake_run(path, overrides: str, checkpoint: str | None = "last.ckpt"):  # noqa: ANN001, ANN201
+    """A run dir as train.py leaves it: Hydra's overrides and, optionally, a checkpoint."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(overrides)
+    if checkpoint:
+        (path / "checkpoints").mkdir()
+        (path / "checkpoints" / checkpoint).write_bytes(b"")
+    return path
+
+
+def test_resume_replays_the_run_in_its_own_dir_and_new_arguments_win(tmp_path) -> None:
+    run = fake_run(tmp_path / "old", "- model=convnet\n- trainer.max_epochs=4\n- seed=3\n")
+    args = resume_arguments([f"resume={run}", "trainer.max_epochs=8"])
+    assert args == [
+        "model=convnet",
+        "seed=3",
+        "trainer.max_epochs=8",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={run}",
+    ]
+    with pytest.raises(UserError, match="is not a run dir"):
+        resume_arguments([f"resume={tmp_path / 'nothing'}"])
+
+
+def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) -> None:
+    old = fake_run(tmp_path / "old", "[]\n", checkpoint="epoch_003.ckpt")
+    with caplog.at_level(logging.INFO, logger="imgcls.run_dir"):
+        log_start(old / "checkpoints" / "epoch_003.ckpt", RunDir(tmp_path / "new"))
+        log_start(old / "checkpoints" / "epoch_003.ckpt", RunDir(old))
+    branched, continued = caplog.messages
+    assert f"a new run in {tmp_path / 'new'}" in branched and f"resume={old}" in branched
+    assert continued.startswith(f"continuing {old}")
