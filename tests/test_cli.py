@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcls.config import REPO_ROOT
+from imgcls.config import CONFIG_DIR
 
 from .conftest import run_cli
 
@@ -37,26 +36,33 @@ def test_no_gpu_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert last_line(result.stderr).startswith("error: trainer.gpus=1 asks for a GPU")
+    conflict = run_cli("train.py", *FAST, "trainer.gpus=1", "trainer.devices=2", cwd=tmp_path)
+    assert conflict.returncode == 2
+    assert last_line(conflict.stderr) == (
+        "error: trainer.gpus=1 conflicts with trainer.devices=2; set only one of them"
+    )
 
 
-def test_runs_started_in_the_same_second_get_distinct_dirs(tmp_path: Path) -> None:
-    args = [*FAST, "trainer.fast_dev_run=true"]
-    env_cmd = [sys.executable, str(REPO_ROOT / "train.py"), *args]
-    env = {"IMGCLS_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin"}
-    procs = [
-        subprocess.Popen(
-            env_cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(2)
-    ]
-    assert all(p.wait(timeout=240) == 0 for p in procs)
-    dirs = run_dirs(tmp_path)
-    assert len(dirs) == 2
-    for d in dirs:
-        assert {"config.yaml", "metrics.json", "train.log", ".hydra"} <= {
-            p.name for p in d.iterdir()
-        }
-        assert (d / ".hydra" / "overrides.yaml").is_file()
+@pytest.mark.parametrize("kind", ["run", "sweep"])
+def test_runs_started_in_the_same_second_get_distinct_dirs(monkeypatch, kind: str) -> None:
+    """Two runs (or sweeps) whose clocks read the same second still get two dirs."""
+    import hydra.core.utils
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    class FrozenClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ANN001, ANN206
+            return cls(2024, 5, 1, 12, 0, 0)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", FrozenClock)
+    dirs = []
+    for _ in range(2):  # each run composes its config afresh, as each process does
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", ["data=digits"], return_hydra_config=True)
+        dirs.append(OmegaConf.select(cfg, f"hydra.{kind}.dir"))
+    assert all(Path(d).name.startswith("2024-05-01_12-00-00_") for d in dirs), dirs
+    assert dirs[0] != dirs[1]
 
 
 @pytest.mark.slow

@@ -6,10 +6,15 @@ import math
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
 
-from imgcls.train import train
+from imgcls.config import CONFIG_DIR
+from imgcls.train import build_trainer, train
+from imgcls.utils.runs import instantiate_list
 
 #: experiment -> (net class name, optimizer, lr, SGD momentum, batch size, epochs)
 RECIPES = {
@@ -118,3 +123,54 @@ def test_svhn_convnet_aug_trains_on_generated_mat_files(make_cfg, tmp_path: Path
     assert (cfg.model.net.in_channels, cfg.model.net.image_size) == (3, 32)
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+
+
+# ------------------------------------------------------------------ experiments x trainers
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml"))
+#: trainers run in-process with fast_dev_run; ddp ones re-launch the command line (pytest) and
+#: the gpu ones need a GPU, so those are composed and built only
+RUNNABLE = ["cpu", "default", "fast"]
+
+
+def matrix_cfg(experiment: str, trainer: str, tmp_path: Path, folder: Path) -> DictConfig:
+    """The experiment with the trainer, as composed from the command line (callbacks untouched)."""
+    data = [f"data.root={folder}"] if experiment.startswith("folder_") else ["data=digits"]
+    if experiment == "folder_finetune":  # random weights (offline) and small images: it is quick
+        data += ["model.net.weights=null", "data.image_size=32"]
+    overrides = [f"experiment={experiment}", f"trainer={trainer}", *data]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "trainer.fast_dev_run=true"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / experiment / trainer)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.extras.print_config = False
+    return cfg
+
+
+def test_every_experiment_composes_with_every_trainer(tmp_path: Path, monkeypatch) -> None:
+    from .test_folder import write_flat_folder
+
+    folder = write_flat_folder(tmp_path / "pics", n=12)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # build the gpu trainers too
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for experiment in EXPERIMENTS:
+        for trainer in TRAINERS:
+            cfg = matrix_cfg(experiment, trainer, tmp_path, folder)
+            callbacks = instantiate_list(cfg.callbacks)
+            built = build_trainer(cfg, callbacks=callbacks, logger=False)
+            assert isinstance(built, pl.Trainer), (experiment, trainer)
+
+
+@pytest.mark.parametrize(
+    "trainer", [t if t == "fast" else pytest.param(t, marks=pytest.mark.slow) for t in RUNNABLE]
+)
+def test_every_experiment_trains_with_every_runnable_trainer(tmp_path: Path, trainer) -> None:
+    """fast_dev_run in-process: the lean trainer in every test run, the others with -m slow."""
+    from .test_folder import write_flat_folder
+
+    folder = write_flat_folder(tmp_path / "pics", n=12)
+    for experiment in EXPERIMENTS:
+        metrics = train(matrix_cfg(experiment, trainer, tmp_path, folder))
+        assert math.isfinite(metrics["train/loss"]), (experiment, trainer)
+        assert 0.0 <= metrics["test/acc"] <= 1.0

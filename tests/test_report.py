@@ -140,7 +140,8 @@ def test_run_dirs_are_found_below_several_roots_and_not_inside_runs(tmp_path: Pa
     b = make_run(tmp_path / "b" / "2", ["seed=2"], metrics=metrics_of(0.6))
     (a / "nested").mkdir()
     (a / "nested" / "config.yaml").write_text("{}")  # inside a run: not a run of its own
-    assert find_run_dirs([tmp_path / "a", tmp_path / "b"]) == [a.resolve(), b.resolve()]
+    found = find_run_dirs([tmp_path / "a", tmp_path / "b"])
+    assert [run.path for run in found] == [a.resolve(), b.resolve()]
     out = tmp_path / "out"
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--no-plot"]) == 0
     rows = read_rows(out / RESULTS_CSV)

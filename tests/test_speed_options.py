@@ -10,8 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 
+from imgcls.callbacks.run_info import RunInfo
 from imgcls.config import CONFIG_DIR
 from imgcls.data.digits import DigitsDataModule
 from imgcls.data.loaders import TensorBatchLoader
@@ -31,18 +32,19 @@ def test_speed_option_trains_on_cpu(make_cfg, option) -> None:
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
-def test_fast_trainer_preset_drops_progress_bar_and_summary_but_keeps_checkpoints(tmp_path):
+def test_fast_trainer_leaves_out_progress_bar_and_summary_but_keeps_checkpoints(tmp_path):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["trainer=fast", "data=digits"])
     assert cfg.trainer.enable_progress_bar is False
     assert cfg.trainer.enable_model_summary is False
-    assert "model_checkpoint" in cfg.callbacks
-    assert not {"rich_progress_bar", "rich_model_summary"} & set(cfg.callbacks)
+    assert {"rich_progress_bar", "rich_model_summary", "plots"} <= set(cfg.callbacks)  # untouched
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = str(tmp_path)
     callbacks = instantiate_list(cfg.callbacks)
     trainer = build_trainer(cfg, callbacks=callbacks, logger=False)  # no progress-bar conflict
     assert trainer.progress_bar_callback is None
+    assert not [c for c in trainer.callbacks if isinstance(c, ModelSummary)]
+    assert len(trainer.checkpoint_callbacks) == 2  # the best and last.ckpt
 
 
 @pytest.mark.parametrize("experiment", ["mnist_speedrun", "mnist_tinynet_fast"])
@@ -74,10 +76,10 @@ def test_compiled_model_checkpoint_round_trip(make_cfg) -> None:
     )
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    model.run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "class_names": []}
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
-    trainer = build_trainer(cfg, callbacks=[checkpointing], logger=False)
+    run_info = RunInfo(OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(cfg, callbacks=[checkpointing, run_info], logger=False)
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 3
 

@@ -164,7 +164,7 @@ def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
 def study_trials(sweep_dir: Path, name: str = "mnist_optuna") -> list:
     import optuna
 
-    from imgcls.report import optuna_storage
+    from imgcls.sweeps import optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")

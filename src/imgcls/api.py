@@ -114,12 +114,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Cla
     The network is rebuilt from the config stored in the checkpoint, and the data config gives
     the preprocessing (resize, normalisation): nothing else is needed.
     """
-    from hydra.utils import instantiate
-
     from imgcls.config import setup_config_environment
     from imgcls.export import ExportedClassifier, is_exported
-    from imgcls.models.classifier import ImageClassifier
-    from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+    from imgcls.utils.checkpoint import restore
 
     if is_exported(ckpt_path):
         exported = ExportedClassifier(ckpt_path, device)
@@ -127,9 +124,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Cla
             exported, exported.preprocess, exported.in_channels, exported.class_names, device
         )
     setup_config_environment()
-    checkpoint = read_checkpoint(ckpt_path)
-    datamodule = instantiate(stored_config(checkpoint)["data"])  # preprocessing: loads no data
-    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
-    model = ImageClassifier.from_checkpoint(checkpoint).eval().to(device)
-    names = stored_class_names(checkpoint)
-    return Classifier(model, datamodule.preprocess, datamodule.in_channels, names, device)
+    restored = restore(ckpt_path)  # the datamodule only preprocesses: it loads no data
+    datamodule = restored.datamodule
+    model = restored.model.eval().to(device)
+    return Classifier(
+        model, datamodule.preprocess, datamodule.in_channels, restored.class_names, device
+    )

@@ -41,15 +41,24 @@ def launch(config_name: str, module: str, argv: list[str]) -> None:
 
 
 def train() -> None:
-    """``python train.py``: fit, then test the best checkpoint."""
-    from imgcls.utils.resume import resume_arguments
+    """``python train.py``: fit, then test the best checkpoint (``resume=<run dir>``: continue)."""
+    from imgcls.run_dir import resume_arguments
+    from imgcls.utils.devices import move_gpus_argument
+    from imgcls.utils.errors import UserError
 
-    launch("train", "imgcls.train", resume_arguments(sys.argv[1:]))
+    try:
+        args = resume_arguments(move_gpus_argument(sys.argv[1:]))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    launch("train", "imgcls.train", args)
 
 
 def evaluate() -> None:
     """``python eval.py ckpt_path=PATH``."""
-    launch("eval", "imgcls.eval", sys.argv[1:])
+    from imgcls.utils.devices import move_gpus_argument
+
+    launch("eval", "imgcls.eval", move_gpus_argument(sys.argv[1:]))
 
 
 def predict() -> None:

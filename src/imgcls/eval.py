@@ -6,33 +6,21 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from imgcls.models.classifier import ImageClassifier
 from imgcls.train import build_trainer
-from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import (
     apply_extras,
     instantiate_list,
-    output_dir,
     quiet_other_ranks,
     report_errors,
+    run_dir,
     to_floats,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
-
-
-def eval_data_config(cfg: DictConfig, trained: dict[str, Any]) -> DictConfig:
-    """The training run's data config, replaced by ``data=NAME`` or patched by ``+data.KEY=V``."""
-    override = cfg.get("data")
-    if override is not None and "_target_" in override:
-        return override
-    data_cfg = OmegaConf.create(trained["data"])
-    return OmegaConf.merge(data_cfg, override) if override else data_cfg
 
 
 def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list[str]) -> None:
@@ -56,21 +44,18 @@ def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    trained, class_names = stored_config(checkpoint), stored_class_names(checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(eval_data_config(cfg, trained))
-    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
-    check_compatible(datamodule, trained, class_names)
-    model = ImageClassifier.from_checkpoint(checkpoint)
+    restored = restore(cfg.ckpt_path, data_override=cfg.get("data"))
+    check_compatible(restored.datamodule, restored.config, restored.class_names)
     trainer = build_trainer(
         cfg,
         callbacks=instantiate_list(cfg.get("callbacks")),
         logger=instantiate_list(cfg.get("logger")),
     )
-    trainer.test(model, datamodule=datamodule)
+    trainer.test(restored.model, datamodule=restored.datamodule)
     metrics = to_floats(trainer.callback_metrics)
-    write_json(output_dir(cfg) / "metrics.json", {"ckpt_path": str(cfg.ckpt_path), **metrics})
+    if trainer.is_global_zero:
+        run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
     return metrics
 
 
@@ -81,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = evaluate(cfg)
     for name, value in sorted(metrics.items()):
         log.info(f"{name}: {value:.4f}")
-    log.info(f"run dir: {output_dir(cfg)}")
+    log.info(f"run dir: {run_dir(cfg).path}")
     return metrics
 
 

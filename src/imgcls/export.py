@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
-from imgcls.models.classifier import ImageClassifier
-from imgcls.utils.checkpoint import read_checkpoint, stored_class_names, stored_config
+from imgcls.utils.checkpoint import Restored, restore
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import apply_extras, output_dir, report_errors
+from imgcls.utils.runs import apply_extras, report_errors, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +45,9 @@ def is_exported(path: str | Path) -> bool:
     return Path(path).suffix in SUFFIXES.values()
 
 
-def preprocessing_spec(checkpoint: dict[str, Any], fmt: str, model_file: str) -> dict[str, Any]:
+def preprocessing_spec(restored: Restored, fmt: str, model_file: str) -> dict[str, Any]:
     """What a server needs to feed the exported model: read from the checkpoint's datamodule."""
-    datamodule = instantiate(stored_config(checkpoint)["data"])  # no data is loaded
-    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+    datamodule = restored.datamodule  # no data is loaded
     normalize = datamodule.pipeline.normalize
     channels, size = datamodule.in_channels, datamodule.image_size
     return {
@@ -62,7 +59,7 @@ def preprocessing_spec(checkpoint: dict[str, Any], fmt: str, model_file: str) ->
         "image_size": size,
         "mean": normalize.mean.flatten().tolist(),
         "std": normalize.std.flatten().tolist(),
-        "class_names": stored_class_names(checkpoint),
+        "class_names": restored.class_names,
         "preprocessing": PREPROCESSING.format(
             channels=channels, size=size, mode="grayscale" if channels == 1 else "RGB"
         ),
@@ -147,12 +144,12 @@ def onnx_session(path: Path, device: torch.device) -> Any:
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in SUFFIXES:
         raise UserError(f"format={cfg.format} is not supported; use onnx or torchscript")
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    path = Path(cfg.output) if cfg.get("output") else output_dir(cfg) / "model"
+    restored = restore(cfg.ckpt_path)
+    path = Path(cfg.output) if cfg.get("output") else run_dir(cfg).path / "model"
     path = path.with_suffix(SUFFIXES[cfg.format])
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = preprocessing_spec(checkpoint, cfg.format, path.name)
-    net = ImageClassifier.from_checkpoint(checkpoint).net.eval().float().cpu()
+    spec = preprocessing_spec(restored, cfg.format, path.name)
+    net = restored.model.net.eval().float().cpu()
     size, channels = spec["image_size"], spec["in_channels"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, size, size, generator=generator)

@@ -5,30 +5,26 @@ writes). For each run the report gives the overrides that differ between the run
 (completed / failed / running), epochs, wall time, final and best metrics and, for a failed run,
 its error. It writes ``results.csv``, ``results.md`` (markdown tables; runs that differ only by
 ``seed`` or ``data.fold`` are also grouped with mean ± std) and ``val_acc_curves.png`` into the
-first given dir, or ``--out``.
-
-Also here, for Optuna sweeps (``configs/hparams_search``): ``optuna_storage``, the study storage
-that works with the SQLAlchemy 2 installed next to Optuna 2, and ``FailedTrialsToOptuna``, the
-Hydra callback that turns a failed job's NaN into a failed Optuna trial instead of a crash.
+first given dir, or ``--out``. Run dirs are read through ``imgcls.run_dir``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import re
 import statistics
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from imgcls.run_dir import CONFIG_FILE, OVERRIDES_FILE, Override, RunDir, find_run_dirs
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -70,91 +66,16 @@ class Run:
     wall_time_s: float | None = None
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "overrides.yaml").is_file() or (path / "config.yaml").is_file()
-
-
-def natural_key(path: Path) -> list[Any]:
-    """``2`` before ``10``: numbers in names compare as numbers."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
-
-
-def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
-    """Every run dir at or below ``roots`` (not looking inside run dirs), in natural order."""
-    found: dict[Path, None] = {}
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            raise ReportError(f"{root} is not a directory")
-        if is_run_dir(root):
-            found[root.resolve()] = None
-            continue
-        for current, dirs, _ in os.walk(root):
-            here = Path(current)
-            runs = [d for d in dirs if is_run_dir(here / d)]
-            for d in runs:
-                found[(here / d).resolve()] = None
-            dirs[:] = sorted(d for d in dirs if d not in runs and not d.startswith("."))
-    return sorted(found, key=natural_key)
-
-
-def read_overrides(run_dir: Path) -> dict[str, str]:
+def read_overrides(run: RunDir) -> dict[str, str]:
     """``key -> value`` of the run's command-line overrides (``~key`` deletes: ``<deleted>``)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else None
     overrides = {}
-    for item in items or []:
-        key, _, value = str(item).partition("=")
-        if key.startswith("~"):
+    for override in map(Override.parse, run.overrides()):
+        value = override.value or ""
+        if override.deletes:
             value = value or "<deleted>"
-        key = key.lstrip("+~")
-        if key not in IGNORED_OVERRIDES:
-            overrides[key] = value
+        if override.key not in IGNORED_OVERRIDES:
+            overrides[override.key] = value
     return overrides
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (json.JSONDecodeError, OSError):
-        return {}
-
-
-def as_timestamp(value: Any) -> float | None:
-    """Unix seconds from a number or an ISO 8601 string."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        from datetime import datetime
-
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            return None
-    return None
-
-
-def wall_time(run_dir: Path, status: dict[str, Any]) -> float | None:
-    """Seconds the run took: from ``status.json`` times when recorded, else from file times.
-
-    File times: from Hydra writing ``.hydra/overrides.yaml`` (job start) to the last write of
-    ``status.json``/``metrics.json``. A run still running counts up to now.
-    """
-    if isinstance(status.get("wall_time_s"), (int, float)):
-        return float(status["wall_time_s"])
-    started = as_timestamp(status.get("started_at"))
-    if started is not None:
-        finished = as_timestamp(status.get("finished_at"))
-        if finished is None and status.get("status") == "running":
-            finished = time.time()
-        return max(0.0, finished - started) if finished is not None else None
-    start_file = run_dir / ".hydra" / "overrides.yaml"
-    ends = [p for p in (run_dir / "status.json", run_dir / "metrics.json") if p.is_file()]
-    if not start_file.is_file() or not ends:
-        return None
-    end = time.time() if status.get("status") == "running" else max(p.stat().st_mtime for p in ends)
-    seconds = end - start_file.stat().st_mtime
-    return seconds if seconds >= 0 else None  # negative: .hydra rewritten by a resumed sweep
 
 
 def csv_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -197,19 +118,19 @@ def tensorboard_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(values.items()) for tag, values in curves.items()}
 
 
-def read_run(run_dir: Path) -> Run:
-    status = read_json(run_dir / "status.json")
-    metrics = read_json(run_dir / "metrics.json") or status.get("metrics") or {}
+def read_run(run_dir: RunDir) -> Run:
+    status = run_dir.status()
+    metrics = run_dir.metrics()
     state = status.get("status") or ("completed" if metrics else "unknown")
     run = Run(
-        path=run_dir,
+        path=run_dir.path,
         overrides=read_overrides(run_dir),
         status=str(state),
         error=" ".join(str(status.get("error", "")).split()),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        wall_time_s=wall_time(run_dir, status),
+        wall_time_s=run_dir.wall_time(),
     )
-    run.curves = csv_curves(run_dir) or tensorboard_curves(run_dir)
+    run.curves = csv_curves(run_dir.path) or tensorboard_curves(run_dir.path)
     epochs = {e for tag in CURVE_TAGS for e, _ in run.curves.get(tag, [])}
     run.epochs = len(epochs) if epochs else None
     if run.curves.get("val/acc"):
@@ -219,11 +140,14 @@ def read_run(run_dir: Path) -> Run:
 
 def collect(roots: Sequence[Path]) -> list[Run]:
     """Every run below ``roots``, named by its path relative to their common parent."""
-    dirs = find_run_dirs(roots)
+    try:
+        dirs = find_run_dirs(roots)
+    except NotADirectoryError as err:
+        raise ReportError(str(err)) from None
     if not dirs:
         raise ReportError(
-            "no run dirs found below " + ", ".join(map(str, roots)) + " (a run dir holds "
-            ".hydra/overrides.yaml or config.yaml)"
+            "no run dirs found below " + ", ".join(map(str, roots)) + f" (a run dir holds "
+            f"{OVERRIDES_FILE} or {CONFIG_FILE})"
         )
     runs = [read_run(d) for d in dirs]
     base = Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
@@ -263,14 +187,9 @@ def sort_runs(runs: list[Run], metric: str | None) -> list[Run]:
 def optimized_metric(runs: Sequence[Run]) -> str:
     """The ``optimized_metric`` the runs were started with (default ``val/acc_best``)."""
     for run in runs:
-        path = run.path / "config.yaml"
-        if path.is_file():
-            try:
-                name = (yaml.safe_load(path.read_text()) or {}).get("optimized_metric")
-            except yaml.YAMLError:
-                continue
-            if name:
-                return str(name)
+        name = RunDir(run.path).config().get("optimized_metric")
+        if name:
+            return str(name)
     return "val/acc_best"
 
 
@@ -510,54 +429,6 @@ def plot_val_acc_curves(
         figure.legend(fontsize=7, loc="outside lower center", ncols=1, frameon=False)
     figure.savefig(path)
     return path
-
-
-# ---------------------------------------------------------------------------------- Optuna
-def optuna_storage(url: str, **engine_kwargs: Any) -> Any:
-    """An Optuna ``RDBStorage`` for ``hydra.sweeper.storage`` that works with SQLAlchemy 2.
-
-    Optuna 2.x (the version hydra-optuna-sweeper 1.x allows) stamps its schema on a connection
-    that it never commits; SQLAlchemy 2 no longer autocommits, so a plain ``sqlite:///`` URL
-    fails (``AssertionError`` / ``database is locked``). SQLite connections here run in
-    autocommit mode instead; the sweeper is the only writer of the study. The SQLite file's
-    directory (the sweep dir, before Hydra creates it) is created first.
-    """
-    import sqlalchemy
-    from optuna.storages import RDBStorage
-
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if int(sqlalchemy.__version__.split(".")[0]) >= 2:
-            engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
-    return RDBStorage(url, engine_kwargs=engine_kwargs or None)
-
-
-try:  # hydra-core is a dependency; the callback base class moved in no release of 1.x
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover
-    _HydraCallback = object  # type: ignore[assignment,misc]
-
-
-class FailedTrialsToOptuna(_HydraCallback):
-    """Hydra callback: a job that returned NaN returns its error message instead.
-
-    ``report_errors`` makes a failed job return NaN so that the sweep goes on. The Optuna
-    sweeper (hydra-optuna-sweeper 1.3 with Optuna 2.x) crashes on NaN: ``study.tell`` rejects it
-    and its fallback then tells a failed trial together with the value, which Optuna rejects
-    too. A value that is not a number is recorded as a failed trial (``TrialState.FAIL``) and
-    logged as ``Failed experiment: ... Got 'failed: <error>'``, and the sweep goes on.
-    """
-
-    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        if job_return.status != JobStatus.COMPLETED:
-            return
-        value = job_return.return_value
-        if isinstance(value, float) and math.isnan(value):
-            run_dir = Path(config.hydra.runtime.output_dir)
-            error = read_json(run_dir / "status.json").get("error") or "the objective is NaN"
-            job_return.return_value = f"failed: {error}"
 
 
 # ---------------------------------------------------------------------------------- CLI

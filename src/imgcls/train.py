@@ -3,41 +3,49 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 
+from imgcls.callbacks.run_info import RunInfo
 from imgcls.loggers import finish_loggers
+from imgcls.run_dir import checkpoint_to_resume, finished_metrics, log_start
 from imgcls.tune import run_tuner, tunes_only
-from imgcls.utils.checkpoint import read_checkpoint
+from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
 from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
-from imgcls.utils.resume import LAST_CHECKPOINT
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
     explicit_overrides,
     instantiate_list,
-    output_dir,
     quiet_other_ranks,
-    read_status,
     report_errors,
+    run_dir,
     to_floats,
-    write_json,
-    write_status,
 )
 
 log = logging.getLogger(__name__)
 
+#: callbacks a trainer switch turns off: ``trainer.enable_progress_bar=false`` leaves out the
+#: progress bar callback instead of failing on it
+SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary": ModelSummary}
 
-def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer`` with ``gpus`` mapped to accelerator/devices."""
-    apply_gpus(cfg.trainer, explicit_overrides("trainer"))
-    return instantiate(cfg.trainer, **kwargs)
+
+def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer``, on the devices ``cfg.gpus`` asks for."""
+    apply_gpus(cfg.trainer, cfg.get("gpus"), explicit_overrides("trainer"))
+    switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if cfg.trainer.get(k) is False)
+    kept = [c for c in callbacks if not isinstance(c, switched_off)]
+    return instantiate(cfg.trainer, callbacks=kept, **kwargs)
 
 
 #: overrides that say where a run is, not how it trains: never hyperparameters
@@ -65,6 +73,7 @@ def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "batch_size": cfg.data.batch_size,
         "max_epochs": cfg.trainer.get("max_epochs"),
         "seed": cfg.seed,
+        "tags": ",".join(map(str, cfg.get("tags") or [])),
     }
     for override in overrides:
         if "=" not in override or override.startswith("~"):
@@ -93,31 +102,51 @@ def log_hparams_with_metrics(
             logger.log_metrics(hp_metrics)
 
 
+def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
+    """Before any training: ``optimized_metric`` must be a metric this run's module will log.
+
+    A module that does not declare ``logged_metrics`` is checked after the run only.
+    """
+    name = cfg.get("optimized_metric")
+    declared = getattr(model, "logged_metrics", None)
+    if not name or not declared:
+        return
+    stages = ({"train", "val"} if cfg.get("train") else set()) | ({"test"} if cfg.test else set())
+    available = sorted(m for m in declared if m.split("/", 1)[0] in stages)
+    if name not in available:
+        raise UserError(
+            f"optimized_metric={name} is not a metric this run logs; "
+            f"available: {', '.join(available) or 'none (train=false test=false)'}"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
+    run = run_dir(cfg)
     if cfg.get("ckpt_path"):
+        if Path(cfg.ckpt_path).is_dir():  # a run dir: a new run from its last checkpoint
+            cfg.ckpt_path = str(find_checkpoint(Path(cfg.ckpt_path), prefer="last"))
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
         read_checkpoint(cfg.ckpt_path, mmap=True)
+        log_start(cfg.ckpt_path, run)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
+    if not tunes_only(cfg):
+        check_optimized_metric(cfg, model)
     if cfg.get("tune"):
         tuned = run_tuner(cfg, model, datamodule)
         if tunes_only(cfg):
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
-    run_dir = output_dir(cfg)
-    interrupt = InterruptCheckpoint(run_dir / LAST_CHECKPOINT)
-    callbacks = [*instantiate_list(cfg.get("callbacks")), interrupt]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    interrupt = InterruptCheckpoint(run.last_checkpoint)
+    callbacks = [*instantiate_list(cfg.get("callbacks")), RunInfo(resolved), interrupt]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    model.run_info = {"config": resolved, "class_names": list(datamodule.class_names)}
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; a direct train(cfg) may not
-        OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
+        run.write_config(resolved)
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -133,44 +162,37 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
-    write_json(run_dir / "metrics.json", metrics)
+    if trainer.is_global_zero:
+        run.write_metrics(metrics)
     return metrics
-
-
-def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
-    """With ``resume=true``: the metrics of this run dir if it already completed, else None.
-
-    An unfinished run dir with a last checkpoint continues from it (``ckpt_path`` is set).
-    """
-    if cfg.get("resume") is not True:
-        return None
-    run_dir = output_dir(cfg)
-    status = read_status(run_dir)
-    if status.get("status") == "completed":
-        log.info(f"{run_dir} already completed: skipped (resume=true)")
-        return status["metrics"]
-    last = run_dir / LAST_CHECKPOINT
-    if last.is_file() and not cfg.get("ckpt_path"):
-        log.info(f"resuming {run_dir} from {last}")
-        cfg.ckpt_path = str(last)
-    return None
 
 
 @report_errors
 def run(cfg: DictConfig) -> float | None:
-    """Hydra task: train, print the results and return ``optimized_metric`` for sweepers."""
+    """Hydra task: train, print the results and return ``optimized_metric`` for sweepers.
+
+    With ``resume=true`` (a sweep job run again) a completed run dir reports its recorded metrics
+    and an unfinished one continues from its ``last.ckpt``.
+    """
     quiet_other_ranks()
     apply_extras(cfg)
-    metrics = finished_metrics(cfg)
+    run_here = run_dir(cfg)
+    metrics = finished_metrics(run_here) if cfg.get("resume") is True else None
+    if cfg.get("resume") is True and metrics is None and not cfg.get("ckpt_path"):
+        last = checkpoint_to_resume(run_here)
+        cfg.ckpt_path = str(last) if last else None
     if metrics is None:
-        write_status(output_dir(cfg), "running")
+        tags = list(cfg.get("tags") or [])
+        if rank_zero_only.rank == 0:
+            run_here.write_status("running", tags=tags)
         with interruptible(cfg):
             metrics = train(cfg)
-        write_status(output_dir(cfg), "completed", metrics=metrics)
+        if rank_zero_only.rank == 0:
+            run_here.write_status("completed", metrics=metrics, tags=tags)
     for name in ("val/acc_best", "test/acc", "test/loss"):
         if name in metrics:
             log.info(f"{name}: {metrics[name]:.4f}")
-    log.info(f"run dir: {output_dir(cfg)}")
+    log.info(f"run dir: {run_here.path}")
     name = cfg.get("optimized_metric")
     if not name or tunes_only(cfg):
         return None

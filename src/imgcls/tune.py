@@ -16,8 +16,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.tuner import Tuner
 
+from imgcls.run_dir import write_json
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import output_dir, write_json
+from imgcls.utils.runs import run_dir as run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def run_tuner(
     # trial's memory does not depend on it (a OneCycle schedule cannot be sized for either)
     model.scheduler_factory = None
     tuner = Tuner(trainer)
-    run_dir = output_dir(cfg)
+    run_dir = run_dir_of(cfg).path
     run_dir.mkdir(parents=True, exist_ok=True)
     if mode == "lr_find":
         finder = tuner.lr_find(model, datamodule=datamodule, update_attr=False, **options)

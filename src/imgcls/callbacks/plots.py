@@ -233,11 +233,9 @@ class ClassificationPlots(pl.Callback):
         return self.save_dir or Path(trainer.default_root_dir) / "plots"
 
     @staticmethod
-    def class_names(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> list[str]:
-        """The datamodule's class names (or the checkpoint's), else "0" .. "n-1"."""
+    def class_names(trainer: pl.Trainer, n: int) -> list[str]:
+        """The datamodule's class names, else "0" .. "n-1"."""
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule else None
-        if not names:
-            names = getattr(pl_module, "run_info", {}).get("class_names")
         names = [str(c) for c in names] if names else []
         return names if len(names) >= n else [*names, *map(str, range(len(names), n))]
 
@@ -265,7 +263,7 @@ class ClassificationPlots(pl.Callback):
         if not trainer.is_global_zero:
             return
         images, labels = batch[0][: self.num_samples], batch[1][: self.num_samples]
-        names = self.class_names(trainer, pl_module, int(labels.max()) + 1 if len(labels) else 0)
+        names = self.class_names(trainer, int(labels.max()) + 1 if len(labels) else 0)
         titles = [short(names[y]) for y in labels.tolist()]
         figure = image_grid_figure(
             images, titles, "training inputs as the model gets them (rescaled per image)"
@@ -385,7 +383,7 @@ class ClassificationPlots(pl.Callback):
         if not trainer.is_global_zero:
             return
         matrix = matrix.cpu().long()
-        names = self.class_names(trainer, pl_module, len(matrix))
+        names = self.class_names(trainer, len(matrix))
         if self.enabled["confusion_matrix"]:
             self._write(trainer, "confusion_matrix", confusion_matrix_figure(matrix, names))
             with (self._dir(trainer) / "confusion_matrix.csv").open("w", newline="") as f:

@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.freezing import check_freeze, freeze_backbone
 from imgcls.models.mixing import batch_mixing
-from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint, stored_config
+from imgcls.utils.checkpoint import read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -31,6 +31,17 @@ class ImageClassifier(pl.LightningModule):
     and ``test/acc``. The network may return logits or log-probabilities (cross-entropy treats
     both the same, since log-softmax is idempotent).
     """
+
+    #: what the module logs (``optimized_metric`` is checked against these before training)
+    logged_metrics = (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/loss",
+        "test/acc",
+    )
 
     def __init__(
         self,
@@ -85,8 +96,6 @@ class ImageClassifier(pl.LightningModule):
         self.val_acc_best = MaxMetric()
         #: cross-entropy class weights (``class_weights``), resolved in ``setup``
         self.loss_weights: torch.Tensor | None = None
-        #: plain-data facts saved into every checkpoint: resolved run config and class names
-        self.run_info: dict[str, Any] = {}
 
     def setup(self, stage: str) -> None:
         """Resolve ``class_weights``: ``auto`` weighs classes by inverse training frequency."""
@@ -187,10 +196,6 @@ class ImageClassifier(pl.LightningModule):
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
         return {"logits": logits.detach()}  # for callbacks (confusion matrix, misclassified)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=1)
-
     def configure_optimizers(self) -> Any:
         # frozen parameters (model.freeze, callbacks=finetuning) stay out until unfrozen
         params = [p for p in self.parameters() if p.requires_grad]
@@ -216,12 +221,6 @@ class ImageClassifier(pl.LightningModule):
                 "monitor": self.hparams.scheduler_monitor,
             },
         }
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RUN_INFO_KEY] = self.run_info
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.run_info = checkpoint.get(RUN_INFO_KEY, {})
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

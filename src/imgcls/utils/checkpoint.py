@@ -7,6 +7,8 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ def find_checkpoint(directory: Path, prefer: str = "best") -> Path:
     ``directory`` is a run dir or its ``checkpoints/``; the other kind is used when the preferred
     one is absent.
     """
-    folder = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
-    last = folder / "last.ckpt"
+    from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT
+
+    folder = directory / CHECKPOINT_DIR if (directory / CHECKPOINT_DIR).is_dir() else directory
+    last = folder / LAST_CHECKPOINT.name
     best = sorted(folder.glob("epoch_*.ckpt"))
     if len(best) > 1 and last.is_file():  # save_top_k > 1: last.ckpt knows which is best
         recorded = [
@@ -105,6 +109,44 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def stored_class_names(checkpoint: dict[str, Any]) -> list[str]:
     """Class names saved at training time (empty when the checkpoint has none)."""
     return list(checkpoint.get(RUN_INFO_KEY, {}).get("class_names", []))
+
+
+@dataclass
+class Restored:
+    """A trained model with the data set-up it was trained with, rebuilt from its checkpoint."""
+
+    model: Any  # ImageClassifier, weights loaded
+    datamodule: Any  # not set up: preprocessing works at once, data loads on setup()
+    config: dict[str, Any]  # the resolved training config
+    class_names: list[str]
+
+
+def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) -> Restored:
+    """Rebuild the model and its datamodule from an imgcls checkpoint (``RunInfo``'s content).
+
+    ``data_override`` is a full data config (one with ``_target_``: another dataset) or keys
+    merged into the stored one (``+data.data_dir=/elsewhere``). The datamodule gets the state it
+    had at training time (say, a folder's normalisation statistics).
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from imgcls.models.classifier import ImageClassifier
+
+    checkpoint = read_checkpoint(path)
+    config = stored_config(checkpoint)
+    data_cfg = OmegaConf.create(config["data"])
+    if data_override and "_target_" in data_override:
+        data_cfg = data_override  # as composed: its interpolations (${seed}) resolve in its root
+    elif data_override:
+        data_cfg = OmegaConf.merge(data_cfg, data_override)
+    datamodule = instantiate(data_cfg)
+    run_info = checkpoint[RUN_INFO_KEY]
+    # checkpoints written before RunInfo stored it hold it under Lightning's own key
+    state = run_info.get("datamodule_state", checkpoint.get(type(datamodule).__qualname__))
+    datamodule.load_state_dict(state or {})
+    model = ImageClassifier.from_checkpoint(checkpoint)
+    return Restored(model, datamodule, config, stored_class_names(checkpoint))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,48 +1,69 @@
-"""``trainer.gpus=N`` as users type it, mapped onto Lightning 2's ``accelerator``/``devices``."""
+"""``trainer.gpus=N`` as users type it, mapped onto Lightning 2's ``accelerator``/``devices``.
+
+``gpus`` is no Trainer argument, so it lives outside the ``trainer`` node (top-level ``gpus``, so
+``instantiate(cfg.trainer)`` works anywhere); ``trainer.gpus=N`` on the command line is moved
+there before Hydra composes.
+"""
 
 from __future__ import annotations
 
-import torch
-from omegaconf import DictConfig, open_dict
+from collections.abc import Sequence
 
+from omegaconf import DictConfig
+
+from imgcls.run_dir import Override
 from imgcls.utils.errors import UserError
 
+GPUS_ARGUMENT = "trainer.gpus"
 
-def apply_gpus(trainer_cfg: DictConfig, explicit_keys: set[str] = frozenset()) -> None:
-    """Replace ``gpus`` in a trainer config by ``accelerator``/``devices`` (in place).
+
+def move_gpus_argument(args: Sequence[str]) -> list[str]:
+    """``trainer.gpus=N`` (also ``+trainer.gpus=N``) becomes the top-level ``gpus=N``."""
+    return [
+        f"gpus={Override.parse(a).value}" if Override.parse(a).key == GPUS_ARGUMENT else a
+        for a in args
+    ]
+
+
+def apply_gpus(
+    trainer_cfg: DictConfig, gpus: int | None, explicit_keys: set[str] = frozenset()
+) -> None:
+    """Set ``accelerator``/``devices`` of a trainer config (in place) from ``gpus``.
 
     ``explicit_keys`` are the trainer keys the user set on the command line: an explicit
     ``devices`` that disagrees with ``gpus`` is rejected instead of silently overridden.
     """
-    with open_dict(trainer_cfg):
-        gpus = trainer_cfg.pop("gpus", None)
     if gpus is None:
         _check_accelerator_available(trainer_cfg)
         return
     if not isinstance(gpus, int) or gpus < -1:
         raise UserError(
-            f"trainer.gpus must be an integer >= -1 (0 = CPU, -1 = all GPUs), got {gpus!r}"
+            f"{GPUS_ARGUMENT} must be an integer >= -1 (0 = CPU, -1 = all GPUs), got {gpus!r}"
         )
     accelerator, devices = ("cpu", 1) if gpus == 0 else ("gpu", gpus)
     if "devices" in explicit_keys and trainer_cfg.get("devices") != devices:
         raise UserError(
-            f"trainer.gpus={gpus} conflicts with trainer.devices={trainer_cfg.get('devices')}; "
+            f"{GPUS_ARGUMENT}={gpus} conflicts with trainer.devices={trainer_cfg.get('devices')}; "
             "set only one of them"
         )
+    import torch  # here, not at import: the command line is rewritten before torch loads
+
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise UserError(
-            f"trainer.gpus={gpus} asks for a GPU but none is available on this machine; "
-            "use trainer.gpus=0 (or leave it out) to train on the CPU"
+            f"{GPUS_ARGUMENT}={gpus} asks for a GPU but none is available on this machine; "
+            f"use {GPUS_ARGUMENT}=0 (or leave it out) to train on the CPU"
         )
     if gpus > torch.cuda.device_count():
         raise UserError(
-            f"trainer.gpus={gpus} but this machine has {torch.cuda.device_count()} GPU(s); "
-            "ask for fewer or use trainer.gpus=-1 for all"
+            f"{GPUS_ARGUMENT}={gpus} but this machine has {torch.cuda.device_count()} GPU(s); "
+            f"ask for fewer or use {GPUS_ARGUMENT}=-1 for all"
         )
     trainer_cfg.accelerator, trainer_cfg.devices = accelerator, devices
 
 
 def _check_accelerator_available(trainer_cfg: DictConfig) -> None:
+    import torch
+
     if str(trainer_cfg.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             f"trainer.accelerator={trainer_cfg.accelerator} but no GPU is available on this "

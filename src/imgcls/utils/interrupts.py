@@ -23,7 +23,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from imgcls.utils.runs import is_multirun, output_dir, write_status
+from imgcls.utils.runs import is_multirun, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,11 @@ def interruptible(cfg: Any) -> Iterator[None]:
     except (RunInterrupted, SIGTERMException) as stop:
         if not isinstance(stop, RunInterrupted):  # Lightning stopped on SIGTERM by itself
             stop = RunInterrupted("SIGTERM", None, "")
-        run_dir = output_dir(cfg)
-        command = resume_command(run_dir)
+        run = run_dir(cfg)
+        command = resume_command(run.path)
         checkpoint = str(stop.checkpoint) if stop.checkpoint else None
-        write_status(
-            run_dir, "interrupted", signal=stop.signal_name, checkpoint=checkpoint, resume=command
+        run.write_status(
+            "interrupted", signal=stop.signal_name, checkpoint=checkpoint, resume=command
         )
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"
         print(

@@ -11,6 +11,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from imgcls.run_dir import parse_overrides
+
 
 def plugin_options(group: str) -> set[str]:
     """Options that Hydra plugins register in code, e.g. ``hydra/launcher=joblib``."""
@@ -27,10 +29,10 @@ def plugin_options(group: str) -> set[str]:
 
 def unknown_choice(args: list[str], config_dir: Path) -> str | None:
     """A one-line message for the first ``group=option`` whose option file does not exist."""
-    for arg in args:
-        if "=" not in arg or arg.startswith(("-", "~")):
+    for override in parse_overrides(args):
+        if override.deletes:
             continue
-        key, value = arg.lstrip("+").split("=", 1)
+        key, value = override.key, override.value
         group = config_dir / key.replace(".", "/")
         if not group.is_dir() or "," in value or value in ("null", "none") or "(" in value:
             continue  # a plain value, a sweep or a sweep function: Hydra checks those

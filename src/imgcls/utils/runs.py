@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import os
 import random
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import rich
@@ -24,6 +22,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
+from imgcls.run_dir import RunDir, keys_under
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,11 +57,31 @@ def apply_extras(cfg: DictConfig) -> None:
         print_config_tree(cfg)
 
 
+#: a seed drawn for ``seed=null``, handed to the processes Lightning launches for DDP ranks 1..
+DRAWN_SEED_ENV = "IMGCLS_DRAWN_SEED"
+
+
 def ensure_seed(cfg: DictConfig) -> int:
-    """The run's seed; a null seed is replaced by a random one, recorded in the config."""
+    """The run's seed; a null seed is replaced by a random one, recorded in the config.
+
+    The draw happens once, in the process the user started: Lightning starts the other DDP
+    ranks by running the command line again with a copy of this environment, and they take the
+    drawn seed from it, so every rank splits the data the same way. A rank that was not started
+    that way (``torchrun``, SLURM tasks) cannot share the draw and asks for an explicit seed.
+    """
     if cfg.get("seed") is None:
+        if rank_zero_only.rank == 0:
+            seed = random.SystemRandom().randrange(2**31)
+            os.environ[DRAWN_SEED_ENV] = str(seed)
+        elif DRAWN_SEED_ENV in os.environ:
+            seed = int(os.environ[DRAWN_SEED_ENV])
+        else:
+            raise UserError(
+                "seed=null draws a different seed in every process of this distributed run, so "
+                "each rank would split the data differently; set seed=<integer>"
+            )
         with open_dict(cfg):
-            cfg.seed = random.SystemRandom().randrange(2**31)
+            cfg.seed = seed
     return int(cfg.seed)
 
 
@@ -70,12 +89,7 @@ def explicit_overrides(prefix: str) -> set[str]:
     """Keys under ``prefix`` that the user set on the command line."""
     if not HydraConfig.initialized():
         return set()
-    keys = set()
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith(prefix + "."):
-            keys.add(key[len(prefix) + 1 :])
-    return keys
+    return keys_under(HydraConfig.get().overrides.task, prefix)
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
@@ -89,17 +103,9 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-@rank_zero_only
-def write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir)
-
-
-STATUS_FILE = "status.json"
+def run_dir(cfg: DictConfig) -> RunDir:
+    """This run's dir (``paths.output_dir``)."""
+    return RunDir(cfg.paths.output_dir)
 
 
 def user_facing(err: BaseException) -> BaseException:
@@ -120,24 +126,6 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
-@rank_zero_only
-def write_status(run_dir: Path, status: str, **details: Any) -> None:
-    """Record ``running`` / ``completed`` / ``failed`` (with details and times) in the run dir."""
-    now = time.time()
-    started = now if status == "running" else read_status(run_dir).get("started_at", now)
-    times = (
-        {"started_at": started}
-        if status == "running"
-        else {"started_at": started, "finished_at": now}
-    )
-    write_json(Path(run_dir) / STATUS_FILE, {"status": status, **times, **details})
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -147,12 +135,12 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
 
     In a multirun every failure (bad value, NaN loss, out of memory, a bug) is recorded in the
     job's run dir and the job returns NaN so the sweep goes on (the Optuna configs turn it into a
-    failed trial with ``imgcls.report.FailedTrialsToOptuna``).
+    failed trial with ``imgcls.sweeps.FailedTrialsToOptuna``).
     """
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
-        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+        run = RunDir(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
         try:
             return task(cfg)
         except Exception as raised:
@@ -161,9 +149,8 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
             message = one_line(err)
             if not expected:
                 message = f"{type(err).__name__}: {message}"
-            if run_dir is not None:
-                write_status(run_dir, "failed", error=message)
-                (run_dir / "error.txt").write_text(traceback.format_exc())
+            if run is not None and rank_zero_only.rank == 0:
+                run.write_error(message, traceback.format_exc())
             if is_multirun():
                 log.error(f"job failed, the sweep goes on: {message}")
                 return float("nan")

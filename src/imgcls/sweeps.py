@@ -1,13 +1,17 @@
-"""The end of every multirun: one screen saying what happened, and a non-zero exit on failures.
+"""Sweep machinery for the ``hparams_search`` configs (Optuna through hydra-optuna-sweeper).
 
-``SweepSummary`` is a Hydra callback (``configs/hydra/default.yaml``). It runs in the process that
-launched the sweep, so it reads the outcome of each job from the job's ``status.json``: this works
-the same whether the jobs ran in-process, in joblib workers or on SLURM.
+- ``optuna_storage``: the study storage that works with the SQLAlchemy 2 installed next to
+  Optuna 2;
+- ``FailedTrialsToOptuna``: a Hydra callback that turns a failed job's NaN into a failed Optuna
+  trial instead of a crash;
+- ``SearchSpaceCheck``: a Hydra callback that refuses, in one line and before any trial, a search
+  over a key the composed config does not have (say ``model.net.dropout`` with ``model=resnet18``);
+- ``SweepSummary``: a Hydra callback ending every multirun with one screen (jobs completed /
+  failed / skipped, the best ``optimized_metric``, the report) and exit 1 when a job failed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -15,10 +19,83 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from imgcls.run_dir import Override, RunDir, find_run_dirs
+
+_MISSING = object()
+
+
+def optuna_storage(url: str, **engine_kwargs: Any) -> Any:
+    """An Optuna ``RDBStorage`` for ``hydra.sweeper.storage`` that works with SQLAlchemy 2.
+
+    Optuna 2.x (the version hydra-optuna-sweeper 1.x allows) stamps its schema on a connection
+    that it never commits; SQLAlchemy 2 no longer autocommits, so a plain ``sqlite:///`` URL
+    fails (``AssertionError`` / ``database is locked``). SQLite connections here run in
+    autocommit mode instead; the sweeper is the only writer of the study. The SQLite file's
+    directory (the sweep dir, before Hydra creates it) is created first.
+    """
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if int(sqlalchemy.__version__.split(".")[0]) >= 2:
+            engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
+    return RDBStorage(url, engine_kwargs=engine_kwargs or None)
+
+
+class FailedTrialsToOptuna(Callback):
+    """Hydra callback: a job that returned NaN returns its error message instead.
+
+    ``report_errors`` makes a failed job return NaN so that the sweep goes on. The Optuna
+    sweeper (hydra-optuna-sweeper 1.3 with Optuna 2.x) crashes on NaN: ``study.tell`` rejects it
+    and its fallback then tells a failed trial together with the value, which Optuna rejects
+    too. A value that is not a number is recorded as a failed trial (``TrialState.FAIL``) and
+    logged as ``Failed experiment: ... Got 'failed: <error>'``, and the sweep goes on.
+    """
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status != JobStatus.COMPLETED:
+            return
+        value = job_return.return_value
+        if isinstance(value, float) and math.isnan(value):
+            run = RunDir(config.hydra.runtime.output_dir)
+            error = run.status().get("error") or "the objective is NaN"
+            job_return.return_value = f"failed: {error}"
+
+
+def missing_search_key(config: DictConfig) -> str | None:
+    """A one-line message for the first searched key that the composed config lacks."""
+    for name in config.hydra.sweeper.get("params") or {}:
+        key = Override.parse(name).key
+        if "/" in key or name.startswith("+"):  # a config group choice, or a key it appends
+            continue
+        if OmegaConf.select(config, key, default=_MISSING) is _MISSING:
+            group = key.split(".", 1)[0]
+            choice = config.hydra.runtime.choices.get(group)
+            owner = f"{group}={choice}" if choice else "the composed config"
+            return (
+                f"hparams_search searches {key}, which {owner} does not have; "
+                f"pick a {group} that has it or search your own hydra.sweeper.params"
+            )
+    return None
+
+
+class SearchSpaceCheck(Callback):
+    """Hydra callback: a search over a key the config lacks stops before the first trial."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        message = missing_search_key(config)
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+
+
+# ------------------------------------------------------------------------- sweep summary
 #: at most this many failed jobs are listed (with their error); the report has them all
 MAX_LISTED_FAILURES = 5
 #: file times may trail the clock by this much (coarse file systems)
@@ -34,17 +111,16 @@ class Job:
     error: str = ""
 
 
-def read_job(job_dir: Path, started_at: float) -> Job:
+def read_job(run: RunDir, started_at: float) -> Job:
     """The outcome of one job of a sweep that started at ``started_at`` (``time.time()``)."""
-    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    status_file = job_dir / "status.json"
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    status = run.status()
     state = status.get("status", "unfinished")
     if state == "running":
         state = "unfinished"  # the job died without recording why (killed, out of memory)
     if state == "completed" and status.get("finished_at", started_at) < started_at - CLOCK_SLACK_S:
         state = "skipped"  # finished by an earlier call (resume=true)
-    return Job(job_dir.name, overrides, state, status.get("metrics") or {}, status.get("error", ""))
+    metrics, error = status.get("metrics") or {}, status.get("error", "")
+    return Job(run.path.name, run.overrides(), state, metrics, error)
 
 
 def jobs_of_this_sweep(sweep_dir: Path, started_at: float) -> list[Job]:
@@ -52,10 +128,11 @@ def jobs_of_this_sweep(sweep_dir: Path, started_at: float) -> list[Job]:
 
     Dirs of earlier calls in the same sweep dir (an Optuna study continued) are left out.
     """
-    jobs = []
-    for overrides in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        if overrides.stat().st_mtime >= started_at - CLOCK_SLACK_S:
-            jobs.append(read_job(overrides.parent.parent, started_at))
+    jobs = [
+        read_job(run, started_at)
+        for run in find_run_dirs([sweep_dir])
+        if run.started_at_file_time() >= started_at - CLOCK_SLACK_S
+    ]
     return sorted(jobs, key=lambda j: (len(j.name), j.name))
 
 
