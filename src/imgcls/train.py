@@ -13,10 +13,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
+from imgcls.utils.cluster import RequeueStatus
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
 from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
-from imgcls.utils.resume import LAST_CHECKPOINT
+from imgcls.utils.resume import LAST_CHECKPOINT, latest_checkpoint
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
@@ -109,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     run_dir = output_dir(cfg)
     interrupt = InterruptCheckpoint(run_dir / LAST_CHECKPOINT)
-    callbacks = [*instantiate_list(cfg.get("callbacks")), interrupt]
+    callbacks = [*instantiate_list(cfg.get("callbacks")), interrupt, RequeueStatus(run_dir)]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
 
@@ -140,19 +141,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
     """With ``resume=true``: the metrics of this run dir if it already completed, else None.
 
-    An unfinished run dir with a last checkpoint continues from it (``ckpt_path`` is set).
+    An unfinished run dir continues from its newest checkpoint (``ckpt_path`` is set): last.ckpt,
+    or the one a SLURM requeue saved. A run dir whose status is ``requeued`` (the job SLURM starts
+    again) always continues so, ``resume=true`` or not.
     """
-    if cfg.get("resume") is not True:
-        return None
     run_dir = output_dir(cfg)
     status = read_status(run_dir)
+    if cfg.get("resume") is not True and status.get("status") != "requeued":
+        return None
     if status.get("status") == "completed":
         log.info(f"{run_dir} already completed: skipped (resume=true)")
         return status["metrics"]
-    last = run_dir / LAST_CHECKPOINT
-    if last.is_file() and not cfg.get("ckpt_path"):
-        log.info(f"resuming {run_dir} from {last}")
-        cfg.ckpt_path = str(last)
+    latest = latest_checkpoint(run_dir)
+    if latest is not None and not cfg.get("ckpt_path"):
+        log.info(f"resuming {run_dir} from {latest}")
+        cfg.ckpt_path = str(latest)
     return None
 
 

@@ -12,6 +12,13 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest state a run dir holds: its last.ckpt or a SLURM requeue's hpc_ckpt_<n>.ckpt."""
+    candidates = [run_dir / LAST_CHECKPOINT, *Path(run_dir).glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
 def _key(arg: str) -> str:
     return arg.split("=", 1)[0].lstrip("+~")
 
@@ -29,8 +36,7 @@ def run_dir_of(args: list[str]) -> tuple[Path, Path | None] | None:
     resume = _value(args, "resume")
     if resume and resume.lower() not in ("true", "false", "null", "none"):
         run_dir = Path(resume).expanduser().resolve()
-        checkpoint = run_dir / LAST_CHECKPOINT
-        return run_dir, checkpoint if checkpoint.is_file() else None
+        return run_dir, latest_checkpoint(run_dir)
     ckpt = _value(args, "ckpt_path")
     if ckpt and ckpt.lower() not in ("null", "none"):
         path = Path(ckpt).expanduser().resolve()
@@ -65,6 +71,6 @@ def resume_arguments(args: list[str]) -> list[str]:
     ]
     kept = [a for a in args if _key(a) not in ("resume", "ckpt_path")]
     if checkpoint is None:
-        log.warning(f"{run_dir} has no {LAST_CHECKPOINT} yet: starting that run again from scratch")
+        log.warning(f"{run_dir} has no checkpoint yet: starting that run again from scratch")
     ckpt_arg = [f"ckpt_path={checkpoint}"] if checkpoint is not None else []
     return [*replayed, *kept, *ckpt_arg, f"hydra.run.dir={run_dir}"]
