@@ -8,14 +8,22 @@ fake ``scontrol`` on PATH lets Lightning's SLURM auto-requeue save, requeue and 
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from .conftest import run_cli
+from imgcls.config import REPO_ROOT
+
+from .conftest import cli_env, run_cli
 
 #: a tiny run: digits, 1 epoch of a few batches, checkpoints kept (trainer=fast: no progress bar,
 #: model summary, plots or sanity check)
@@ -67,6 +75,53 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+#: two "nodes" of one process each, DDP over gloo on the CPU (docs/workflow.md, Clusters)
+TWO_NODES = [
+    "data=digits",
+    "extras.print_config=false",
+    "logger=csv",
+    "callbacks=[model_checkpoint,last_checkpoint]",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "trainer=ddp_cpu",
+    "trainer.devices=1",
+    "trainer.num_nodes=2",
+    "trainer.max_epochs=1",
+]
+
+
+def start_two_nodes(tmp_path: Path, *args: str) -> list[subprocess.CompletedProcess]:
+    """``train.py`` as srun starts it on each of two nodes (SLURM_PROCID 0 and 1), run to the end"""
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "train.py"), *TWO_NODES, *args],
+            cwd=tmp_path,
+            env=cli_env(tmp_path, **slurm_env(rank, nodes=2, MASTER_PORT=port)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    finished = []
+    for node in nodes:
+        try:
+            stdout, stderr = node.communicate(timeout=240)  # a hang fails the test, not the suite
+        except subprocess.TimeoutExpired:
+            for other in nodes:
+                other.kill()
+            raise
+        finished.append(subprocess.CompletedProcess(node.args, node.returncode, stdout, stderr))
+    return finished
+
+
 @pytest.mark.slow
 def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_rerun_resumes(
     tmp_path: Path,
@@ -106,3 +161,65 @@ def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_rerun_resumes(
     assert last["epoch"] == 1 and last["global_step"] == 8
     # resumed at step 3: the signal at step 3 never came again, so nothing was requeued twice
     assert (tmp_path / "scontrol.args").read_text() == f"requeue {SLURM_JOB_ID}\n"
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_run_with_single_process_metrics(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    nodes = start_two_nodes(tmp_path, f"hydra.run.dir={run_dir}")
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-3000:]
+    logs = [node.stdout + node.stderr for node in nodes]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
+    assert "distributed_backend=gloo" in logs[0]
+    assert "".join(logs).count("run dir:") == 1  # one set of logs: global rank 0 only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no run dir per node
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "epoch_000.ckpt",
+        "last.ckpt",
+    ]
+    assert sorted(p.name for p in (run_dir / "csv").iterdir()) == ["hparams.yaml", "metrics.csv"]
+    metrics = read_json(run_dir / "metrics.json")
+    assert read_json(run_dir / "status.json")["status"] == "completed"
+
+    # global batch = per-process batch x 2: an epoch is half the single-process steps
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    n_train = len(datamodule.splits["train"][1])
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == math.ceil(n_train // 2 / cfg.data.batch_size)
+    assert last["global_step"] < math.ceil(n_train / cfg.data.batch_size)
+
+    # the same weights in this one process give the synced validation and test metrics
+    import pytorch_lightning as pl
+
+    from imgcls.models.classifier import ImageClassifier
+
+    model = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (val,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    (test,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    assert val["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
+    assert test["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert test["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_node_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    rank0, rank1 = start_two_nodes(
+        tmp_path,
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.die._target_=tests.cluster_helpers.SignalAtStep",
+        "+callbacks.die.step=3",
+        "+callbacks.die.signum=KILL",
+        "+callbacks.die.rank=1",
+    )
+    assert rank1.returncode == -9  # node 1 is gone mid-epoch
+    assert rank0.returncode == 2, rank0.stderr[-3000:]
+    (line,) = rank0.stderr.strip().splitlines()
+    assert line.startswith("error: another process of this 2-process run is gone")
+    assert "so rank 0 stops too" in line
+    status = read_json(run_dir / "status.json")
+    assert status["status"] == "failed" and status["error"] == line.removeprefix("error: ")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch.distributed as dist
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, ListConfig
 
@@ -86,6 +88,36 @@ def check_shared_run_dir(args: Sequence[str]) -> None:
         f"this is one of {world} processes started by SLURM/torchrun, and each would write its "
         "own run dir: pass the same hydra.run.dir=<shared dir> to every process "
         "(or submit with python train.py -m hydra/launcher=slurm)"
+    )
+
+
+#: what gloo and NCCL report when another process of the run is gone or stopped answering
+_LOST_PROCESS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "Timed out",
+    "timed out",
+    "communicator was aborted",
+)
+
+
+def lost_process_error(err: BaseException) -> UserError | None:
+    """In a distributed run, the error a process gets when another one died or hung, as one line.
+
+    A killed process closes its connections, so the others fail at their next collective; a node
+    that vanished or hangs is noticed after the strategy's ``timeout`` (``trainer=ddp``: 30 min).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    text = str(err)
+    if not (isinstance(err, dist.DistError) or any(s in text for s in _LOST_PROCESS)):
+        return None
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).split(". ")[0]  # gloo's source prefix
+    return UserError(
+        f"another process of this {dist.get_world_size()}-process run is gone (its node died, "
+        f"was killed or lost the network), so rank {dist.get_rank()} stops too ({detail}); "
+        "the run dir keeps its last checkpoint: resume the run (docs/workflow.md, Clusters)"
     )
 
 
