@@ -223,3 +223,100 @@ def test_a_killed_node_ends_the_run_with_one_line(tmp_path: Path) -> None:
     assert "so rank 0 stops too" in line
     status = read_json(run_dir / "status.json")
     assert status["status"] == "failed" and status["error"] == line.removeprefix("error: ")
+
+
+def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int = 2) -> str:
+    """What ``-m hydra/launcher=slurm`` submits for ``jobs`` jobs: a fake ``sbatch`` records it."""
+    from hydra import compose, initialize_config_dir
+
+    from imgcls.config import CONFIG_DIR
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(
+        f'#!/bin/sh\ncp "$1" {tmp_path / "submitted.sh"}\necho "sbatch: error: fake" >&2\nexit 1\n'
+    )
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that srun exists
+    for tool in bin_dir.iterdir():
+        tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            [
+                "hydra/launcher=slurm",
+                "hydra.job.name=train",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    with pytest.raises(Exception, match="sbatch: error: fake"):
+        launcher.launch([[f"seed={seed}"] for seed in range(jobs)], initial_job_idx=0)
+    return (tmp_path / "submitted.sh").read_text()
+
+
+SIZING = ("nodes", "ntasks-per-node", "gpus-per-node", "partition", "time")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (  # M nodes x N GPUs (docs/workflow.md): one task per GPU, the time and partition given
+            [
+                "trainer=ddp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.timeout_min=240",
+            ],
+            {"nodes": "2", "ntasks-per-node": "4", "gpus-per-node": "4", "partition": "gpu",
+             "time": "240"},
+        ),
+        (  # one node with N GPUs, as users type it
+            ["trainer.gpus=2"],
+            {"nodes": "1", "ntasks-per-node": "2", "gpus-per-node": "2", "time": "60"},
+        ),
+        (  # CPU training asks for no GPU
+            ["trainer=ddp_cpu", "trainer.num_nodes=3"],
+            {"nodes": "3", "ntasks-per-node": "2", "time": "60"},
+        ),
+    ],
+)  # fmt: skip
+def test_slurm_launcher_submits_a_job_sized_from_the_trainer(
+    tmp_path: Path, monkeypatch, overrides: list[str], expected: dict[str, str]
+) -> None:
+    script = sbatch_script(tmp_path, monkeypatch, overrides, jobs=2)
+    flags = dict(
+        line.removeprefix("#SBATCH --").split("=", 1)
+        for line in script.splitlines()
+        if line.startswith("#SBATCH --")
+    )
+    assert {k: v for k, v in flags.items() if k in SIZING} == expected
+    assert flags["array"] == "0-1%2"  # one array task per sweep job
+    assert flags["signal"] == "USR1@120"  # Lightning's auto-requeue signal, before the time limit
+    (command,) = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert command.endswith(f"-u -m submitit.core._submit {tmp_path / 'sweep'}/.submitit/%j")
+
+
+def test_slurm_launcher_refuses_a_job_it_cannot_size_in_one_line(tmp_path: Path, capsys) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from imgcls.config import CONFIG_DIR
+    from imgcls.utils.cluster import LauncherCheck
+
+    overrides = ["hydra/launcher=slurm", "hydra.job.name=train", "trainer=ddp"]  # devices=-1
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides, return_hydra_config=True)
+    assert "launcher_check" in cfg.hydra.callbacks  # every multirun checks before submitting
+    with pytest.raises(SystemExit) as exit_info:
+        LauncherCheck().on_multirun_start(cfg)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: hydra/launcher=slurm sizes the job from the devices per node, got "
+        "trainer.devices=-1; set trainer.devices=N (GPUs or processes per node)"
+    )

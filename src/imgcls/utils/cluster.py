@@ -15,17 +15,19 @@ import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch.distributed as dist
+from hydra.experimental.callback import Callback as HydraCallback
 from lightning_fabric.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import write_status
+from imgcls.utils.runs import user_facing, write_status
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,21 @@ RESOLVERS = {
     "slurm_tasks_per_node": slurm_tasks_per_node,
     "slurm_gpus_per_node": slurm_gpus_per_node,
 }
+
+
+class LauncherCheck(HydraCallback):
+    """Hydra callback: a launcher config that cannot be resolved (a SLURM job it cannot size)
+    fails with one line before anything is submitted."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        except Exception as raised:
+            err = user_facing(raised)
+            if not isinstance(err, UserError):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 def external_world_size() -> int:
