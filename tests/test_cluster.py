@@ -320,3 +320,46 @@ def test_slurm_launcher_refuses_a_job_it_cannot_size_in_one_line(tmp_path: Path,
         "error: hydra/launcher=slurm sizes the job from the devices per node, got "
         "trainer.devices=-1; set trainer.devices=N (GPUs or processes per node)"
     )
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_path: Path) -> None:
+    """submitit's local executor runs each job in its own process, as SLURM would."""
+    import csv
+
+    from imgcls.report import main as report_main
+
+    sweep = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        *TINY,
+        "trainer.limit_train_batches=2",
+        "model.optimizer.lr=0.01,-1",  # job 1 fails
+    ]
+    first = run_cli("train.py", *sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert "Submitit 'local' sweep output dir" in first.stdout + first.stderr
+    assert (sweep_dir / ".submitit").is_dir()  # the jobs ran through submitit
+    jobs = [sweep_dir / "0", sweep_dir / "1"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()) == ["0", "1"]
+    done, failed = (read_json(job / "status.json") for job in jobs)
+    assert done["status"] == "completed" and 0 <= done["metrics"]["val/acc_best"] <= 1
+    assert failed["status"] == "failed" and "lr must be > 0" in failed["error"]
+    assert "Traceback" in (jobs[1] / "error.txt").read_text()
+
+    assert report_main([str(sweep_dir)]) == 0
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    by_lr = {row["model.optimizer.lr"]: row for row in rows}
+    assert sorted(by_lr) == ["-1", "0.01"]
+    assert by_lr["0.01"]["status"] == "completed" and float(by_lr["0.01"]["val/acc_best"]) >= 0
+    assert by_lr["-1"]["status"] == "failed" and "lr must be > 0" in by_lr["-1"]["error"]
+
+    finished = (jobs[0] / "metrics.json").stat().st_mtime_ns
+    failed_at = (jobs[1] / "error.txt").stat().st_mtime_ns
+    again = run_cli("train.py", *sweep, "resume=true", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already completed: skipped (resume=true)" in (jobs[0] / "train.log").read_text()
+    assert (jobs[0] / "metrics.json").stat().st_mtime_ns == finished  # not trained again
+    assert (jobs[1] / "error.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
+    assert read_json(jobs[0] / "status.json")["status"] == "completed"
