@@ -348,7 +348,7 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     assert failed["status"] == "failed" and "lr must be > 0" in failed["error"]
     assert "Traceback" in (jobs[1] / "error.txt").read_text()
 
-    assert report_main([str(sweep_dir)]) == 0
+    assert report_main([str(sweep_dir), "--no-plot"]) == 0
     rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
     by_lr = {row["model.optimizer.lr"]: row for row in rows}
     assert sorted(by_lr) == ["-1", "0.01"]
@@ -363,3 +363,39 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     assert (jobs[0] / "metrics.json").stat().st_mtime_ns == finished  # not trained again
     assert (jobs[1] / "error.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
     assert read_json(jobs[0] / "status.json")["status"] == "completed"
+
+
+def test_resume_continues_from_the_newest_checkpoint_of_a_run_dir(tmp_path: Path) -> None:
+    from imgcls.utils.resume import latest_checkpoint, resume_arguments
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- data=digits\n")
+    assert latest_checkpoint(run_dir) is None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"epoch 1")
+    hpc = run_dir / "hpc_ckpt_1.ckpt"  # a SLURM requeue after that epoch
+    hpc.write_bytes(b"mid epoch 2")
+    os.utime(last, ns=(1_000_000_000, 1_000_000_000))
+    assert latest_checkpoint(run_dir) == hpc
+    assert resume_arguments([f"resume={run_dir}"]) == [
+        "data=digits",
+        f"ckpt_path={hpc}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    os.utime(hpc, ns=(500_000_000, 500_000_000))  # the resumed job went past it: last is newer
+    assert latest_checkpoint(run_dir) == last
+
+
+def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
+    from imgcls.utils.cluster import check_shared_run_dir
+    from imgcls.utils.errors import UserError
+
+    check_shared_run_dir(["data=digits"])  # one process: its own run dir
+    for name, value in slurm_env(rank=1, nodes=2).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match="pass the same hydra.run.dir=<shared dir>"):
+        check_shared_run_dir(["data=digits"])
+    check_shared_run_dir(["data=digits", "hydra.run.dir=/shared/run"])
+    check_shared_run_dir(["-m", "hydra/launcher=slurm"])  # submitit jobs share their sweep dir
