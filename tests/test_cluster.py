@@ -399,3 +399,21 @@ def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
         check_shared_run_dir(["data=digits"])
     check_shared_run_dir(["data=digits", "hydra.run.dir=/shared/run"])
     check_shared_run_dir(["-m", "hydra/launcher=slurm"])  # submitit jobs share their sweep dir
+
+
+def test_only_a_lost_process_is_reported_as_one(monkeypatch) -> None:
+    from imgcls.utils import cluster
+
+    gloo = (
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+        "[127.0.0.1]:36762. This is typically caused by a remote worker crashing."
+    )
+    assert cluster.lost_process_error(RuntimeError(gloo)) is None  # not a distributed run
+    monkeypatch.setattr(cluster.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(cluster.dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(cluster.dist, "get_rank", lambda: 2)
+    message = str(cluster.lost_process_error(RuntimeError(gloo)))
+    assert message.startswith("another process of this 4-process run is gone")
+    assert "rank 2 stops too (Connection closed by peer [127.0.0.1]:36762)" in message
+    for other in ("DataLoader timed out after 5 seconds", "Broken pipe", "CUDA out of memory"):
+        assert cluster.lost_process_error(RuntimeError(other)) is None

@@ -113,8 +113,8 @@ _LOST_PROCESS = (
     "Connection closed by peer",
     "Connection reset by peer",
     "Broken pipe",
-    "Timed out",
-    "timed out",
+    "Timed out waiting",
+    "collective operation timeout",
     "communicator was aborted",
 )
 
@@ -128,7 +128,8 @@ def lost_process_error(err: BaseException) -> UserError | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
     text = str(err)
-    if not (isinstance(err, dist.DistError) or any(s in text for s in _LOST_PROCESS)):
+    from_backend = isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text
+    if not (from_backend and any(s in text for s in _LOST_PROCESS)):
         return None
     detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).split(". ")[0]  # gloo's source prefix
     return UserError(
