@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -141,14 +142,17 @@ def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_rerun_resumes(
     first = run_cli("train.py", *args, cwd=tmp_path, env=env)
     output = first.stdout + first.stderr
     assert (tmp_path / "scontrol.args").read_text() == f"requeue {SLURM_JOB_ID}\n", output[-3000:]
+    # Lightning saved its checkpoint when the signal came; SLURM's SIGTERM then stopped the job
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True, map_location="cpu")
+    assert hpc["global_step"] == 3 and hpc["epoch"] == 0
+    assert first.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "requeued by SLURM at epoch 0, step 3" in first.stderr
     status = read_json(run_dir / "status.json")
     assert status["status"] == "requeued", output[-3000:]
     assert status["slurm_job_id"] == SLURM_JOB_ID and status["signal"] == "SIGUSR1"
-    checkpoint = Path(status["checkpoint"])
-    assert checkpoint == run_dir / "hpc_ckpt_1.ckpt"
-    saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
-    assert saved["global_step"] == 3 and saved["epoch"] == 0  # saved when the signal came
-    assert not (run_dir / "metrics.json").exists()  # the job stopped there, as SLURM requeued it
+    checkpoint = Path(status["checkpoint"])  # the newest state: what the job continues from
+    assert torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"] == 3
+    assert not (run_dir / "metrics.json").exists()
 
     # the requeued job runs the same command again, in the same run dir
     second = run_cli("train.py", *args, cwd=tmp_path, env=env)
@@ -337,7 +341,8 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
         "model.optimizer.lr=0.01,-1",  # job 1 fails
     ]
     first = run_cli("train.py", *sweep, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]  # the sweep ran; a job failed
+    assert "sweep: 2 jobs: 1 completed, 1 failed, 0 skipped" in first.stdout
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert "Submitit 'local' sweep output dir" in first.stdout + first.stderr
     assert (sweep_dir / ".submitit").is_dir()  # the jobs ran through submitit
@@ -358,7 +363,8 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     finished = (jobs[0] / "metrics.json").stat().st_mtime_ns
     failed_at = (jobs[1] / "error.txt").stat().st_mtime_ns
     again = run_cli("train.py", *sweep, "resume=true", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "sweep: 2 jobs: 0 completed, 1 failed, 1 skipped" in again.stdout
     assert "already completed: skipped (resume=true)" in (jobs[0] / "train.log").read_text()
     assert (jobs[0] / "metrics.json").stat().st_mtime_ns == finished  # not trained again
     assert (jobs[1] / "error.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
@@ -402,7 +408,7 @@ def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
 
 
 def test_only_a_lost_process_is_reported_as_one(monkeypatch) -> None:
-    from imgcls.utils import cluster
+    from imgcls.utils import cluster_training as cluster
 
     gloo = (
         "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "

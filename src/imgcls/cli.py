@@ -42,8 +42,15 @@ def launch(config_name: str, module: str, argv: list[str]) -> None:
 
 def train() -> None:
     """``python train.py``: fit, then test the best checkpoint."""
+    from imgcls.utils.cluster import check_shared_run_dir
+    from imgcls.utils.errors import UserError
     from imgcls.utils.resume import resume_arguments
 
+    try:
+        check_shared_run_dir(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     launch("train", "imgcls.train", resume_arguments(sys.argv[1:]))
 
 

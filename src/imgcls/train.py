@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
-from imgcls.utils.cluster import RequeueStatus
+from imgcls.utils.cluster_training import REQUEUED, RequeueStatus
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
 from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
@@ -147,7 +147,7 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
     """
     run_dir = output_dir(cfg)
     status = read_status(run_dir)
-    if cfg.get("resume") is not True and status.get("status") != "requeued":
+    if cfg.get("resume") is not True and status.get("status") != REQUEUED:
         return None
     if status.get("status") == "completed":
         log.info(f"{run_dir} already completed: skipped (resume=true)")

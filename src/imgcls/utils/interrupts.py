@@ -23,7 +23,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from imgcls.utils.runs import is_multirun, output_dir, write_status
+from imgcls.utils.cluster_training import REQUEUED
+from imgcls.utils.runs import is_multirun, output_dir, read_status, write_status
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,14 @@ def interruptible(cfg: Any) -> Iterator[None]:
         run_dir = output_dir(cfg)
         command = resume_command(run_dir)
         checkpoint = str(stop.checkpoint) if stop.checkpoint else None
+        status = read_status(run_dir)
+        if status.get("status") == REQUEUED:
+            # SLURM stops a job it requeues: the job comes back by itself and continues from here
+            checkpoint = checkpoint or status.get("checkpoint")
+            details = {k: status[k] for k in ("signal", "slurm_job_id") if k in status}
+            write_status(run_dir, REQUEUED, checkpoint=checkpoint, **details)
+            print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
         write_status(
             run_dir, "interrupted", signal=stop.signal_name, checkpoint=checkpoint, resume=command
         )

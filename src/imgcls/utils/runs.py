@@ -156,7 +156,7 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
         try:
             return task(cfg)
         except Exception as raised:
-            from imgcls.utils.cluster import lost_process_error  # cluster imports this module
+            from imgcls.utils.cluster_training import lost_process_error  # it imports this module
 
             err = lost_process_error(raised) or user_facing(raised)
             expected = isinstance(err, (UserError, MisconfigurationException))
