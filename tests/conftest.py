@@ -87,16 +87,26 @@ def fake_mnist(tmp_path: Path) -> Path:
     return write_fake_mnist(tmp_path / "data")
 
 
-def run_cli(
-    script: str, *args: str, cwd: Path | None = None, timeout: int = 240
-) -> subprocess.CompletedProcess:
-    """Run a root entry point (``train.py`` ...) as a user would."""
-    env = {
+def cli_env(cwd: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment ``run_cli`` gives an entry point, plus ``extra`` variables."""
+    return {
         **os.environ,
         "PYTHONWARNINGS": "ignore",
         "IMGCLS_ROOT": str(cwd or REPO_ROOT),
         "OMP_NUM_THREADS": "1",  # test processes share 2 cores: no oversubscription
+        **extra,
     }
+
+
+def run_cli(
+    script: str,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: int = 240,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a root entry point (``train.py`` ...) as a user would (``env``: extra variables)."""
+    env = cli_env(cwd, **(env or {}))
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / script), *args],
         capture_output=True,

@@ -43,10 +43,12 @@ def launch(config_name: str, module: str, argv: list[str]) -> None:
 def train() -> None:
     """``python train.py``: fit, then test the best checkpoint (``resume=<run dir>``: continue)."""
     from imgcls.run_dir import resume_arguments
+    from imgcls.utils.cluster import check_shared_run_dir
     from imgcls.utils.devices import move_gpus_argument
     from imgcls.utils.errors import UserError
 
     try:
+        check_shared_run_dir(sys.argv[1:])
         args = resume_arguments(move_gpus_argument(sys.argv[1:]))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

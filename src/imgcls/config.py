@@ -1,6 +1,7 @@
-"""Where the Hydra configs live, the resolvers ``${run_id:}``, ``${datamodule:...}`` and
-``${pretrained:...}`` (the pretrained weights' preprocessing, see imgcls.models.nets.pretrained),
-and ``compose`` (a config as a command would run it, e.g. in a notebook)."""
+"""Where the Hydra configs live, the resolvers ``${run_id:}``, ``${datamodule:...}``,
+``${pretrained:...}`` (the pretrained weights' preprocessing, see imgcls.models.nets.pretrained)
+and the SLURM sizes of ``hydra/launcher=slurm`` (imgcls.utils.cluster), and ``compose`` (a config
+as a command would run it, e.g. in a notebook)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def setup_config_environment() -> None:
         OmegaConf.register_new_resolver("datamodule", datamodule_attribute)
     if not OmegaConf.has_resolver("pretrained"):
         OmegaConf.register_new_resolver("pretrained", pretrained_attribute)
+    from imgcls.utils.cluster import RESOLVERS  # the launcher=slurm sizes, read from the trainer
+
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def pretrained_attribute(key: str, *, _root_: DictConfig) -> Any:

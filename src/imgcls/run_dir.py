@@ -38,6 +38,10 @@ ERROR_FILE = "error.txt"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT_NAME = "last"  # Lightning adds ".ckpt"
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / f"{LAST_CHECKPOINT_NAME}.ckpt"
+#: what Lightning's SLURM auto-requeue saves in the run dir (trainer.default_root_dir)
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"
+#: the status of a run SLURM requeued: the job comes back by itself and continues
+REQUEUED = "requeued"
 
 #: command-line keys that say how a run was started, not what it computes
 START_KEYS = ("resume", "ckpt_path")
@@ -141,6 +145,12 @@ class RunDir:
     @property
     def last_checkpoint(self) -> Path:
         return self.path / LAST_CHECKPOINT
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest state the run holds: ``last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>``."""
+        candidates = [self.last_checkpoint, *self.path.glob(HPC_CHECKPOINTS)]
+        existing = [path for path in candidates if path.is_file()]
+        return max(existing, key=lambda path: path.stat().st_mtime_ns, default=None)
 
     def wall_time(self) -> float | None:
         """Seconds the run took: from the status times when recorded, else from file times.
@@ -254,10 +264,11 @@ def resume_arguments(args: Sequence[str]) -> list[str]:
         if Override.parse(o).key not in given | {*START_KEYS, "hydra.run.dir"}
     ]
     kept = [a for a in args if "=" not in a or Override.parse(a).key not in START_KEYS]
-    if run.last_checkpoint.is_file():
-        start = [f"ckpt_path={run.last_checkpoint}"]
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        start = [f"ckpt_path={latest}"]
     else:
-        log.warning(f"{run.path} has no {LAST_CHECKPOINT} yet: starting that run again")
+        log.warning(f"{run.path} has no checkpoint yet: starting that run again")
         start = []
     return [*replayed, *kept, *start, f"hydra.run.dir={run.path}"]
 
@@ -272,8 +283,8 @@ def finished_metrics(run: RunDir) -> dict[str, float] | None:
 
 
 def checkpoint_to_resume(run: RunDir) -> Path | None:
-    """A sweep job under ``resume=true`` that stopped part-way: its ``last.ckpt``."""
-    return run.last_checkpoint if run.last_checkpoint.is_file() else None
+    """A sweep job under ``resume=true`` (or requeued) that stopped part-way: its newest state."""
+    return run.latest_checkpoint()
 
 
 def log_start(ckpt_path: str | Path, run: RunDir) -> None:

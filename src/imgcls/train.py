@@ -16,9 +16,10 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.callbacks.run_info import RunInfo
 from imgcls.loggers import finish_loggers
-from imgcls.run_dir import checkpoint_to_resume, finished_metrics, log_start
+from imgcls.run_dir import REQUEUED, checkpoint_to_resume, finished_metrics, log_start
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
+from imgcls.utils.cluster_training import RequeueStatus
 from imgcls.utils.devices import apply_gpus
 from imgcls.utils.errors import UserError
 from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
@@ -142,7 +143,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     interrupt = InterruptCheckpoint(run.last_checkpoint)
-    callbacks = [*instantiate_list(cfg.get("callbacks")), RunInfo(resolved), interrupt]
+    callbacks = [
+        *instantiate_list(cfg.get("callbacks")),
+        RunInfo(resolved),
+        interrupt,
+        RequeueStatus(run),
+    ]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     if trainer.is_global_zero:
@@ -172,13 +178,15 @@ def run(cfg: DictConfig) -> float | None:
     """Hydra task: train, print the results and return ``optimized_metric`` for sweepers.
 
     With ``resume=true`` (a sweep job run again) a completed run dir reports its recorded metrics
-    and an unfinished one continues from its ``last.ckpt``.
+    and an unfinished one continues from its newest checkpoint; a run dir SLURM ``requeued`` (the
+    job SLURM starts again) always continues so.
     """
     quiet_other_ranks()
     apply_extras(cfg)
     run_here = run_dir(cfg)
-    metrics = finished_metrics(run_here) if cfg.get("resume") is True else None
-    if cfg.get("resume") is True and metrics is None and not cfg.get("ckpt_path"):
+    resuming = cfg.get("resume") is True or run_here.status().get("status") == REQUEUED
+    metrics = finished_metrics(run_here) if resuming else None
+    if resuming and metrics is None and not cfg.get("ckpt_path"):
         last = checkpoint_to_resume(run_here)
         cfg.ckpt_path = str(last) if last else None
     if metrics is None:

@@ -23,6 +23,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from imgcls.run_dir import REQUEUED
 from imgcls.utils.runs import is_multirun, run_dir
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,14 @@ def interruptible(cfg: Any) -> Iterator[None]:
         run = run_dir(cfg)
         command = resume_command(run.path)
         checkpoint = str(stop.checkpoint) if stop.checkpoint else None
+        status = run.status()
+        if status.get("status") == REQUEUED:
+            # SLURM stops a job it requeues: the job comes back by itself and continues from here
+            checkpoint = checkpoint or status.get("checkpoint")
+            details = {k: status[k] for k in ("signal", "slurm_job_id") if k in status}
+            run.write_status(REQUEUED, checkpoint=checkpoint, **details)
+            print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
         run.write_status(
             "interrupted", signal=stop.signal_name, checkpoint=checkpoint, resume=command
         )

@@ -144,7 +144,9 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
         try:
             return task(cfg)
         except Exception as raised:
-            err = user_facing(raised)
+            from imgcls.utils.cluster_training import lost_process_error  # it imports this module
+
+            err = lost_process_error(raised) or user_facing(raised)
             expected = isinstance(err, (UserError, MisconfigurationException))
             message = one_line(err)
             if not expected:
