@@ -234,6 +234,7 @@ def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int =
     from hydra import compose, initialize_config_dir
 
     from imgcls.config import CONFIG_DIR
+    from imgcls.utils.devices import move_gpus_argument
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -252,7 +253,7 @@ def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int =
                 "hydra/launcher=slurm",
                 "hydra.job.name=train",
                 f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                *overrides,
+                *move_gpus_argument(overrides),  # as the command line does
             ],
             return_hydra_config=True,
         )

@@ -68,7 +68,8 @@ def test_unusable_ckpt_paths_are_rejected_before_training(make_cfg, capsys, tmp_
 
 
 def test_ckpt_path_is_read_in_full_once(make_cfg, tmp_path, monkeypatch) -> None:
-    first = make_cfg("train", [*TINY, "trainer.max_epochs=1", "test=false"], subdir="first")
+    tiny = [*TINY, "model/scheduler=step"]  # a schedule that allows more epochs on resume
+    first = make_cfg("train", [*tiny, "trainer.max_epochs=1", "test=false"], subdir="first")
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
     loads = []
@@ -81,7 +82,7 @@ def test_ckpt_path_is_read_in_full_once(make_cfg, tmp_path, monkeypatch) -> None
 
     monkeypatch.setattr(torch, "load", recording_load)
     resumed = make_cfg(
-        "train", [*TINY, "trainer.max_epochs=2", "test=false", f"ckpt_path={last}"], subdir="2"
+        "train", [*tiny, "trainer.max_epochs=2", "test=false", f"ckpt_path={last}"], subdir="2"
     )
     train(resumed)
     assert loads == [True, False]  # the up-front check maps it; only the resume reads it

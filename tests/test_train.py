@@ -134,7 +134,12 @@ def test_tensorboard_holds_logged_scalars_and_hparams(digits_run) -> None:
 
 
 def test_resume_from_last_checkpoint_continues_epochs(make_cfg) -> None:
-    common = ["data=digits", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2"]
+    common = [  # a schedule independent of the run's length: max_epochs grows on resume
+        "data=digits",
+        "model/scheduler=step",
+        "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=2",
+    ]
     first = make_cfg("train", [*common, "trainer.max_epochs=1", "test=false"], subdir="first")
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -148,6 +153,16 @@ def test_resume_from_last_checkpoint_continues_epochs(make_cfg) -> None:
     )
     assert new_last["epoch"] == 1  # one more epoch, the first not repeated
     assert new_last["global_step"] == 10
+
+
+def test_resume_with_more_epochs_than_its_onecycle_covers_is_one_line(make_cfg) -> None:
+    common = ["data=digits", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2"]
+    first = make_cfg("train", [*common, "trainer.max_epochs=1", "test=false"], subdir="first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    longer = make_cfg("train", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"], subdir="2")
+    with pytest.raises(UserError, match="OneCycleLR was sized for 5 optimizer steps but this run"):
+        train(longer)
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(make_cfg) -> None:

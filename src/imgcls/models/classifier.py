@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.freezing import check_freeze, freeze_backbone
 from imgcls.models.mixing import batch_mixing
+from imgcls.models.schedulers import check_schedule_covers_run
 from imgcls.utils.checkpoint import read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
@@ -139,6 +140,10 @@ class ImageClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # a sanity-check pass must not count as the best epoch
+        # a resumed run: the restored schedule must still cover every step of this run
+        check_schedule_covers_run(
+            self.trainer.lr_scheduler_configs, int(self.trainer.estimated_stepping_batches)
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if self.batch_mix is not None:
