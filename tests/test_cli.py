@@ -173,3 +173,32 @@ def test_a_run_dir_as_ckpt_path_means_its_best_or_last_checkpoint(tmp_path: Path
     (folder / "epoch_003.ckpt").write_bytes(b"")
     assert find_checkpoint(tmp_path / "run") == folder / "epoch_003.ckpt"
     assert find_checkpoint(folder, prefer="last") == folder / "last.ckpt"
+
+
+def test_a_run_prints_a_short_config_and_no_noise(tmp_path: Path) -> None:
+    """Groups and overrides instead of the whole tree, whole paths when piped, no tips, no FLOPs
+    column, no colour codes in the output or in the run's log file."""
+    result = run_cli(
+        "train.py",
+        "data=digits",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "logger=csv",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = run_dirs(tmp_path)[0]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("config: ") and " data=digits " in lines[0]
+    assert lines[1] == (
+        "overrides: data=digits trainer.max_epochs=1 trainer.limit_train_batches=3 "
+        "trainer.limit_val_batches=1 trainer.limit_test_batches=1 logger=csv"
+    )
+    assert lines[2].startswith(f"full config: {run}/config.yaml ")  # not cut at 80 columns
+    assert "batch_size:" not in result.stdout  # the tree stays in config.yaml
+    log_file = (run / "train.log").read_text()
+    for text in (result.stdout, result.stderr, log_file):
+        assert "\x1b[" not in text and "Tip:" not in text
+    assert "Total params" in result.stdout and "FLOPs" not in result.stdout

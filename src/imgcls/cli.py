@@ -21,6 +21,9 @@ def lazy_task(module: str) -> Callable[[DictConfig], Any]:
     """Hydra's task: ``<module>.run(cfg)``, the module imported when the task starts."""
 
     def task(cfg: DictConfig) -> Any:
+        from imgcls.utils.config_print import print_config
+
+        print_config(cfg)  # within a second of the start: before torch and Lightning load
         return importlib.import_module(module).run(cfg)
 
     task.__module__ = module  # Hydra names the job after the task's module (``train``)

@@ -9,38 +9,20 @@ import random
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import rich
-import rich.syntax
-import rich.tree
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.run_dir import RunDir, keys_under
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
-
-PRINT_ORDER = ("data", "model", "callbacks", "logger", "trainer", "paths", "extras")
-
-
-def print_config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER) -> None:
-    """Print the composed config as a rich tree (top-level groups first)."""
-    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
-    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
-    for key in keys:
-        value = cfg[key]
-        text = (
-            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        )
-        tree.add(str(key), style="dim").add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
 
 
 def quiet_other_ranks() -> None:
@@ -49,12 +31,29 @@ def quiet_other_ranks() -> None:
         logging.getLogger("imgcls").setLevel(logging.WARNING)
 
 
+class _DropAdvertising(logging.Filter):
+    """Lightning's "💡 Tip: ... try installing litlogger/litmodels" lines: advertising, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def quiet_libraries() -> None:
+    """No advertising tips and no deprecation notices of the libraries underneath (idempotent)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdvertising) for f in logger.filters):
+            logger.addFilter(_DropAdvertising())
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def apply_extras(cfg: DictConfig) -> None:
+    """``extras``: warnings filters (``imgcls.cli`` printed the config before torch loaded)."""
     extras = cfg.get("extras") or {}
+    quiet_libraries()
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
-    if extras.get("print_config") and rank_zero_only.rank == 0:
-        print_config_tree(cfg)
 
 
 #: a seed drawn for ``seed=null``, handed to the processes Lightning launches for DDP ranks 1..
