@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import read_checkpoint
-from imgcls.utils.devices import apply_gpus
+from imgcls.utils.devices import apply_gpus, apply_matmul_precision
 from imgcls.utils.errors import UserError
 from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
 from imgcls.utils.resume import LAST_CHECKPOINT
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer`` with ``gpus`` mapped to accelerator/devices."""
+    """The Lightning Trainer of ``cfg.trainer`` with ``gpus`` mapped to accelerator/devices,
+    after ``float32_matmul_precision`` is applied."""
+    apply_matmul_precision(cfg.get("float32_matmul_precision"))
     apply_gpus(cfg.trainer, explicit_overrides("trainer"))
     return instantiate(cfg.trainer, **kwargs)
 
