@@ -20,6 +20,9 @@ from imgcls.config import CONFIG_DIR, REPO_ROOT, setup_config_environment
 setup_config_environment()
 torch.set_num_threads(1)  # tests share 2 cores with subprocesses: one thread each is fastest
 
+#: environment of a subprocess that must see no GPU, also on a machine that has one
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+
 #: the four official MNIST .gz files, tracked in the repository (paths.data_dir/MNIST/raw)
 REPO_MNIST = REPO_ROOT / "data" / "MNIST" / "raw"
 
@@ -88,14 +91,19 @@ def fake_mnist(tmp_path: Path) -> Path:
 
 
 def run_cli(
-    script: str, *args: str, cwd: Path | None = None, timeout: int = 240
+    script: str,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: int = 240,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a root entry point (``train.py`` ...) as a user would."""
+    """Run a root entry point (``train.py`` ...) as a user would; ``env`` adds variables."""
     env = {
         **os.environ,
         "PYTHONWARNINGS": "ignore",
         "IMGCLS_ROOT": str(cwd or REPO_ROOT),
         "OMP_NUM_THREADS": "1",  # test processes share 2 cores: no oversubscription
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / script), *args],
