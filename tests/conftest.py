@@ -27,6 +27,16 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
 REPO_MNIST = REPO_ROOT / "data" / "MNIST" / "raw"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip cleanly where CUDA is not available (CI)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_quiet(cfg: DictConfig) -> None:
     """No config tree, progress bar or model summary: test output stays readable."""
     with open_dict(cfg):
