@@ -109,10 +109,10 @@ class ImageClassifier(pl.LightningModule):
         #: cross-entropy class weights (``class_weights``), resolved in ``setup``; a buffer, so it
         #: follows the module to its device (not saved: ``setup`` resolves it again)
         self.register_buffer("loss_weights", None, persistent=False)
-        # ``nonfinite_loss=stop`` without a host sync per step: the first step whose loss was not
-        # finite (-1: none yet) and that loss stay on the device, read every log_every_n_steps
-        self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
-        self.register_buffer("nonfinite_value", torch.tensor(0.0), persistent=False)
+        # ``nonfinite_loss=stop`` without a host sync per step: the losses since the last check
+        # stay on the device (one copy per step) and are read every log_every_n_steps
+        self.recent_losses: torch.Tensor | None = None
+        self.recent_steps: list[int] = []  # their global steps
         #: plain-data facts saved into every checkpoint: resolved run config and class names
         self.run_info: dict[str, Any] = {}
 
@@ -175,7 +175,7 @@ class ImageClassifier(pl.LightningModule):
             if not self._all_finite(loss):  # a host sync per step (and a collective under DDP)
                 return self._skip()
         else:
-            self._note_nonfinite(loss)
+            self._record_loss(loss)
             if self._is_check_step(batch_idx):
                 self._stop_if_nonfinite()
         # update only (no per-batch value), no host sync, and log once per epoch: calling the
@@ -195,11 +195,15 @@ class ImageClassifier(pl.LightningModule):
         self.train_acc.reset()
 
     # ------------------------------------------------------------------ non-finite losses
-    def _note_nonfinite(self, loss: torch.Tensor) -> None:
-        """Remember the first non-finite loss and its step, on the device (no host sync)."""
-        first = ~torch.isfinite(loss.detach()) & (self.nonfinite_step < 0)
-        self.nonfinite_step.copy_(torch.where(first, self.global_step, self.nonfinite_step))
-        self.nonfinite_value.copy_(torch.where(first, loss.detach(), self.nonfinite_value))
+    def _record_loss(self, loss: torch.Tensor) -> None:
+        """Keep the step's loss on the device for the next check (no host sync)."""
+        window = max(1, self.trainer.log_every_n_steps)
+        if self.recent_losses is None or self.recent_losses.shape != (window,):
+            self.recent_losses = torch.zeros(window, device=loss.device)
+        if len(self.recent_steps) == window:  # not checked (an odd loop): check now
+            self._stop_if_nonfinite()
+        self.recent_losses[len(self.recent_steps)] = loss.detach()
+        self.recent_steps.append(self.global_step)
 
     def _is_check_step(self, batch_idx: int) -> bool:
         """Every ``log_every_n_steps`` batches and at the epoch's last batch: before validation
@@ -214,16 +218,24 @@ class ImageClassifier(pl.LightningModule):
 
         One host sync (a collective under DDP, so every process stops together).
         """
-        step = int(self.nonfinite_step)
+        steps, self.recent_steps = self.recent_steps, []
+        first_bad = None
+        if steps:
+            losses = self.recent_losses[: len(steps)].cpu()
+            bad = (~torch.isfinite(losses)).nonzero()
+            first_bad = int(bad[0]) if len(bad) else None
         if self.trainer.world_size > 1:
-            anywhere = self.trainer.strategy.reduce_boolean_decision(step >= 0, all=False)
+            anywhere = self.trainer.strategy.reduce_boolean_decision(
+                first_bad is not None, all=False
+            )
         else:
-            anywhere = step >= 0
+            anywhere = first_bad is not None
         if not anywhere:
             return
         where = (
-            f"loss is {float(self.nonfinite_value)} at epoch {self.current_epoch}, step {step}"
-            if step >= 0
+            f"loss is {float(losses[first_bad])} at epoch {self.current_epoch}, "
+            f"step {steps[first_bad]}"
+            if first_bad is not None
             else f"loss is not finite in another process in epoch {self.current_epoch}"
         )
         saved = {c.monitor: c.best_model_path for c in self.trainer.checkpoint_callbacks}
