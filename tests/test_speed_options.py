@@ -48,7 +48,9 @@ def test_fast_trainer_preset_drops_progress_bar_and_summary_but_keeps_checkpoint
     assert trainer.progress_bar_callback is None
 
 
-@pytest.mark.parametrize("experiment", ["mnist_speedrun", "mnist_tinynet_fast", "mnist_speedrun_gpu"])
+@pytest.mark.parametrize(
+    "experiment", ["mnist_speedrun", "mnist_tinynet_fast", "mnist_speedrun_gpu"]
+)
 def test_speed_experiments_run(make_cfg, fake_mnist, experiment) -> None:
     cfg = make_cfg(
         "train",
