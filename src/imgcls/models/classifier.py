@@ -198,7 +198,8 @@ class ImageClassifier(pl.LightningModule):
     def _record_loss(self, loss: torch.Tensor) -> None:
         """Keep the step's loss on the device for the next check (no host sync)."""
         window = max(1, self.trainer.log_every_n_steps)
-        if self.recent_losses is None or self.recent_losses.shape != (window,):
+        recent = self.recent_losses
+        if recent is None or recent.shape != (window,) or recent.device != loss.device:
             self.recent_losses = torch.zeros(window, device=loss.device)
         if len(self.recent_steps) == window:  # not checked (an odd loop): check now
             self._stop_if_nonfinite()
