@@ -318,6 +318,8 @@ class SpoilWeights(pl.Callback):
 def test_val_acc_best_survives_a_resume(make_cfg) -> None:
     common = [
         "data=digits",
+        "model/optimizer=adam",
+        "~model/scheduler",  # a one-cycle schedule would end with the first run's epochs
         "trainer.limit_train_batches=20",
         "trainer.limit_val_batches=4",
         "test=false",

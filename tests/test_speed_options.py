@@ -357,6 +357,7 @@ def test_drop_last_follows_the_compile_mode_unless_set() -> None:
             **vars(trainer),
             strategy=SimpleNamespace(root_device=torch.device("cpu")),
             global_rank=0,
+            overfit_batches=0,
             world_size=1,
             current_epoch=0,
         )
