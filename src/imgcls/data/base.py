@@ -285,7 +285,7 @@ class ImageDataModule(pl.LightningDataModule):
         model replays CUDA graphs (``model.compile=reduce-overhead``), which want one shape."""
         if self.hparams.drop_last is not None:
             return self.hparams.drop_last
-        module = self.trainer.lightning_module if self.trainer is not None else None
+        module = getattr(self.trainer, "lightning_module", None)
         return bool(getattr(module, "uses_cuda_graphs", False))
 
     def _loader(self, split: str, train: bool) -> Any:

@@ -197,7 +197,8 @@ class ImageClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ non-finite losses
     def _record_loss(self, loss: torch.Tensor) -> None:
         """Keep the step's loss on the device for the next check (no host sync)."""
-        window = max(1, self.trainer.log_every_n_steps)
+        trainer = self._trainer  # None when a step is called directly: check every step
+        window = max(1, trainer.log_every_n_steps) if trainer is not None else 1
         recent = self.recent_losses
         if recent is None or recent.shape != (window,) or recent.device != loss.device:
             self.recent_losses = torch.zeros(window, device=loss.device)
@@ -209,7 +210,9 @@ class ImageClassifier(pl.LightningModule):
     def _is_check_step(self, batch_idx: int) -> bool:
         """Every ``log_every_n_steps`` batches and at the epoch's last batch: before validation
         and its checkpoints, so no checkpoint holds the weights a non-finite loss produced."""
-        trainer = self.trainer
+        trainer = self._trainer
+        if trainer is None:
+            return True
         return (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0 or (
             batch_idx + 1 == trainer.num_training_batches
         )
@@ -225,7 +228,7 @@ class ImageClassifier(pl.LightningModule):
             losses = self.recent_losses[: len(steps)].cpu()
             bad = (~torch.isfinite(losses)).nonzero()
             first_bad = int(bad[0]) if len(bad) else None
-        if self.trainer.world_size > 1:
+        if self._world_size() > 1:
             anywhere = self.trainer.strategy.reduce_boolean_decision(
                 first_bad is not None, all=False
             )
@@ -239,7 +242,8 @@ class ImageClassifier(pl.LightningModule):
             if first_bad is not None
             else f"loss is not finite in another process in epoch {self.current_epoch}"
         )
-        saved = {c.monitor: c.best_model_path for c in self.trainer.checkpoint_callbacks}
+        callbacks = self.trainer.checkpoint_callbacks if self._trainer is not None else []
+        saved = {c.monitor: c.best_model_path for c in callbacks}
         last_good = saved.get(None) or next((p for p in saved.values() if p), "")
         raise UserError(
             f"training stopped: {where}; last good checkpoint: {last_good or 'none yet'}; lower "
@@ -250,9 +254,12 @@ class ImageClassifier(pl.LightningModule):
         """Whether the loss is finite in every process: skipping must be collective under DDP
         (Lightning does not support one process returning ``None`` alone)."""
         finite = bool(torch.isfinite(loss))
-        if self.trainer.world_size > 1:
+        if self._world_size() > 1:
             return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         return finite
+
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
 
     def _skip(self) -> None:
         self.skipped_batches += 1
