@@ -20,8 +20,21 @@ from imgcls.config import CONFIG_DIR, REPO_ROOT, setup_config_environment
 setup_config_environment()
 torch.set_num_threads(1)  # tests share 2 cores with subprocesses: one thread each is fastest
 
+#: environment of a subprocess that must see no GPU, also on a machine that has one
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+
 #: the four official MNIST .gz files, tracked in the repository (paths.data_dir/MNIST/raw)
 REPO_MNIST = REPO_ROOT / "data" / "MNIST" / "raw"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip cleanly where CUDA is not available (CI)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 def make_quiet(cfg: DictConfig) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from imgcls.config import CONFIG_DIR
 
-from .conftest import run_cli
+from .conftest import NO_GPU, run_cli
 
 FAST = ["data=digits", "extras.print_config=false", "callbacks=none", "logger=csv"]
 
@@ -32,7 +32,7 @@ def last_line(text: str) -> str:
 
 
 def test_no_gpu_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = run_cli("train.py", *FAST, "trainer.gpus=1", cwd=tmp_path)
+    result = run_cli("train.py", *FAST, "trainer.gpus=1", cwd=tmp_path, env=NO_GPU)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert last_line(result.stderr).startswith("error: trainer.gpus=1 asks for a GPU")

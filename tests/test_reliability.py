@@ -9,12 +9,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from imgcls.config import REPO_ROOT
-from imgcls.train import run, train
+from imgcls.models.classifier import ImageClassifier
+from imgcls.train import build_trainer, run, train
 from imgcls.utils.checkpoint import AtomicCheckpointIO, read_checkpoint
 from imgcls.utils.errors import UserError
 
@@ -202,9 +207,16 @@ def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path, 
     assert max(steps) == 35  # global step after the epoch: ceil((1101 // 2) / 16) = 35
 
     # test accuracy of the same checkpoint in one process equals the 2-process synced value
+    # (on the CPU too, where the DDP run was: a GPU's kernels may round differently)
     (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     # (on the data path stored in the checkpoint's config)
-    single = run_cli("eval.py", f"ckpt_path={best}", "extras.print_config=false", cwd=tmp_path)
+    single = run_cli(
+        "eval.py",
+        f"ckpt_path={best}",
+        "extras.print_config=false",
+        "trainer.accelerator=cpu",
+        cwd=tmp_path,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     (eval_dir,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
     single_metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -278,3 +290,147 @@ def test_two_parallel_sweeps_started_together_keep_every_result(tmp_path: Path) 
             status = json.loads((job / "status.json").read_text())
             assert status["status"] == "completed", status
             assert json.loads((job / "metrics.json").read_text())["test/acc"] >= 0.0
+
+
+# ------------------------------------------------------------------ val/acc_best across resumes
+class SpoilWeights(pl.Callback):
+    """Zeroes every weight when an epoch starts: that epoch's accuracy falls to chance."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with torch.no_grad():
+            for parameter in pl_module.parameters():
+                parameter.zero_()
+
+
+def test_val_acc_best_survives_a_resume(make_cfg) -> None:
+    common = [
+        "data=digits",
+        "model/optimizer=adam",
+        "~model/scheduler",  # a one-cycle schedule would end with the first run's epochs
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=4",
+        "test=false",
+        "logger=csv",
+    ]
+    first = make_cfg("train", [*common, "trainer.max_epochs=1"], subdir="first")
+    best = train(first)["val/acc_best"]
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["state_dict"]["val_acc_best.max_value"] == pytest.approx(best)
+
+    resumed = make_cfg(
+        "train", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"], subdir="resumed"
+    )
+    with open_dict(resumed):  # the resumed epoch is worse than the first
+        resumed.callbacks.spoil = {"_target_": f"{__name__}.SpoilWeights"}
+    metrics = train(resumed)
+    assert metrics["val/acc"] < best
+    assert metrics["val/acc_best"] == pytest.approx(best)  # not the best since the resume
+
+
+def test_checkpoint_without_val_acc_best_still_loads(make_cfg, tmp_path) -> None:
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=1", "test=false"])
+    train(cfg)
+    checkpoint = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    del checkpoint["state_dict"]["val_acc_best.max_value"]  # as written before it was saved
+    model = ImageClassifier.from_checkpoint(checkpoint)
+    assert model.val_acc_best.compute() == float("-inf")
+
+
+def test_sanity_check_never_updates_val_acc_best(make_cfg, monkeypatch) -> None:
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=1", "++trainer.num_sanity_val_steps=2"])
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    updates = []
+    update = model.val_acc_best.update
+    monkeypatch.setattr(
+        model.val_acc_best,
+        "update",
+        lambda value: updates.append(model.trainer.sanity_checking) or update(value),
+    )
+    trainer = build_trainer(cfg, logger=False, enable_checkpointing=False, callbacks=[])
+    trainer.fit(model, datamodule=datamodule)
+    assert updates == [False]  # the epoch's validation only
+
+
+# ------------------------------------------------------------------ non-finite losses
+class PoisonAtBatch(pl.Callback):
+    """Makes the weights NaN before training batch ``index``: its loss is the first NaN."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if batch_idx == self.index:
+            with torch.no_grad():
+                for parameter in pl_module.parameters():
+                    parameter.fill_(float("nan"))
+
+
+def test_nonfinite_loss_is_reported_at_its_first_step_without_a_per_step_check(
+    make_cfg,
+) -> None:
+    """The flag stays on the device until the check (here the epoch's last batch, index 3); the
+    message still names the step where the loss first was not finite."""
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=1", "trainer.log_every_n_steps=10"])
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    trainer = build_trainer(cfg, logger=False, callbacks=[PoisonAtBatch(1)])
+    with pytest.raises(UserError, match=r"loss is nan at epoch 0, step 1; last good checkpoint"):
+        trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 3  # found by the check in the last batch (3), not in batch 1
+
+
+def _fake_ddp_trainer(other_process_finite: bool) -> SimpleNamespace:
+    """A trainer of 2 processes whose collective says whether the other one's loss is finite."""
+
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:  # noqa: A002
+        return (
+            (decision and other_process_finite) if all else (decision or not other_process_finite)
+        )
+
+    return SimpleNamespace(
+        world_size=2,
+        strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision),
+        log_every_n_steps=1,
+        num_training_batches=10,
+        checkpoint_callbacks=[],
+        current_epoch=0,
+        global_step=7,
+        sanity_checking=False,
+    )
+
+
+def _tiny_classifier(**kwargs) -> ImageClassifier:  # noqa: ANN003
+    from functools import partial
+
+    from imgcls.models.nets.mlp import MLP
+
+    net = MLP(in_channels=1, num_classes=10, image_size=8, hidden_sizes=[8])
+    return ImageClassifier(
+        net=net, optimizer=partial(torch.optim.Adam, lr=0.01), num_classes=10, **kwargs
+    )
+
+
+def test_skipping_a_nonfinite_batch_is_collective_under_ddp(monkeypatch) -> None:
+    model = _tiny_classifier(nonfinite_loss="skip")
+    model.trainer = _fake_ddp_trainer(other_process_finite=False)
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    assert model.training_step(batch, 0) is None  # finite here, skipped everywhere
+    assert model.skipped_batches == 1
+    model.trainer = _fake_ddp_trainer(other_process_finite=True)
+    assert model.training_step(batch, 0) is not None
+
+
+def test_stopping_on_a_nonfinite_loss_is_collective_under_ddp() -> None:
+    model = _tiny_classifier()
+    model.trainer = _fake_ddp_trainer(other_process_finite=False)
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(UserError, match="loss is not finite in another process in epoch 0"):
+        model.training_step(batch, 0)
+
+
+def test_class_weights_are_a_buffer_that_follows_the_module() -> None:
+    model = _tiny_classifier(class_weights=[1.0] * 9 + [2.0])
+    model.setup("fit")
+    assert "loss_weights" not in model.state_dict()  # resolved again by setup, not saved
+    model.to("meta")  # stands in for a GPU: every buffer moves, plain attributes stay behind
+    assert model.loss_weights.device.type == "meta"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 
 from imgcls.callbacks.run_info import RunInfo
@@ -47,7 +50,9 @@ def test_fast_trainer_leaves_out_progress_bar_and_summary_but_keeps_checkpoints(
     assert len(trainer.checkpoint_callbacks) == 2  # the best and last.ckpt
 
 
-@pytest.mark.parametrize("experiment", ["mnist_speedrun", "mnist_tinynet_fast"])
+@pytest.mark.parametrize(
+    "experiment", ["mnist_speedrun", "mnist_tinynet_fast", "mnist_speedrun_gpu"]
+)
 def test_speed_experiments_run(make_cfg, fake_mnist, experiment) -> None:
     cfg = make_cfg(
         "train",
@@ -197,3 +202,206 @@ def test_on_device_copies_each_split_once_and_cuts_batches_there(monkeypatch) ->
     assert datamodule.splits["train"][0].device.type == "cpu"  # the host copy stays
     datamodule.teardown("fit")
     assert not datamodule._device_splits
+
+
+# ------------------------------------------------------------------ no host sync per step
+#: Tensor methods that copy a value to the host (a device-to-host sync on a GPU)
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
+
+
+def _count_host_reads(monkeypatch, run) -> int:  # noqa: ANN001
+    """Host reads of tensor values made while ``run()`` runs.
+
+    torch.optim's own reads of its step counters are left out: a non-fused optimizer keeps them
+    on the host by design (no sync on a GPU); fused optimizers keep them on the device.
+    """
+    count = 0
+
+    def counting(original):  # noqa: ANN001, ANN202
+        def method(self, *args, **kwargs):  # noqa: ANN001, ANN202
+            nonlocal count
+            caller = sys._getframe(1).f_code.co_filename
+            if f"torch{os.sep}optim{os.sep}" not in caller:
+                count += 1
+            return original(self, *args, **kwargs)
+
+        return method
+
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+        run()
+    return count
+
+
+@pytest.mark.parametrize("trainer", ["default", "fast"])
+def test_training_steps_make_no_host_sync(make_cfg, monkeypatch, trainer) -> None:
+    """Host reads during a fit do not grow with the number of steps: none happens per step.
+
+    The default trainer runs with all its default callbacks (rich progress bar and model
+    summary, plots, learning-rate monitor, both checkpoints) and TensorBoard; reads every
+    ``log_every_n_steps`` and at epoch ends are allowed (50 keeps the former out).
+    """
+
+    def fit(steps: int) -> Callable[[], None]:
+        cfg = make_cfg(
+            "train",
+            [
+                "data=digits",
+                f"trainer={trainer}",
+                f"trainer.limit_train_batches={steps}",
+                "trainer.limit_val_batches=2",
+                "trainer.max_epochs=1",
+                "trainer.log_every_n_steps=50",
+                "test=false",
+            ],
+            subdir=f"steps{steps}",
+        )
+        if trainer == "default":  # undo make_cfg's quiet settings: the real default callbacks
+            with open_dict(cfg):
+                cfg.trainer.enable_progress_bar = cfg.trainer.enable_model_summary = True
+                for name in ("rich_progress_bar", "rich_model_summary"):
+                    cfg.callbacks[name] = OmegaConf.load(CONFIG_DIR / f"callbacks/{name}.yaml")[
+                        name
+                    ]
+        return lambda: train(cfg)
+
+    few = _count_host_reads(monkeypatch, fit(3))
+    many = _count_host_reads(monkeypatch, fit(9))
+    assert few > 0  # the counter sees the epoch-end reads
+    assert many == few, f"{many - few} host reads over 6 more steps"
+
+
+# ------------------------------------------------------------------ compile modes, CUDA graphs
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [(True, "default"), ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")],
+)
+def test_compile_option_reaches_torch_compile(monkeypatch, value, mode) -> None:
+    seen = {}
+
+    def fake_compile(net, mode=None, **kwargs):  # noqa: ANN001, ANN202
+        seen["mode"] = mode
+        return net
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = _classifier(compile=value)
+    assert seen == {"mode": mode}
+    assert model.uses_cuda_graphs == (mode != "default")
+
+
+def test_unknown_compile_mode_is_one_clear_line() -> None:
+    with pytest.raises(
+        UserError, match=r"model.compile must be false, true or one of .*got 'fast'"
+    ):
+        _classifier(compile="fast")
+
+
+def _classifier(**kwargs) -> ImageClassifier:  # noqa: ANN003
+    from functools import partial
+
+    from imgcls.models.nets.mlp import MLP
+
+    net = MLP(in_channels=1, num_classes=10, image_size=8, hidden_sizes=[8])
+    return ImageClassifier(
+        net=net, optimizer=partial(torch.optim.Adam, lr=0.01), num_classes=10, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_cuda_graph_mode_keeps_one_batch_shape_and_never_recompiles(make_cfg, monkeypatch) -> None:
+    """With a CUDA-graph compile mode, training batches keep one shape (the last partial batch is
+    dropped) and a OneCycle learning rate changing every step causes no recompilation.
+
+    On a CPU torch.compile does not capture graphs; the eager backend stands in for inductor
+    (same Dynamo guards and recompiles, no code generation).
+    """
+    import torch._dynamo
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: real_compile(net, backend="eager"))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    cfg = make_cfg(
+        "train",
+        [
+            "data=digits",
+            "data.batch_size=100",  # 1221 training images: 12 full batches and 21 left over
+            "model/scheduler=onecycle",
+            "model.compile=reduce-overhead",
+            "trainer=fast",
+            "trainer.max_epochs=1",
+            "trainer.limit_val_batches=0",
+            "test=false",
+        ],
+    )
+    try:
+        datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+        trainer = build_trainer(cfg, logger=False, enable_checkpointing=False, callbacks=[])
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        torch._dynamo.reset()
+    assert trainer.global_step == 1221 // 100
+
+
+def test_drop_last_follows_the_compile_mode_unless_set() -> None:
+    graphs = SimpleNamespace(lightning_module=SimpleNamespace(uses_cuda_graphs=True))
+    plain = SimpleNamespace(lightning_module=SimpleNamespace(uses_cuda_graphs=False))
+    for drop_last, trainer, batches in [
+        (None, graphs, 1221 // 100),
+        (None, plain, -(-1221 // 100)),
+        (True, plain, 1221 // 100),
+        (False, graphs, -(-1221 // 100)),
+    ]:
+        datamodule = DigitsDataModule(batch_size=100, drop_last=drop_last)
+        datamodule.setup("fit")
+        datamodule.trainer = SimpleNamespace(
+            **vars(trainer),
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+            global_rank=0,
+            overfit_batches=0,
+            world_size=1,
+            current_epoch=0,
+        )
+        assert len(datamodule.train_dataloader()) == batches, (drop_last, trainer)
+        assert len(datamodule.val_dataloader()) == -(-len(datamodule.splits["val"][1]) // 100)
+
+
+# ------------------------------------------------------------------ fused optimizers, TF32
+def test_fused_optimizer_on_cuda_by_default_and_never_twice() -> None:
+    from functools import partial
+
+    from imgcls.models.classifier import fused_kwargs
+
+    adam = partial(torch.optim.Adam, lr=0.01)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fused_kwargs(adam, None, cuda) == {"fused": True}
+    assert fused_kwargs(adam, None, cpu) == {}
+    assert fused_kwargs(adam, False, cuda) == {}
+    assert fused_kwargs(adam, True, cpu) == {"fused": True}
+    assert fused_kwargs(partial(torch.optim.Adam, foreach=True), None, cuda) == {}  # config wins
+    assert fused_kwargs(partial(torch.optim.Rprop), None, cuda) == {}  # has none
+    with pytest.raises(UserError, match="Rprop has no fused implementation"):
+        fused_kwargs(partial(torch.optim.Rprop), True, cpu)
+    model = _classifier(fused_optimizer=True)  # fused Adam exists on the CPU too
+    assert model.configure_optimizers().defaults["fused"] is True
+
+
+def test_float32_matmul_precision_is_high_on_a_gpu_and_configurable(make_cfg, monkeypatch) -> None:
+    from imgcls.utils.devices import apply_matmul_precision
+
+    chosen = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", chosen.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    apply_matmul_precision("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    apply_matmul_precision("auto")  # the CPU keeps its default
+    apply_matmul_precision("medium")
+    assert chosen == ["high", "medium"]
+    with pytest.raises(UserError, match="float32_matmul_precision must be auto, highest, high"):
+        apply_matmul_precision("tf32")
+
+    cfg = make_cfg("train", ["data=digits", "float32_matmul_precision=highest"])
+    assert "float32_matmul_precision" not in cfg.trainer  # not a Trainer argument
+    build_trainer(cfg, logger=False)
+    assert chosen[-1] == "highest"

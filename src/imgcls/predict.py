@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from imgcls.api import load_model
 from imgcls.imaging import IMAGE_SUFFIXES
+from imgcls.utils.devices import apply_matmul_precision
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import apply_extras, report_errors
 
@@ -44,6 +45,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def predict(cfg: DictConfig) -> Path:
+    apply_matmul_precision(cfg.get("float32_matmul_precision"))
     classifier = load_model(cfg.ckpt_path, device=pick_device(cfg.device))
     rows, skipped = [], []
     files = list_images(Path(cfg.input))

@@ -20,7 +20,7 @@ from imgcls.run_dir import REQUEUED, checkpoint_to_resume, finished_metrics, log
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
 from imgcls.utils.cluster_training import RequeueStatus
-from imgcls.utils.devices import apply_gpus
+from imgcls.utils.devices import apply_gpus, apply_matmul_precision
 from imgcls.utils.errors import UserError
 from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
 from imgcls.utils.runs import (
@@ -42,7 +42,9 @@ SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary"
 
 
 def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``, on the devices ``cfg.gpus`` asks for."""
+    """The Lightning Trainer of ``cfg.trainer``, on the devices ``cfg.gpus`` asks for, after
+    ``float32_matmul_precision`` is applied."""
+    apply_matmul_precision(cfg.get("float32_matmul_precision"))
     apply_gpus(cfg.trainer, cfg.get("gpus"), explicit_overrides("trainer"))
     switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if cfg.trainer.get(k) is False)
     kept = [c for c in callbacks if not isinstance(c, switched_off)]

@@ -68,6 +68,7 @@ class ImageDataModule(pl.LightningDataModule):
         num_folds: int | None = None,
         fold: int = 0,
         random_erasing: float = 0.0,
+        drop_last: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -279,10 +280,19 @@ class ImageDataModule(pl.LightningDataModule):
         """``trainer.overfit_batches`` (``debug=overfit``): the same training batches each epoch."""
         return self.trainer is not None and bool(self.trainer.overfit_batches)
 
+    def _drop_last(self) -> bool:
+        """Whether training drops its last partial batch (``data.drop_last``); ``None``: when the
+        model replays CUDA graphs (``model.compile=reduce-overhead``), which want one shape."""
+        if self.hparams.drop_last is not None:
+            return self.hparams.drop_last
+        module = getattr(self.trainer, "lightning_module", None)
+        return bool(getattr(module, "uses_cuda_graphs", False))
+
     def _loader(self, split: str, train: bool) -> Any:
         images, labels = self._split_tensors(split)
         hp = self.hparams
         batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        drop_last = train and self._drop_last()
         workers, pin_memory = self._loader_settings()
         rank, world_size = self._rank_and_world()
         if hp.in_memory:
@@ -292,6 +302,7 @@ class ImageDataModule(pl.LightningDataModule):
                 labels,
                 batch_size,
                 shuffle=train,
+                drop_last=drop_last,
                 seed=hp.seed,
                 # overfitting: one seeded order for every epoch, so the first batches stay the same
                 epoch_fn=(lambda: 0) if self._overfitting() else self._current_epoch,
@@ -313,6 +324,7 @@ class ImageDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=train and not self._overfitting(),
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,

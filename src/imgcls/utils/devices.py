@@ -69,3 +69,28 @@ def _check_accelerator_available(trainer_cfg: DictConfig) -> None:
             f"trainer.accelerator={trainer_cfg.accelerator} but no GPU is available on this "
             "machine; use trainer.accelerator=cpu (or auto)"
         )
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def apply_matmul_precision(precision: str | None = "auto") -> str:
+    """``float32_matmul_precision``: ``torch.set_float32_matmul_precision``, before any model runs.
+
+    ``auto`` (or ``None``) is ``high`` when a GPU is available (TF32 tensor cores for float32
+    matrix products and convolutions; bf16/fp16 autocast is unaffected) and leaves the CPU's
+    ``highest`` alone. Returns the precision now in effect.
+    """
+    import torch
+
+    if precision in (None, "auto"):
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")
+        return torch.get_float32_matmul_precision()
+    if precision not in MATMUL_PRECISIONS:
+        raise UserError(
+            f"float32_matmul_precision must be auto, {', '.join(MATMUL_PRECISIONS)}; "
+            f"got {precision!r}"
+        )
+    torch.set_float32_matmul_precision(precision)
+    return precision
