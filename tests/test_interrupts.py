@@ -81,3 +81,38 @@ def test_a_signal_saves_a_resumable_checkpoint_and_resume_repeats_no_step(
     assert final["epoch"] == 1
     assert final["global_step"] == 2 * STEPS_PER_EPOCH  # every step once: none repeated or lost
     assert len(list((tmp_path / "logs" / "train" / "runs").iterdir())) == 1  # in the same dir
+
+
+def test_a_plain_ctrl_c_still_marks_the_run_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C outside a trainer call (data loading) or a second one: not left 'running'."""
+    from omegaconf import OmegaConf
+
+    from imgcls.run_dir import RunDir
+    from imgcls.utils.interrupts import interruptible
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    RunDir(tmp_path).write_status("running")
+    with pytest.raises(KeyboardInterrupt), interruptible(cfg):
+        raise KeyboardInterrupt
+    assert RunDir(tmp_path).status()["status"] == "interrupted"
+
+
+def test_the_interrupt_checkpoint_never_holds_unchecked_losses(tmp_path: Path) -> None:
+    """The non-finite loss watch reads its window before the mid-epoch checkpoint is saved."""
+    from types import SimpleNamespace
+
+    from imgcls.utils.interrupts import InterruptCheckpoint, RunInterrupted
+
+    calls = []
+    callback = InterruptCheckpoint(tmp_path / "last.ckpt")
+    callback.requested = "SIGTERM"
+    trainer = SimpleNamespace(
+        world_size=1,
+        current_epoch=0,
+        global_step=3,
+        save_checkpoint=lambda path: calls.append("save"),
+    )
+    module = SimpleNamespace(stop_if_nonfinite=lambda: calls.append("check"))
+    with pytest.raises(RunInterrupted):
+        callback.on_train_batch_end(trainer, module)
+    assert calls == ["check", "save"]

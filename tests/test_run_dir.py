@@ -106,3 +106,66 @@ def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) ->
     branched, continued = caplog.messages
     assert f"a new run in {tmp_path / 'new'}" in branched and f"resume={old}" in branched
     assert continued.startswith(f"continuing {old}")
+
+
+def test_resuming_a_search_trial_continues_that_trial_as_one_run(tmp_path) -> None:
+    """Replaying hparams_search=... would start a new search instead of the trial."""
+    trial = fake_run(
+        tmp_path / "trial", "- hparams_search=mnist_optuna\n- model.optimizer.lr=0.004\n"
+    )
+    assert resume_arguments([f"resume={trial}"]) == [
+        "model.optimizer.lr=0.004",
+        "hydra.mode=RUN",
+        f"ckpt_path={trial / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={trial}",
+    ]
+
+
+def test_a_requeue_checkpoint_is_the_run_dirs_newest_state(tmp_path) -> None:
+    """ckpt_path=<run dir> and resume= agree on the newest state, and starting from a requeue's
+    hpc_ckpt in the run's own dir continues that run."""
+    from imgcls.utils.checkpoint import find_checkpoint
+
+    run = fake_run(tmp_path / "run", "- data=digits\n")
+    hpc = run / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"")
+    os.utime(run / "checkpoints" / "last.ckpt", ns=(1_000_000_000, 1_000_000_000))
+    assert find_checkpoint(run, prefer="last") == hpc
+    assert log_start(hpc, RunDir(run)) is True
+    assert log_start(hpc, RunDir(tmp_path / "elsewhere")) is False
+
+
+def test_status_is_replaced_whole(tmp_path, monkeypatch) -> None:
+    """A reader (another process, the report) sees the old status or the new one, never half."""
+    run = RunDir(tmp_path)
+    run.write_status("running")
+    seen_while_writing = []
+    real_replace = type(tmp_path).replace
+
+    def replace(self, target):  # noqa: ANN001, ANN202
+        seen_while_writing.append(RunDir(tmp_path).status()["status"])
+        return real_replace(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "replace", replace)
+    run.write_status("completed", metrics={"test/acc": 0.5})
+    assert seen_while_writing == ["running"]
+    assert run.status()["status"] == "completed"
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_a_new_run_from_a_checkpoint_reports_its_own_best(make_cfg, tmp_path) -> None:
+    """ckpt_path= starts a new run: the other run's val/acc_best is not carried over."""
+    import torch
+
+    common = [*TINY, "model/scheduler=step", "test=false"]
+    first = make_cfg("train", [*common, "trainer.max_epochs=1"], subdir="first")
+    train(first)
+    saved = torch.load(first.paths.output_dir + "/checkpoints/last.ckpt", weights_only=True)
+    for key in saved["state_dict"]:
+        if key.startswith("val_acc_best.") and saved["state_dict"][key].is_floating_point():
+            saved["state_dict"][key].fill_(1.0)  # a best no epoch of the new run can match
+    planted = tmp_path / "planted.ckpt"
+    torch.save(saved, planted)
+    second = make_cfg("train", [*common, "trainer.max_epochs=2", f"ckpt_path={planted}"])
+    metrics = train(second)
+    assert metrics["val/acc_best"] == metrics["val/acc"] < 1.0

@@ -97,8 +97,11 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` atomically: a reader (another process, the report) never sees half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
 
 
 @dataclass(frozen=True)
@@ -258,11 +261,12 @@ def resume_arguments(args: Sequence[str]) -> list[str]:
             "logs/train/runs/, or ckpt_path=<file.ckpt> to start a new run from a checkpoint"
         )
     given = {o.key for o in parse_overrides(args)}
-    replayed = [
-        o
-        for o in run.overrides()
-        if Override.parse(o).key not in given | {*START_KEYS, "hydra.run.dir"}
-    ]
+    # a search's trial holds hparams_search=..., which would start a new search: the trial's own
+    # sampled values are among its overrides, so it continues as a single run
+    not_replayed = given | {*START_KEYS, "hydra.run.dir", "hparams_search"}
+    replayed = [o for o in run.overrides() if Override.parse(o).key not in not_replayed]
+    if any(Override.parse(o).key == "hparams_search" for o in run.overrides()):
+        replayed.append("hydra.mode=RUN")
     kept = [a for a in args if "=" not in a or Override.parse(a).key not in START_KEYS]
     latest = run.latest_checkpoint()
     if latest is not None:
@@ -287,14 +291,16 @@ def checkpoint_to_resume(run: RunDir) -> Path | None:
     return run.latest_checkpoint()
 
 
-def log_start(ckpt_path: str | Path, run: RunDir) -> None:
-    """Say where training starts from: this run's own checkpoint, or another one (a new run)."""
+def log_start(ckpt_path: str | Path, run: RunDir) -> bool:
+    """Say where training starts from: this run's own checkpoint (True: it continues), or another
+    run's (False: a new run starting from that state)."""
     source = Path(ckpt_path).resolve()
     origin = RunDir(source.parent.parent)
-    if source.parent.name == CHECKPOINT_DIR and origin.path == run.path.resolve():
+    if source.is_relative_to(run.path.resolve()):  # checkpoints/ or a requeue's hpc_ckpt_<n>
         log.info(f"continuing {run.path} from {source}")
-        return
+        return True
     message = f"ckpt_path={source}: a new run in {run.path}, starting from that checkpoint"
     if source.parent.name == CHECKPOINT_DIR and origin.exists():
         message += f" (resume={origin.path} would continue that run in its own dir instead)"
     log.info(message)
+    return False

@@ -123,16 +123,28 @@ def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
         )
 
 
+class ForgetRestoredBest(pl.Callback):
+    """A new run started from another run's checkpoint (``ckpt_path=``): its ``val/acc_best``
+    counts its own epochs only, not the best the restored module carried from that run."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        best = getattr(pl_module, "val_acc_best", None)
+        if best is not None:
+            best.reset()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
     run = run_dir(cfg)
+    extra_callbacks: list[pl.Callback] = []
     if cfg.get("ckpt_path"):
         if Path(cfg.ckpt_path).is_dir():  # a run dir: a new run from its last checkpoint
             cfg.ckpt_path = str(find_checkpoint(Path(cfg.ckpt_path), prefer="last"))
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
         read_checkpoint(cfg.ckpt_path, mmap=True)
-        log_start(cfg.ckpt_path, run)
+        if not log_start(cfg.ckpt_path, run):
+            extra_callbacks.append(ForgetRestoredBest())
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
     if not tunes_only(cfg):
@@ -150,6 +162,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         RunInfo(resolved),
         interrupt,
         RequeueStatus(run),
+        *extra_callbacks,
     ]
     loggers = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)

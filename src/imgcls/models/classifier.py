@@ -193,7 +193,7 @@ class ImageClassifier(pl.LightningModule):
         else:
             self._record_loss(loss)
             if self._is_check_step(batch_idx):
-                self._stop_if_nonfinite()
+                self.stop_if_nonfinite()
         # update only (no per-batch value), no host sync, and log once per epoch: calling the
         # metrics and self.log-ging Metric objects every step costs ~1-3 ms/step, more than a
         # small net's step. (MeanMetric ignores weight= when its NaN checks are off: one copy of
@@ -203,7 +203,7 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self._stop_if_nonfinite()
+        self.stop_if_nonfinite()
         if self.train_acc.update_count:  # not when every batch of the epoch was skipped
             self.log("train/loss", self.train_loss.compute(), prog_bar=True)
             self.log("train/acc", self.train_acc.compute(), prog_bar=True)
@@ -219,7 +219,7 @@ class ImageClassifier(pl.LightningModule):
         if recent is None or recent.shape != (window,) or recent.device != loss.device:
             self.recent_losses = torch.zeros(window, device=loss.device)
         if len(self.recent_steps) == window:  # not checked (an odd loop): check now
-            self._stop_if_nonfinite()
+            self.stop_if_nonfinite()
         self.recent_losses[len(self.recent_steps)] = loss.detach()
         self.recent_steps.append(self.global_step)
 
@@ -233,7 +233,7 @@ class ImageClassifier(pl.LightningModule):
             batch_idx + 1 == trainer.num_training_batches
         )
 
-    def _stop_if_nonfinite(self) -> None:
+    def stop_if_nonfinite(self) -> None:
         """Raise, naming the first step with a non-finite loss and the last good checkpoint.
 
         One host sync (a collective under DDP, so every process stops together).
@@ -284,7 +284,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_validation_start(self) -> None:
         if not self.trainer.sanity_checking:  # validation inside fit: checkpoints follow
-            self._stop_if_nonfinite()
+            self.stop_if_nonfinite()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, preds, y = self._step(batch)

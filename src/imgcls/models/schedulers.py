@@ -93,5 +93,5 @@ def check_schedule_covers_run(schedulers: list, steps: int) -> None:
                 f"the checkpoint's {type(config.scheduler).__name__} was sized for {total} "
                 f"optimizer steps but this run takes {steps} (trainer.max_epochs or the batches "
                 "per epoch changed since it was saved); resume with the trainer.max_epochs it was "
-                "started with, or start a new run"
+                "started with, or train a new run from scratch with the longer schedule"
             )

@@ -32,10 +32,12 @@ def find_checkpoint(directory: Path, prefer: str = "best") -> Path:
     ``directory`` is a run dir or its ``checkpoints/``; the other kind is used when the preferred
     one is absent.
     """
-    from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT
+    from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT, RunDir
 
-    folder = directory / CHECKPOINT_DIR if (directory / CHECKPOINT_DIR).is_dir() else directory
-    last = folder / LAST_CHECKPOINT.name
+    run = RunDir(directory.parent if directory.name == CHECKPOINT_DIR else directory)
+    folder = run.path / CHECKPOINT_DIR if (run.path / CHECKPOINT_DIR).is_dir() else directory
+    # the newest state: last.ckpt, or a SLURM requeue's hpc_ckpt_<n>.ckpt
+    last = run.latest_checkpoint() or folder / LAST_CHECKPOINT.name
     best = sorted(folder.glob("epoch_*.ckpt"))
     if len(best) > 1 and last.is_file():  # save_top_k > 1: last.ckpt knows which is best
         recorded = [

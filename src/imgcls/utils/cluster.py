@@ -19,13 +19,14 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from imgcls.utils.devices import gpus_to_devices
 from imgcls.utils.errors import UserError
 
 
 def _accelerator_and_devices(trainer: DictConfig, gpus: int | None) -> tuple[str, Any]:
     """The trainer's accelerator and devices, with ``gpus`` (``trainer.gpus``) mapped onto them."""
     if gpus is not None:
-        return ("cpu", 1) if gpus == 0 else ("gpu", gpus)
+        return gpus_to_devices(gpus)
     return str(trainer.get("accelerator")), trainer.get("devices")
 
 

@@ -79,7 +79,7 @@ class RequeueStatus(pl.Callback):
         def save_requeue_and_record(signum: int, frame: Any) -> None:
             lightning_handler(signum, frame)
             checkpoint = trainer._checkpoint_connector._hpc_resume_path
-            if checkpoint is None:
+            if checkpoint is None or not trainer.is_global_zero:
                 return
             self.run.write_status(
                 REQUEUED,

@@ -25,6 +25,11 @@ def move_gpus_argument(args: Sequence[str]) -> list[str]:
     ]
 
 
+def gpus_to_devices(gpus: int) -> tuple[str, int]:
+    """``gpus`` as Lightning's (accelerator, devices): 0 = the CPU, N = N GPUs, -1 = all GPUs."""
+    return ("cpu", 1) if gpus == 0 else ("gpu", gpus)
+
+
 def apply_gpus(
     trainer_cfg: DictConfig, gpus: int | None, explicit_keys: set[str] = frozenset()
 ) -> None:
@@ -40,7 +45,7 @@ def apply_gpus(
         raise UserError(
             f"{GPUS_ARGUMENT} must be an integer >= -1 (0 = CPU, -1 = all GPUs), got {gpus!r}"
         )
-    accelerator, devices = ("cpu", 1) if gpus == 0 else ("gpu", gpus)
+    accelerator, devices = gpus_to_devices(gpus)
     if "devices" in explicit_keys and trainer_cfg.get("devices") != devices:
         raise UserError(
             f"{GPUS_ARGUMENT}={gpus} conflicts with trainer.devices={trainer_cfg.get('devices')}; "

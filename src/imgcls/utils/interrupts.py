@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from imgcls.run_dir import REQUEUED
@@ -105,6 +106,10 @@ class InterruptCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         if self._stop_requested(trainer):
+            # the non-finite loss watch reads its window now: never save poisoned weights
+            stop_if_nonfinite = getattr(pl_module, "stop_if_nonfinite", None)
+            if stop_if_nonfinite is not None:
+                stop_if_nonfinite()
             trainer.save_checkpoint(self.checkpoint)  # the whole trainer state, mid-epoch
             self.requested = self.requested or "SIGTERM"
             where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
@@ -154,9 +159,19 @@ def resume_command(run_dir: Path) -> str:
 
 @contextlib.contextmanager
 def interruptible(cfg: Any) -> Iterator[None]:
-    """Turn a signalled stop into ``status.json: interrupted``, the resume command, exit 130/143."""
+    """Turn a signalled stop into ``status.json: interrupted``, the resume command, exit 130/143.
+
+    A Ctrl-C outside a trainer call (while data loads) or a second one is a plain
+    ``KeyboardInterrupt``: the status still says ``interrupted`` (no checkpoint), then it goes on.
+    Only the first process of a distributed run writes the status.
+    """
+    writes = rank_zero_only.rank == 0
     try:
         yield
+    except KeyboardInterrupt:
+        if writes:
+            run_dir(cfg).write_status("interrupted", signal="SIGINT", checkpoint=None)
+        raise
     except (RunInterrupted, SIGTERMException) as stop:
         if not isinstance(stop, RunInterrupted):  # Lightning stopped on SIGTERM by itself
             stop = RunInterrupted("SIGTERM", None, "")
@@ -168,12 +183,14 @@ def interruptible(cfg: Any) -> Iterator[None]:
             # SLURM stops a job it requeues: the job comes back by itself and continues from here
             checkpoint = checkpoint or status.get("checkpoint")
             details = {k: status[k] for k in ("signal", "slurm_job_id") if k in status}
-            run.write_status(REQUEUED, checkpoint=checkpoint, **details)
+            if writes:
+                run.write_status(REQUEUED, checkpoint=checkpoint, **details)
             print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
             raise SystemExit(stop.exit_code) from None
-        run.write_status(
-            "interrupted", signal=stop.signal_name, checkpoint=checkpoint, resume=command
-        )
+        if writes:
+            run.write_status(
+                "interrupted", signal=stop.signal_name, checkpoint=checkpoint, resume=command
+            )
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"
         print(
             f"interrupted by {stop.signal_name} {stop.where}: {saved}; continue with: {command}",

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.run_dir import RunDir, keys_under
@@ -139,7 +139,9 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
-        run = RunDir(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+        # the dir the run's status and metrics go to (paths.output_dir), when it resolves
+        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+        run = RunDir(output_dir) if output_dir else None
         try:
             return task(cfg)
         except Exception as raised:
