@@ -317,8 +317,8 @@ def test_val_acc_best_survives_a_resume(make_cfg) -> None:
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert read_checkpoint(last)["state_dict"]["val_acc_best.max_value"] == pytest.approx(best)
 
-    resumed = make_cfg(
-        "train", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"], subdir="resumed"
+    resumed = make_cfg(  # continued in its own run dir, as resume=<run dir> does
+        "train", [*common, "trainer.max_epochs=2", f"ckpt_path={last}"], subdir="first"
     )
     with open_dict(resumed):  # the resumed epoch is worse than the first
         resumed.callbacks.spoil = {"_target_": f"{__name__}.SpoilWeights"}
