@@ -28,10 +28,10 @@ train: $(STAMP)  ## train with the default config (MNIST + tinynet); extra overr
 	$(PY) train.py $(ARGS)
 
 test: $(STAMP)  ## run the whole test suite (in parallel: one worker per core, at most 4)
-	$(PY) -m pytest -n auto --maxprocesses 4 $(ARGS)
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal $(ARGS)
 
 test-fast: $(STAMP)  ## the suite without tests marked slow
-	$(PY) -m pytest -n auto --maxprocesses 4 -m "not slow" $(ARGS)
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal -m "not slow" $(ARGS)
 
 format: $(STAMP)  ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
