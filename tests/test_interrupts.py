@@ -114,5 +114,23 @@ def test_the_interrupt_checkpoint_never_holds_unchecked_losses(tmp_path: Path) -
     )
     module = SimpleNamespace(stop_if_nonfinite=lambda: calls.append("check"))
     with pytest.raises(RunInterrupted):
-        callback.on_train_batch_end(trainer, module)
+        callback.on_train_batch_end(trainer, module, None, None, 0)
     assert calls == ["check", "save"]
+
+
+def test_ddp_processes_ask_each_other_on_the_check_cadence_not_every_step(tmp_path: Path) -> None:
+    """An all-reduce per training step would undo the sync-free step: every log_every_n_steps
+    batches and at the epoch's last one, the same batches in every process."""
+    from types import SimpleNamespace
+
+    from imgcls.utils.interrupts import InterruptCheckpoint
+
+    asked = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda flag, all: asked.append(flag))
+    trainer = SimpleNamespace(
+        world_size=2, log_every_n_steps=5, num_training_batches=12, strategy=strategy
+    )
+    callback = InterruptCheckpoint(tmp_path / "last.ckpt")
+    for batch_idx in range(12):
+        callback.on_train_batch_end(trainer, None, None, None, batch_idx)
+    assert len(asked) == 3  # after batches 5, 10 and 12

@@ -93,8 +93,15 @@ class InterruptCheckpoint(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         self.teardown(trainer, trainer.lightning_module, "")
 
-    def _stop_requested(self, trainer: pl.Trainer) -> bool:
-        if trainer.world_size > 1:  # a collective call: every rank stops at the same batch
+    def _stop_requested(self, trainer: pl.Trainer, batch_idx: int | None = None) -> bool:
+        """Whether a signal asks to stop. In DDP every process asks the others (a collective
+        call) at the same batches, every ``log_every_n_steps`` and at the epoch's last one, not
+        at every step: an all-reduce per step would cost what the sync-free step saved."""
+        if trainer.world_size > 1:
+            if batch_idx is not None:
+                last = batch_idx + 1 == trainer.num_training_batches
+                if (batch_idx + 1) % max(1, trainer.log_every_n_steps) and not last:
+                    return False
             return trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
         return self.requested is not None
 
@@ -103,9 +110,14 @@ class InterruptCheckpoint(pl.Callback):
         log.info(TRAINING_STARTED)
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
-        if self._stop_requested(trainer):
+        if self._stop_requested(trainer, batch_idx):
             # the non-finite loss watch reads its window now: never save poisoned weights
             stop_if_nonfinite = getattr(pl_module, "stop_if_nonfinite", None)
             if stop_if_nonfinite is not None:
@@ -121,8 +133,17 @@ class InterruptCheckpoint(pl.Callback):
             where = f"after epoch {trainer.current_epoch - 1}"
             raise RunInterrupted(self.requested or "SIGTERM", self.checkpoint, where)
 
-    def on_test_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        if self._stop_requested(trainer):  # testing is repeated in full on resume
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # testing is repeated in full on resume; in DDP asked every log_every_n_steps batches
+        if self._stop_requested(trainer, None if trainer.world_size == 1 else batch_idx):
             saved = self.checkpoint if self.checkpoint.is_file() else None
             raise RunInterrupted(self.requested or "SIGTERM", saved, "while testing")
 
