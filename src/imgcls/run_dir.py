@@ -286,11 +286,6 @@ def finished_metrics(run: RunDir) -> dict[str, float] | None:
     return None
 
 
-def checkpoint_to_resume(run: RunDir) -> Path | None:
-    """A sweep job under ``resume=true`` (or requeued) that stopped part-way: its newest state."""
-    return run.latest_checkpoint()
-
-
 def log_start(ckpt_path: str | Path, run: RunDir) -> bool:
     """Say where training starts from: this run's own checkpoint (True: it continues), or another
     run's (False: a new run starting from that state)."""

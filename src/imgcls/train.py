@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.callbacks.run_info import RunInfo
 from imgcls.loggers import finish_loggers
-from imgcls.run_dir import REQUEUED, checkpoint_to_resume, finished_metrics, log_start
+from imgcls.run_dir import REQUEUED, finished_metrics, log_start, parse_overrides
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
 from imgcls.utils.cluster_training import RequeueStatus
@@ -78,10 +78,10 @@ def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "seed": cfg.seed,
         "tags": ",".join(map(str, cfg.get("tags") or [])),
     }
-    for override in overrides:
-        if "=" not in override or override.startswith("~"):
+    for override in parse_overrides(overrides):
+        if override.deletes or override.value is None:
             continue
-        key, given = override.lstrip("+").split("=", 1)
+        key, given = override.key, override.value
         if key.split(".", 1)[0].split("/", 1)[0] in NOT_HYPERPARAMETERS:
             continue
         value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
@@ -202,7 +202,7 @@ def run(cfg: DictConfig) -> float | None:
     resuming = cfg.get("resume") is True or run_here.status().get("status") == REQUEUED
     metrics = finished_metrics(run_here) if resuming else None
     if resuming and metrics is None and not cfg.get("ckpt_path"):
-        last = checkpoint_to_resume(run_here)
+        last = run_here.latest_checkpoint()  # a job that stopped part-way: its newest state
         cfg.ckpt_path = str(last) if last else None
     if metrics is None:
         tags = list(cfg.get("tags") or [])

@@ -11,8 +11,8 @@ from imgcls.utils.checkpoint import RUN_INFO_KEY
 
 
 class RunInfo(pl.Callback):
-    """Writes the resolved training config, the class names and the datamodule's state (say,
-    folder statistics) into every checkpoint, under ``RUN_INFO_KEY``.
+    """Writes the resolved training config and the class names into every checkpoint, under
+    ``RUN_INFO_KEY`` (Lightning itself saves the datamodule's state, say folder statistics).
 
     ``train.py`` adds it to every run; a script training an ``ImageClassifier`` another way adds
     ``RunInfo(OmegaConf.to_container(cfg, resolve=True))`` to its Trainer for checkpoints that
@@ -29,5 +29,4 @@ class RunInfo(pl.Callback):
         checkpoint[RUN_INFO_KEY] = {
             "config": self.config,
             "class_names": [str(c) for c in getattr(datamodule, "class_names", None) or []],
-            "datamodule_state": datamodule.state_dict() if datamodule is not None else {},
         }

@@ -39,7 +39,7 @@ def find_checkpoint(directory: Path, prefer: str = "best") -> Path:
     # the newest state: last.ckpt, or a SLURM requeue's hpc_ckpt_<n>.ckpt
     last = run.latest_checkpoint() or folder / LAST_CHECKPOINT.name
     best = sorted(folder.glob("epoch_*.ckpt"))
-    if len(best) > 1 and last.is_file():  # save_top_k > 1: last.ckpt knows which is best
+    if prefer == "best" and len(best) > 1 and last.is_file():  # save_top_k > 1: last knows best
         recorded = [
             Path(state["best_model_path"])
             for state in torch.load(last, weights_only=True, mmap=True)
@@ -143,10 +143,8 @@ def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) ->
     elif data_override:
         data_cfg = OmegaConf.merge(data_cfg, data_override)
     datamodule = instantiate(data_cfg)
-    run_info = checkpoint[RUN_INFO_KEY]
-    # checkpoints written before RunInfo stored it hold it under Lightning's own key
-    state = run_info.get("datamodule_state", checkpoint.get(type(datamodule).__qualname__))
-    datamodule.load_state_dict(state or {})
+    # Lightning saves the datamodule's state under its class name: another dataset gets none
+    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__) or {})
     model = ImageClassifier.from_checkpoint(checkpoint)
     return Restored(model, datamodule, config, stored_class_names(checkpoint))
 

@@ -19,6 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from imgcls.run_dir import override_value
 from imgcls.utils.devices import gpus_to_devices
 from imgcls.utils.errors import UserError
 
@@ -96,7 +97,7 @@ def check_shared_run_dir(args: Sequence[str]) -> None:
     world = external_world_size()
     if world <= 1 or "-m" in args or "--multirun" in args:
         return
-    if any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in args):
+    if override_value(args, "hydra.run.dir") is not None:
         return
     raise UserError(
         f"this is one of {world} processes started by SLURM/torchrun, and each would write its "

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.config import CONFIG_DIR
+from imgcls.run_dir import CONFIG_FILE
 
 PRINT_ORDER = ("data", "model", "callbacks", "logger", "trainer", "paths", "extras")
 
@@ -34,7 +36,8 @@ def config_summary(cfg: DictConfig) -> list[str]:
         lines.append("overrides: " + (" ".join(hydra_cfg.overrides.task) or "none"))
     output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
     if output_dir:
-        lines.append(f"full config: {output_dir}/config.yaml (extras.print_config=full prints it)")
+        full = Path(output_dir) / CONFIG_FILE
+        lines.append(f"full config: {full} (extras.print_config=full prints it)")
     return lines
 
 

@@ -44,13 +44,6 @@ def unknown_choice(args: list[str], config_dir: Path) -> str | None:
     return None
 
 
-def exit_on_unknown_choice(args: list[str], config_dir: Path) -> None:
-    message = unknown_choice(args, config_dir)
-    if message:
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _compose(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
 

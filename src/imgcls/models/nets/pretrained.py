@@ -45,11 +45,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torchvision import models as tv_models
 
+from imgcls.data.folder.datamodule import IMAGENET_MEAN, IMAGENET_STD
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: suffixes that make ``model.net.weights`` a file path even when the file does not exist
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 #: auxiliary classifiers of googlenet / inception_v3, dropped (train-time only, ImageNet-sized)
