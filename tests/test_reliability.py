@@ -191,7 +191,7 @@ def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path, 
     # without class 2 the test split holds 325 images: not divisible by 2 processes, so a
     # padding sampler would count one image twice
     classes = "data.classes=[0,1,3,4,5,6,7,8,9]"
-    common = ["data=digits", classes, "extras.print_config=false", "logger=csv"]
+    common = ["data=digits", classes, "extras.print_config=false", "logger=csv", "callbacks=lean"]
     data_path = [f"data.in_memory={in_memory}", "data.num_workers=0"]
     ddp = run_cli(
         "train.py", *common, *data_path, "trainer=ddp_cpu", "trainer.max_epochs=1", cwd=tmp_path
