@@ -143,7 +143,7 @@ class InterruptCheckpoint(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         # testing is repeated in full on resume; in DDP asked every log_every_n_steps batches
-        if self._stop_requested(trainer, None if trainer.world_size == 1 else batch_idx):
+        if self._stop_requested(trainer, batch_idx):
             saved = self.checkpoint if self.checkpoint.is_file() else None
             raise RunInterrupted(self.requested or "SIGTERM", saved, "while testing")
 
