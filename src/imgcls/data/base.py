@@ -88,6 +88,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}  # data.on_device copies, by split
         self._device_decisions: dict[torch.device, bool] = {}
+        self._train_loader: Any = None
+        self._loader_state: dict[str, int] | None = None  # restored from a checkpoint
 
     # ------------------------------------------------------------------ contract for subclasses
     def load_split(self, split: str) -> Split:
@@ -338,7 +340,23 @@ class ImageDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> Any:
-        return self._loader("train", train=True)
+        self._train_loader = self._loader("train", train=True)
+        if self._loader_state is not None and hasattr(self._train_loader, "load_state_dict"):
+            self._train_loader.load_state_dict(self._loader_state)
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The in-memory training loader's position, saved in checkpoints by Lightning.
+
+        Lightning also saves stateful loaders itself, but does not restore them when
+        ``configure_optimizers`` reads ``estimated_stepping_batches`` (Lightning issue 20550), as
+        the OneCycle schedule does: the datamodule's state is restored before the loader exists.
+        """
+        loader = self._train_loader
+        return {"train_loader": loader.state_dict()} if hasattr(loader, "state_dict") else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loader_state = state_dict.get("train_loader")
 
     def val_dataloader(self) -> Any:
         return self._loader("val", train=False)
