@@ -29,6 +29,14 @@ def _concat(first: Any, second: Any) -> Any:
     return first.concat(second) if hasattr(first, "concat") else torch.cat([first, second])
 
 
+def missing_data(name: str, data_dir: str, folder: object, files: list[str], reason: object):
+    """The one-line error for a dataset that is neither on disk nor downloadable."""
+    return UserError(
+        f"{name} is not in data.data_dir={data_dir} and could not be downloaded ({reason}); "
+        f"copy {', '.join(files)} into {folder}/ or train offline with data=digits"
+    )
+
+
 def device_free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA ``device`` (``None`` where torch cannot tell)."""
     if device.type != "cuda":
