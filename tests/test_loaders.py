@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from imgcls.data.digits import DigitsDataModule
@@ -82,3 +83,75 @@ def test_distributed_evaluation_serves_every_sample_exactly_once(in_memory) -> N
     )
     assert torch.equal(counts, expected_counts)
     torch.testing.assert_close(rows, expected_rows)
+
+
+def test_in_memory_loader_resumes_mid_epoch_from_its_state() -> None:
+    dm, trainer = DigitsDataModule(batch_size=32), _Trainer()
+    dm.trainer = trainer
+    dm.setup()
+    trainer.current_epoch = 2
+    whole = [labels for _, labels in dm.train_dataloader()]
+    interrupted = iter(dm.train_dataloader())
+    for _ in range(5):
+        next(interrupted)
+    state = dm.state_dict()
+    assert state == {"train_loader": {"epoch": 2, "batches": 5}}
+    fresh = DigitsDataModule(batch_size=32)
+    fresh.trainer = trainer
+    fresh.load_state_dict(state)  # Lightning restores the datamodule before building loaders
+    fresh.setup()
+    rest = [labels for _, labels in fresh.train_dataloader()]
+    assert len(rest) == len(whole) - 5
+    assert all(torch.equal(a, b) for a, b in zip(rest, whole[5:], strict=True))
+    trainer.current_epoch = 3  # the saved position belongs to epoch 2 only
+    loader = fresh.train_dataloader()
+    loader.load_state_dict(state["train_loader"])
+    assert len(list(loader)) == len(whole)
+
+
+class _Recorder(pl.LightningModule):
+    """A linear model that records the labels of every batch it trains on; OneCycle reads
+    ``estimated_stepping_batches`` as imgcls's classifier does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.seen = torch.nn.Linear(784, 10), []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch[1].clone())
+        return torch.nn.functional.cross_entropy(self.net(batch[0].flatten(1)), batch[1])
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01)
+        steps = self.trainer.estimated_stepping_batches
+        return [optimizer], [torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=steps)]
+
+
+class _SaveAt(pl.Callback):
+    """Saves a checkpoint after ``step`` optimizer steps, as a mid-epoch interrupt does."""
+
+    def __init__(self, path, step: int) -> None:
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def _fit(tmp_path, ckpt_path=None) -> _Recorder:
+    model = _Recorder()
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[_SaveAt(tmp_path / "mid.ckpt", step=7)] if ckpt_path is None else [],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64), ckpt_path=ckpt_path)
+    return model
+
+
+def test_lightning_resumes_mid_epoch_with_the_same_batches(tmp_path, recwarn) -> None:
+    whole = _fit(tmp_path)  # 20 batches an epoch, a checkpoint after 7
+    resumed = _fit(tmp_path, ckpt_path=tmp_path / "mid.ckpt")
+    assert len(whole.seen) == 40 and len(resumed.seen) == 33
+    assert all(torch.equal(a, b) for a, b in zip(resumed.seen, whole.seen[7:], strict=True))
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]

@@ -133,3 +133,37 @@ def test_hydra_lists_are_stored_as_plain_lists_for_safe_checkpoints(tmp_path):
     torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, tmp_path / "hp.ckpt")
     loaded = torch.load(tmp_path / "hp.ckpt", weights_only=True)  # no ListConfig inside
     assert loaded["datamodule_hyper_parameters"]["augment"] == ["digits", "erasing"]
+
+
+def _setup_under_global_seed(make, seed: int):
+    torch.manual_seed(seed)  # DDP ranks are seeded seed + rank: the split must not see it
+    np.random.seed(seed)
+    dm = make()
+    dm.setup()
+    return dm.splits
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_folds": 3, "fold": 1}, {"classes": [8, 3]}])
+def test_splits_ignore_the_global_rng_augmentation_draws_from_it(kwargs):
+    first = _setup_under_global_seed(lambda: DigitsDataModule(seed=5, **kwargs), 0)
+    second = _setup_under_global_seed(lambda: DigitsDataModule(seed=5, **kwargs), 1)
+    for split in ("train", "val", "test"):
+        assert torch.equal(first[split][0], second[split][0])
+        assert torch.equal(first[split][1], second[split][1])
+    dm = DigitsDataModule(augment="digits")
+    images = first["train"][0][:8]
+    views = []
+    for seed in (0, 1, 0):  # per-rank RNG: another seed, another augmentation; same seed, same
+        torch.manual_seed(seed)
+        views.append(dm.pipeline(images, train=True))
+    assert torch.equal(views[0], views[2]) and not torch.equal(views[0], views[1])
+
+
+def test_carved_folder_splits_ignore_the_global_rng(tmp_path):
+    root = tmp_path / "ds"
+    for k, (name, channel) in enumerate(COLORS.items()):
+        write_class_images(root / name, channel, 10, seed=k)
+    make = lambda: FolderDataModule(root=str(root), image_size=12, seed=3)  # noqa: E731
+    first, second = _setup_under_global_seed(make, 0), _setup_under_global_seed(make, 1)
+    for split in ("train", "val", "test"):
+        assert torch.equal(first[split][0], second[split][0])

@@ -29,6 +29,14 @@ def _concat(first: Any, second: Any) -> Any:
     return first.concat(second) if hasattr(first, "concat") else torch.cat([first, second])
 
 
+def missing_data(name: str, data_dir: str, folder: object, files: list[str], reason: object):
+    """The one-line error for a dataset that is neither on disk nor downloadable."""
+    return UserError(
+        f"{name} is not in data.data_dir={data_dir} and could not be downloaded ({reason}); "
+        f"copy {', '.join(files)} into {folder}/ or train offline with data=digits"
+    )
+
+
 def device_free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA ``device`` (``None`` where torch cannot tell)."""
     if device.type != "cuda":
@@ -88,6 +96,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}  # data.on_device copies, by split
         self._device_decisions: dict[torch.device, bool] = {}
+        self._train_loader: Any = None
+        self._loader_state: dict[str, int] | None = None  # restored from a checkpoint
 
     # ------------------------------------------------------------------ contract for subclasses
     def load_split(self, split: str) -> Split:
@@ -338,7 +348,23 @@ class ImageDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> Any:
-        return self._loader("train", train=True)
+        self._train_loader = self._loader("train", train=True)
+        if self._loader_state is not None and hasattr(self._train_loader, "load_state_dict"):
+            self._train_loader.load_state_dict(self._loader_state)
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The in-memory training loader's position, saved in checkpoints by Lightning.
+
+        Lightning also saves stateful loaders itself, but does not restore them when
+        ``configure_optimizers`` reads ``estimated_stepping_batches`` (Lightning issue 20550), as
+        the OneCycle schedule does: the datamodule's state is restored before the loader exists.
+        """
+        loader = self._train_loader
+        return {"train_loader": loader.state_dict()} if hasattr(loader, "state_dict") else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loader_state = state_dict.get("train_loader")
 
     def val_dataloader(self) -> Any:
         return self._loader("val", train=False)

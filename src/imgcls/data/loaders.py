@@ -17,7 +17,8 @@ class TensorBatchLoader:
     and nothing crosses PCIe. Shuffles with its own seeded generator (the same order on every DDP
     rank) and shards by rank: training shards are cut to equal length so every rank takes the
     same number of steps; evaluation shards keep every sample once, so synced metrics equal the
-    single-process value.
+    single-process value. Stateful for Lightning: the order is a function of (seed, epoch), and
+    ``state_dict`` (epoch, batches served) lets a mid-epoch resume continue where it stopped.
     """
 
     def __init__(
@@ -37,6 +38,14 @@ class TensorBatchLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
         self.seed, self.epoch_fn = seed, epoch_fn
+        self.position = {"epoch": -1, "batches": 0}  # what this epoch has served so far
+        self.resume_at: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = dict(state)
 
     def _shard_size(self) -> int:
         n = len(self.labels)
@@ -49,16 +58,21 @@ class TensorBatchLoader:
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
+        # a generator: the epoch and a loaded state are read at the first batch, after restoring
+        n, epoch, start = len(self.labels), self.epoch_fn(), 0
+        if self.resume_at is not None and self.resume_at["epoch"] == epoch:
+            start = self.resume_at["batches"]
+        self.resume_at = None
         if self.shuffle:
             # seeded by epoch: the same order on every rank and after a resume
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch_fn())
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=generator)
             order = order[: self._shard_size() * self.world_size]
         else:
             order = torch.arange(n)
         order = order[self.rank :: self.world_size].to(self.labels.device)
-        for step in range(len(self)):
+        for step in range(start, len(self)):
+            self.position = {"epoch": epoch, "batches": step + 1}
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             images, labels = self.images[idx], self.labels[idx]
             if self.pin_memory:

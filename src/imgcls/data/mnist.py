@@ -1,55 +1,52 @@
-"""MNIST through torchvision's own IDX parser; the official 10k test split stays untouched."""
+"""MNIST and Fashion-MNIST through torchvision's own IDX parser; the test split stays as given."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
+from torchvision.datasets import MNIST, FashionMNIST
 
-from imgcls.data.base import ImageDataModule, Split
-from imgcls.utils.errors import UserError
+from imgcls.data.base import ImageDataModule, Split, missing_data
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
+MNIST_FILES = tuple(name for name, _md5 in MNIST.resources)
 
 
 class MNISTDataModule(ImageDataModule):
     """MNIST digits, 1x28x28; validation carved from the 60k training images by a seeded split."""
 
+    dataset = MNIST
     all_class_names = tuple(str(d) for d in range(10))
-    native_channels = 1
-    native_size = 28
-    default_mean = (0.1307,)
-    default_std = (0.3081,)
+    default_mean, default_std = (0.1307,), (0.3081,)
 
     def __init__(self, download: bool = True, val_size: float = 5000, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
         self.download = download
 
-    def _missing_data_error(self, reason: object) -> UserError:
-        raw = Path(self.data_dir) / "MNIST" / "raw"
-        return UserError(
-            f"MNIST is not in data.data_dir={self.data_dir} and could not be downloaded "
-            f"({reason}); copy {', '.join(MNIST_FILES)} into {raw}/ "
-            "or train offline with data=digits"
-        )
+    def _missing(self, reason: object) -> Exception:
+        raw = Path(self.data_dir) / self.dataset.__name__ / "raw"
+        files = [name for name, _md5 in self.dataset.resources]
+        return missing_data(self.dataset.__name__, self.data_dir, raw, files, reason)
 
     def prepare_data(self) -> None:
         try:
             for train in (True, False):
-                MNIST(self.data_dir, train=train, download=self.download)
+                self.dataset(self.data_dir, train=train, download=self.download)
         except (OSError, RuntimeError) as err:  # URLError is an OSError; bad md5 a RuntimeError
-            raise self._missing_data_error(str(err).splitlines()[0] if str(err) else err) from err
+            raise self._missing(str(err).splitlines()[0] if str(err) else err) from err
 
     def load_split(self, split: str) -> Split:
         try:
-            dataset = MNIST(self.data_dir, train=split == "train", download=False)
+            dataset = self.dataset(self.data_dir, train=split == "train", download=False)
         except RuntimeError as err:
-            raise self._missing_data_error("dataset not found") from err
+            raise self._missing("dataset not found") from err
         images: torch.Tensor = dataset.data.unsqueeze(1)
         return images, dataset.targets.long()
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Zalando's Fashion-MNIST: 10 clothing classes, 1x28x28, in MNIST's file format."""
+
+    dataset = FashionMNIST
+    all_class_names = tuple(FashionMNIST.classes)
+    default_mean, default_std = (0.2860,), (0.3530,)

@@ -8,6 +8,7 @@ Augmentation presets (``data.augment``; a list of names is applied in order):
 
 - ``none``: nothing.
 - ``digits``: small rotation, scale and shift (one affine warp); no flips, digits are not symmetric.
+- ``crop_flip``: 4-pixel zero padding, random crop back to size, horizontal flip (CIFAR's).
 - ``natural``: random resized crop, horizontal flip, brightness/contrast/saturation jitter.
 - ``randaugment`` / ``trivialaugment``: torchvision's v2 RandAugment / TrivialAugmentWide, applied
   per sample on uint8 images (the float batch is rounded back to uint8 first, which is exact for
@@ -158,6 +159,22 @@ class RandomResizedCrop(nn.Module):
         )
 
 
+class RandomPadCrop(nn.Module):
+    """Zero-pad by ``padding`` and crop back at a random offset per sample (the CIFAR crop)."""
+
+    def __init__(self, padding: int = 4) -> None:
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        (n, c, h, w), p, device = images.shape, self.padding, images.device
+        dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1, 1), device=device)
+        rows = dy + torch.arange(h, device=device).view(1, -1, 1)
+        cols = dx + torch.arange(w, device=device).view(1, 1, -1)
+        index = (rows * (w + 2 * p) + cols).flatten(1).unsqueeze(1).expand(-1, c, -1)
+        return F.pad(images, (p, p, p, p)).flatten(2).gather(2, index).view(n, c, h, w)
+
+
 class RandomHorizontalFlip(nn.Module):
     """Flip each sample left-right with probability ``p``."""
 
@@ -277,6 +294,7 @@ AUGMENT_PRESETS: dict[str, Callable[[], list[nn.Module]]] = {
     "none": lambda: [],
     "digits": lambda: [RandomAffine(degrees=10, translate=0.08, scale=(0.9, 1.1))],
     "natural": _natural,
+    "crop_flip": lambda: [RandomPadCrop(4), RandomHorizontalFlip()],
     "randaugment": _randaugment,
     "trivialaugment": _trivialaugment,
     "erasing": lambda: [RandomErasing(p=0.25)],

@@ -233,15 +233,17 @@ class FolderDataModule(ImageDataModule):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Saved into checkpoints by Lightning: the normalisation statistics actually used."""
-        normalize = self.pipeline.normalize
+        normalize, state = self.pipeline.normalize, super().state_dict()
         if self._stats_pending:
-            return {}
+            return state
         return {
+            **state,
             "mean": normalize.mean.flatten().tolist(),
             "std": normalize.std.flatten().tolist(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         if "mean" in state_dict and "std" in state_dict:
             self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
 
