@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
 from imgcls.train import build_trainer
@@ -43,10 +44,29 @@ def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list
             )
 
 
+def match_classes(model: Any, trained: list[str], data: list[str]) -> None:
+    """Classes are matched by name: the same names in another order reorder the net's outputs
+    (``model.net`` stays the plain module: a forward hook reorders); other names are refused."""
+    if not trained or trained == data:
+        return
+    if sorted(trained) != sorted(data):
+        raise UserError(
+            f"the checkpoint was trained on the classes {trained} but the evaluation data has "
+            f"{data}; evaluate on data with the same class names (data.classes=...)"
+        )
+    order = torch.tensor([trained.index(name) for name in data])
+    model.net.register_forward_hook(lambda _net, _inputs, out: out[:, order.to(out.device)])
+    log.info(
+        f"the data lists the checkpoint's classes in another order: outputs matched by name "
+        f"({trained} -> {data})"
+    )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     restored = restore(cfg.ckpt_path, data_override=cfg.get("data"))
     check_compatible(restored.datamodule, restored.config, restored.class_names)
+    match_classes(restored.model, restored.class_names, restored.datamodule.class_names)
     trainer = build_trainer(
         cfg,
         callbacks=instantiate_list(cfg.get("callbacks")),
