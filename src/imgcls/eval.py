@@ -9,8 +9,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from imgcls.callbacks.eval_report import EvalReport
 from imgcls.train import build_trainer
-from imgcls.utils.checkpoint import restore
+from imgcls.utils.checkpoint import restore, store_temperature
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import (
     apply_extras,
@@ -72,8 +73,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         callbacks=instantiate_list(cfg.get("callbacks")),
         logger=instantiate_list(cfg.get("logger")),
     )
+    report = next((c for c in trainer.callbacks if isinstance(c, EvalReport)), None)
+    if report is not None:  # its validation logits give the temperature
+        trainer.validate(restored.model, datamodule=restored.datamodule)
     trainer.test(restored.model, datamodule=restored.datamodule)
-    metrics = to_floats(trainer.callback_metrics)
+    metrics = to_floats(trainer.callback_metrics) | (report.headline if report else {})
+    if cfg.get("calibrate") and trainer.is_global_zero:
+        if report is None or report.temperature is None:
+            raise UserError("calibrate=true needs the eval_report callback (callbacks=eval_report)")
+        path = store_temperature(cfg.ckpt_path, report.temperature)
+        log.info(f"temperature {report.temperature:.4f} stored in {path}")
     if trainer.is_global_zero:
         run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
     return metrics
