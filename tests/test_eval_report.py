@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ import pytorch_lightning as pl
 import torch
 from sklearn.metrics import classification_report
 
+import imgcls
 from imgcls.callbacks.eval_report import EvalReport
 from imgcls.eval import run as eval_run
 from imgcls.evaluation.metrics import ece, fit_temperature
+from imgcls.export import run as export_run
 from imgcls.train import train
 from imgcls.utils.checkpoint import restore
 
@@ -134,3 +137,32 @@ def test_tta_with_identity_views_equals_plain_accuracy(evaluated, tmp_path: Path
     trainer = pl.Trainer(callbacks=[report], logger=False, enable_progress_bar=False)
     trainer.test(restored.model, datamodule=restored.datamodule, verbose=False)
     assert report.headline["test/acc_tta_flip"] == report.headline["test/acc"]
+
+
+def test_calibrate_stores_the_temperature_for_predict_api_and_export(evaluated, tmp_path) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(evaluated[0], ckpt)
+    digits = [
+        torch.randint(
+            0, 256, (1, 8, 8), generator=torch.Generator().manual_seed(i), dtype=torch.uint8
+        )
+        for i in range(6)
+    ]
+    plain = imgcls.load_model(ckpt).predict(digits)
+    evaluate(tmp_path / "eval", ckpt, ["calibrate=true", "gallery=false"])
+    model = imgcls.load_model(ckpt)
+    temperature = model.temperature
+    assert temperature == pytest.approx(fit_temperature(*split_logits(ckpt, "val")), rel=1e-4)
+    calibrated = model.predict(digits, topk=3)
+    assert [p.label for p in calibrated] == [p.label for p in plain]  # argmax unchanged
+    for before, after in zip(plain, calibrated, strict=True):
+        logp = torch.tensor(list(before.probabilities.values())).log()
+        expected = (logp / temperature).softmax(0)
+        assert list(after.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-5)
+        assert [label for label, _ in after.top] == [label for label, _ in before.top[:3]]
+    exported = export_run(
+        compose_config("export", [f"ckpt_path={ckpt}", "format=torchscript"], tmp_path / "export")
+    )
+    from_export = imgcls.load_model(exported).predict(digits)
+    for a, b in zip(from_export, calibrated, strict=True):
+        assert a.probability == pytest.approx(b.probability, abs=1e-4)
