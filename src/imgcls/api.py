@@ -23,19 +23,22 @@ from imgcls.utils.errors import UserError
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted class of one image and the probability of every class."""
+    """The predicted class of one image, the ``topk`` most likely (label, probability) pairs and
+    the probability of every class."""
 
     label: str
     probability: float
     index: int
     probabilities: dict[str, float]
+    top: list[tuple[str, float]]
 
 
 class Classifier:
     """A trained network with its class names and its own preprocessing (from the checkpoint).
 
     ``model`` maps a preprocessed batch to logits on ``device``; ``preprocess`` maps uint8
-    ``[N, C, H, W]`` images of any size to that batch.
+    ``[N, C, H, W]`` images of any size to that batch; probabilities are
+    ``softmax(logits / temperature)`` (eval.py ``calibrate=true`` stores a fitted temperature).
     """
 
     def __init__(
@@ -45,8 +48,9 @@ class Classifier:
         in_channels: int,
         class_names: Sequence[str],
         device: str | torch.device = "cpu",
+        temperature: float = 1.0,
     ) -> None:
-        self.model, self.preprocess = model, preprocess
+        self.model, self.preprocess, self.temperature = model, preprocess, float(temperature)
         self.in_channels, self.class_names = int(in_channels), [str(c) for c in class_names]
         self.device = torch.device(device)
 
@@ -80,31 +84,37 @@ class Classifier:
         """Class probabilities ``[N, num_classes]`` of uint8 ``[C, H, W]`` images (any sizes)."""
         batch = torch.cat([self.preprocess(i.unsqueeze(0)) for i in images])
         with torch.inference_mode():
-            return self.model(batch.to(self.device)).softmax(dim=1).float().cpu()
+            logits = self.model(batch.to(self.device)).float() / self.temperature
+            return logits.softmax(dim=1).cpu()
 
     def predict(
-        self, inputs: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path
+        self,
+        inputs: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
+        topk: int | None = None,
     ) -> list[Prediction]:
-        """The prediction of each input (paths, PIL images, tensors), in order."""
+        """The prediction of each input (paths, PIL images, tensors), in order, each with its
+        ``topk`` most likely classes (default: min(5, classes))."""
         if isinstance(inputs, (str, Path, Image.Image, torch.Tensor)):
             inputs = [inputs]
         images = [self.image_tensor(i) for i in inputs]
-        return self.predictions(self.probabilities(images)) if images else []
+        return self.predictions(self.probabilities(images), topk) if images else []
 
-    def predictions(self, probs: torch.Tensor) -> list[Prediction]:
+    def predictions(self, probs: torch.Tensor, topk: int | None = None) -> list[Prediction]:
         names = [*self.class_names, *map(str, range(len(self.class_names), probs.shape[1]))]
-        rows = []
-        for row in probs:
-            index = int(row.argmax())
-            rows.append(
-                Prediction(
-                    label=names[index],
-                    probability=float(row[index]),
-                    index=index,
-                    probabilities=dict(zip(names, row.tolist(), strict=True)),
-                )
+        k = min(5 if topk is None else int(topk), len(names))
+        if k < 1:
+            raise UserError(f"topk={topk} must be at least 1")
+        values, indices = probs.topk(k, dim=1)
+        return [
+            Prediction(
+                label=names[int(top[0])],
+                probability=float(row[int(top[0])]),
+                index=int(top[0]),
+                probabilities=dict(zip(names, row.tolist(), strict=True)),
+                top=[(names[i], p) for i, p in zip(top.tolist(), value.tolist(), strict=True)],
             )
-        return rows
+            for row, value, top in zip(probs, values, indices, strict=True)
+        ]
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Classifier:
@@ -128,5 +138,10 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Cla
     datamodule = restored.datamodule
     model = restored.model.eval().to(device)
     return Classifier(
-        model, datamodule.preprocess, datamodule.in_channels, restored.class_names, device
+        model,
+        datamodule.preprocess,
+        datamodule.in_channels,
+        restored.class_names,
+        device,
+        restored.temperature,
     )

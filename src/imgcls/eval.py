@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
+from imgcls.callbacks.eval_report import EvalReport
 from imgcls.train import build_trainer
-from imgcls.utils.checkpoint import restore
+from imgcls.utils.checkpoint import restore, store_temperature
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import (
     apply_extras,
@@ -43,17 +45,44 @@ def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list
             )
 
 
+def match_classes(model: Any, trained: list[str], data: list[str]) -> None:
+    """Classes are matched by name: the same names in another order reorder the net's outputs
+    (``model.net`` stays the plain module: a forward hook reorders); other names are refused."""
+    if not trained or trained == data:
+        return
+    if sorted(trained) != sorted(data):
+        raise UserError(
+            f"the checkpoint was trained on the classes {trained} but the evaluation data has "
+            f"{data}; evaluate on data with the same class names (data.classes=...)"
+        )
+    order = torch.tensor([trained.index(name) for name in data])
+    model.net.register_forward_hook(lambda _net, _inputs, out: out[:, order.to(out.device)])
+    log.info(
+        f"the data lists the checkpoint's classes in another order: outputs matched by name "
+        f"({trained} -> {data})"
+    )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     restored = restore(cfg.ckpt_path, data_override=cfg.get("data"))
     check_compatible(restored.datamodule, restored.config, restored.class_names)
+    match_classes(restored.model, restored.class_names, restored.datamodule.class_names)
     trainer = build_trainer(
         cfg,
         callbacks=instantiate_list(cfg.get("callbacks")),
         logger=instantiate_list(cfg.get("logger")),
     )
+    report = next((c for c in trainer.callbacks if isinstance(c, EvalReport)), None)
+    if report is not None:  # its validation logits give the temperature
+        trainer.validate(restored.model, datamodule=restored.datamodule)
     trainer.test(restored.model, datamodule=restored.datamodule)
-    metrics = to_floats(trainer.callback_metrics)
+    metrics = to_floats(trainer.callback_metrics) | (report.headline if report else {})
+    if cfg.get("calibrate") and trainer.is_global_zero:
+        if report is None or report.temperature is None:
+            raise UserError("calibrate=true needs the eval_report callback (callbacks=eval_report)")
+        path = store_temperature(cfg.ckpt_path, report.temperature)
+        log.info(f"temperature {report.temperature:.4f} stored in {path}")
     if trainer.is_global_zero:
         run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
     return metrics

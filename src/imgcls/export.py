@@ -60,10 +60,20 @@ def preprocessing_spec(restored: Restored, fmt: str, model_file: str) -> dict[st
         "mean": normalize.mean.flatten().tolist(),
         "std": normalize.std.flatten().tolist(),
         "class_names": restored.class_names,
+        "temperature": restored.temperature,  # already applied: the output is logits / T
         "preprocessing": PREPROCESSING.format(
             channels=channels, size=size, mode="grayscale" if channels == 1 else "RGB"
         ),
     }
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
@@ -150,6 +160,8 @@ def export(cfg: DictConfig) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = preprocessing_spec(restored, cfg.format, path.name)
     net = restored.model.net.eval().float().cpu()
+    if restored.temperature != 1.0:  # eval.py calibrate=true: calibrated softmax, same argmax
+        net = nn.Sequential(net, Scale(1.0 / restored.temperature))
     size, channels = spec["image_size"], spec["in_channels"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, size, size, generator=generator)

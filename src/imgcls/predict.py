@@ -47,6 +47,7 @@ def pick_device(name: str) -> torch.device:
 def predict(cfg: DictConfig) -> Path:
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
     classifier = load_model(cfg.ckpt_path, device=pick_device(cfg.device))
+    topk, every = cfg.get("topk"), bool(cfg.get("probabilities"))
     rows, skipped = [], []
     files = list_images(Path(cfg.input))
     for start in range(0, len(files), cfg.batch_size):
@@ -58,23 +59,28 @@ def predict(cfg: DictConfig) -> Path:
                 skipped.append(str(err))
                 continue
             batch_files.append(path)
-        if not images:
-            continue
-        predictions = classifier.predictions(classifier.probabilities(images))
-        for path, prediction in zip(batch_files, predictions, strict=True):
-            rows.append((str(path), prediction.label, f"{prediction.probability:.6f}"))
+        if images:
+            predictions = classifier.predictions(classifier.probabilities(images), topk)
+            rows += list(zip(map(str, batch_files), predictions, strict=True))
 
     for message in skipped:
         log.warning(f"skipped: {message}")
     if not rows:
         raise UserError(f"input={cfg.input}: none of its {len(files)} image files could be read")
+    k = len(rows[0][1].top)
+    header = ["file", "predicted_class", "confidence"]
+    header += [f"top{i}_{kind}" for i in range(1, k + 1) for kind in ("class", "probability")]
+    header += [f"p_{name}" for name in rows[0][1].probabilities] if every else []
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "predicted_class", "confidence"])
-        writer.writerows(rows)
-    log.info(prediction_table(rows))
+        writer.writerow(header)
+        for file, p in rows:
+            top = [v for label, prob in p.top for v in (label, f"{prob:.6f}")]
+            every_p = [f"{v:.6f}" for v in p.probabilities.values()] if every else []
+            writer.writerow([file, p.label, f"{p.probability:.6f}", *top, *every_p])
+    log.info(prediction_table([(f, p.label, f"{p.probability:.6f}") for f, p in rows]))
     log.info(f"{len(rows)} predictions ({len(skipped)} unreadable files skipped) -> {output}")
     return output
 

@@ -121,6 +121,16 @@ class Restored:
     datamodule: Any  # not set up: preprocessing works at once, data loads on setup()
     config: dict[str, Any]  # the resolved training config
     class_names: list[str]
+    temperature: float = 1.0  # eval.py calibrate=true: probabilities are softmax(logits / T)
+
+
+def store_temperature(path: str | Path, temperature: float) -> Path:
+    """Save the calibration temperature in the checkpoint (a run dir: its best); its path."""
+    path = find_checkpoint(Path(path)) if Path(path).is_dir() else Path(path)
+    checkpoint = read_checkpoint(path)
+    checkpoint.setdefault(RUN_INFO_KEY, {})["temperature"] = float(temperature)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    return path
 
 
 def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) -> Restored:
@@ -146,7 +156,8 @@ def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) ->
     # Lightning saves the datamodule's state under its class name: another dataset gets none
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__) or {})
     model = ImageClassifier.from_checkpoint(checkpoint)
-    return Restored(model, datamodule, config, stored_class_names(checkpoint))
+    temperature = float(checkpoint.get(RUN_INFO_KEY, {}).get("temperature", 1.0))
+    return Restored(model, datamodule, config, stored_class_names(checkpoint), temperature)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

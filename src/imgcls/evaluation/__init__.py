@@ -1,0 +1,1 @@
+"""The evaluation report: numbers (``metrics``) and files (``report``) from gathered logits."""

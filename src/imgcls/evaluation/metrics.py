@@ -1,0 +1,110 @@
+"""The report's numbers from all ranks' logits and labels (torchmetrics), temperature, TTA views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+ECE_BINS = 15
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+def gather(trainer: Any, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``rows`` (any number, none included) concatenated, on every rank.
+
+    One collective per call whatever a rank's shard length, so ranks never wait on each other.
+    """
+    if trainer.world_size == 1:
+        return rows
+    sizes = trainer.strategy.all_gather(torch.tensor(len(rows), device=rows.device)).flatten()
+    padded = rows.new_zeros((max(1, int(sizes.max())), *rows.shape[1:]))
+    padded[: len(rows)] = rows
+    everyone = trainer.strategy.all_gather(padded)
+    return torch.cat([everyone[rank, :n] for rank, n in enumerate(sizes.tolist())])
+
+
+def tta_views(name: str) -> list[View]:
+    """The views averaged by test-time augmentation: the image itself first."""
+
+    def flip(x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1)
+
+    def crop(x: torch.Tensor) -> torch.Tensor:  # the central 7/8, resized back
+        h, w = x.shape[-2:]
+        cropped = x[..., h // 16 : h - h // 16, w // 16 : w - w // 16]
+        return F.interpolate(cropped, size=(h, w), mode="bilinear", align_corners=False)
+
+    extra = {"none": [], "flip": [flip], "flip_crop": [flip, crop, lambda x: flip(crop(x))]}
+    if name not in extra:
+        raise ValueError(f"tta={name} is not one of {', '.join(extra)}")
+    return [lambda x: x, *extra[name]]
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature T minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, targets = logits.detach().float().cpu().clone(), targets.cpu().clone()
+        log_t = torch.zeros(1, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), targets)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    return float(log_t.exp())
+
+
+def ece(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Expected calibration error (top-1 confidence, 15 bins, L1)."""
+    return float(multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=ECE_BINS))
+
+
+def summarize(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """Accuracy (top-1, top-5 beyond 5 classes), per-class P/R/F1/support, confusion, ECE."""
+    probs, n = logits.float().softmax(dim=1).cpu(), logits.shape[1]
+    targets = targets.cpu()
+    result: dict[str, Any] = {"acc": float(multiclass_accuracy(probs, targets, n, average="micro"))}
+    if n > 5:
+        result["acc_top5"] = float(multiclass_accuracy(probs, targets, n, top_k=5, average="micro"))
+    scores = {"precision": multiclass_precision, "recall": multiclass_recall}
+    scores["f1"] = multiclass_f1_score
+    for average in ("none", "macro", "weighted"):
+        result[average] = {k: f(probs, targets, n, average=average) for k, f in scores.items()}
+    result["support"] = torch.bincount(targets, minlength=n)
+    result["confusion"] = multiclass_confusion_matrix(probs, targets, n)
+    result["ece"] = ece(probs, targets)
+    result["probs"], result["targets"] = probs, targets
+    return result
+
+
+def top_confusions(confusion: torch.Tensor, limit: int = 10) -> list[tuple[int, int, int]]:
+    """The largest off-diagonal cells as (true, predicted, count), largest first."""
+    off = confusion.clone().fill_diagonal_(0).flatten()
+    counts, cells = off.sort(descending=True)
+    n = len(confusion)
+    pairs = zip(counts.tolist(), cells.tolist(), strict=True)
+    return [(c // n, c % n, k) for k, c in pairs if k > 0][:limit]
+
+
+def reliability(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per confidence bin: mean confidence, accuracy, count (the reliability diagram's bars)."""
+    confidence, predicted = probs.max(dim=1)
+    bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1)
+    count = torch.bincount(bins, minlength=ECE_BINS).float()
+    correct = torch.bincount(bins, (predicted == targets).float(), minlength=ECE_BINS)
+    mean_conf = torch.bincount(bins, confidence, minlength=ECE_BINS)
+    return mean_conf / count.clamp_min(1), correct / count.clamp_min(1), count

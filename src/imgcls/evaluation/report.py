@@ -1,0 +1,291 @@
+"""The evaluation report's files: per_class.csv, confusion matrices, reliability diagram, the most
+confident mistakes with Grad-CAM (Captum), report.md and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls.evaluation.metrics import reliability, summarize, top_confusions
+
+log = logging.getLogger(__name__)
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on an Agg canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def for_display(images: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` model inputs -> ``[N, H, W, C]`` in [0, 1], min-max per image."""
+    images = images.detach().float().cpu()[:, :3]
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return ((images - low) / (high - low).clamp_min(1e-8)).permute(0, 2, 3, 1)
+
+
+def confusion_figure(matrix: torch.Tensor, names: Sequence[str], normalized: bool) -> Any:
+    """Rows: true class, columns: predicted; labels up to 40 classes, numbers up to 20."""
+    n = len(matrix)
+    values = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1) if normalized else matrix
+    side = min(20.0, max(5.0, 0.3 * n + 2))
+    figure = new_figure(side + 1.5, side)
+    ax = figure.subplots()
+    shown = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalized else None)
+    figure.colorbar(
+        shown, ax=ax, fraction=0.046, label="fraction of the true class" if normalized else "images"
+    )
+    if n <= 40:
+        ax.set_xticks(range(n), [c[:12] for c in names], rotation=90, fontsize=7)
+        ax.set_yticks(range(n), [c[:12] for c in names], fontsize=7)
+    if n <= 20:
+        for (i, j), v in zip(
+            [(i, j) for i in range(n) for j in range(n)], values.flatten().tolist(), strict=True
+        ):
+            text = f"{v:.2f}" if normalized else str(int(v))
+            colour = "white" if v > (0.5 if normalized else values.max() / 2) else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalized else " (counts)"))
+    return figure
+
+
+def reliability_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """Accuracy against confidence per bin (perfect calibration: the diagonal)."""
+    figure = new_figure(5, 5)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], "k--", label="perfectly calibrated")
+    for label, (probs, targets) in curves.items():
+        confidence, accuracy, count = reliability(probs, targets)
+        used = count > 0
+        ax.plot(confidence[used], accuracy[used], "o-", label=label)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title("reliability diagram (test)")
+    ax.legend(loc="upper left")
+    return figure
+
+
+def explained_layer(net: nn.Module, image: torch.Tensor) -> nn.Module | None:
+    """The last conv layer whose output is still at least 4x4 (else the largest), or None."""
+    sizes: dict[nn.Module, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda m, _i, out: sizes.__setitem__(m, out.shape[-1]))
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        net(image[:1])
+    for hook in hooks:
+        hook.remove()
+    big = [m for m, size in sizes.items() if size >= 4]
+    return big[-1] if big else max(sizes, key=sizes.get, default=None)
+
+
+def grad_cam(net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Captum's Grad-CAM of ``targets`` (``[N, H, W]`` in [0, 1]); None without a conv layer."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    device = next(net.parameters()).device
+    with torch.inference_mode(False), torch.enable_grad():
+        x = images.clone().to(device).requires_grad_(True)
+        layer = explained_layer(net, x)
+        if layer is None:
+            return None
+        cam = LayerGradCam(net, layer).attribute(
+            x, target=targets.to(device).clone(), relu_attributions=True
+        )
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0].detach()
+    return (cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8).view(-1, 1, 1)).cpu()
+
+
+def gallery_figure(images: torch.Tensor, titles: Sequence[str], cams: torch.Tensor | None) -> Any:
+    """The images (with their Grad-CAM beside each when given), four per row."""
+    shown, per_image = for_display(images), 1 if cams is None else 2
+    cols = min(4, len(shown)) * per_image
+    rows = math.ceil(len(shown) * per_image / cols)
+    figure = new_figure(1.6 * cols, 1.9 * rows)
+    axes = figure.subplots(rows, cols, squeeze=False).flat
+    for ax in axes:
+        ax.axis("off")
+    for i, image in enumerate(shown):
+        ax = axes[i * per_image]
+        grey = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None)
+        ax.set_title(titles[i], fontsize=7)
+        if cams is not None:
+            axes[i * per_image + 1].imshow(image.mean(-1), cmap="gray")
+            axes[i * per_image + 1].imshow(cams[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[i * per_image + 1].set_title("Grad-CAM (predicted)", fontsize=7)
+    figure.suptitle("most confident mistakes (test)")
+    return figure
+
+
+def write_csv(path: Path, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def render(blocks: list[tuple[str, Any]], out_dir: Path) -> None:
+    """``report.md`` (images linked) and ``report.html`` (images embedded) from the same blocks."""
+    md, page = [], ["<!doctype html><meta charset='utf-8'><title>evaluation report</title>"]
+    for kind, value in blocks:
+        if kind == "h":
+            md.append(f"## {value}\n")
+            page.append(f"<h2>{html.escape(value)}</h2>")
+        elif kind == "p":
+            md.append(f"{value}\n")
+            page.append(f"<p>{html.escape(value)}</p>")
+        elif kind == "table":
+            header, rows = value
+            md += [
+                "| " + " | ".join(map(str, r)) + " |"
+                for r in [header, ["---"] * len(header), *rows]
+            ]
+            md.append("")
+            cells = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                for r in rows
+            )
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+            page.append(f"<table border=1 cellpadding=3><tr>{head}</tr>{cells}</table>")
+        else:  # an image in out_dir
+            data = base64.b64encode((out_dir / value).read_bytes()).decode()
+            md.append(f"![{value}]({value})\n")
+            page.append(f"<p><img alt='{value}' src='data:image/png;base64,{data}'></p>")
+    (out_dir / "report.md").write_text("\n".join(md))
+    (out_dir / "report.html").write_text("\n".join(page) + "\n")
+
+
+def write_report(
+    out_dir: Path,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    names: Sequence[str],
+    temperature: float | None = None,
+    tta: tuple[str, torch.Tensor] | None = None,
+    mistakes: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    net: nn.Module | None = None,
+) -> dict[str, float]:
+    """Write the report of ``logits`` (all test images) into ``out_dir``; its headline numbers.
+
+    ``temperature``: fitted on the validation split; ``tta``: (views' name, averaged probs);
+    ``mistakes``: (images, true, predicted, probability) of the most confident mistakes.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = summarize(logits, targets)
+    names = [str(c) for c in names]
+    headline = {
+        "test/acc": s["acc"],
+        "test/f1_macro": float(s["macro"]["f1"]),
+        "test/ece": s["ece"],
+    }
+    if "acc_top5" in s:
+        headline["test/acc_top5"] = s["acc_top5"]
+    curves = {"as trained": (s["probs"], s["targets"])}
+    if temperature is not None:
+        calibrated = (logits.float().cpu() / temperature).softmax(dim=1)
+        headline["test/ece_calibrated"] = summarize(logits.float().cpu() / temperature, targets)[
+            "ece"
+        ]
+        curves[f"temperature {temperature:.3f}"] = (calibrated, s["targets"])
+    if tta is not None:
+        headline[f"test/acc_tta_{tta[0]}"] = float(
+            (tta[1].argmax(1).cpu() == s["targets"]).float().mean()
+        )
+
+    per_class = [
+        [
+            name,
+            *(f"{float(s['none'][k][i]):.4f}" for k in ("precision", "recall", "f1")),
+            int(s["support"][i]),
+        ]
+        for i, name in enumerate(names)
+    ]
+    total = int(s["support"].sum())
+    for average in ("macro", "weighted"):
+        per_class.append(
+            [
+                f"{average} avg",
+                *(f"{float(s[average][k]):.4f}" for k in ("precision", "recall", "f1")),
+                total,
+            ]
+        )
+    header = ["class", "precision", "recall", "f1", "support"]
+    write_csv(out_dir / "per_class.csv", header, per_class)
+    matrix = s["confusion"]
+    rates = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    write_csv(
+        out_dir / "confusion_matrix.csv",
+        ["true \\ predicted", *names],
+        [[n, *r] for n, r in zip(names, matrix.tolist(), strict=True)],
+    )
+    write_csv(
+        out_dir / "confusion_matrix_normalized.csv",
+        ["true \\ predicted", *names],
+        [[n, *(f"{v:.4f}" for v in r)] for n, r in zip(names, rates.tolist(), strict=True)],
+    )
+    images = {
+        "confusion_matrix.png": confusion_figure(matrix, names, False),
+        "confusion_matrix_normalized.png": confusion_figure(matrix, names, True),
+        "reliability.png": reliability_figure(curves),
+    }
+    blocks: list[tuple[str, Any]] = [
+        ("h", "Summary"),
+        ("table", (["metric", "value"], [[k, f"{v:.4f}"] for k, v in headline.items()])),
+    ]
+    if temperature is not None:
+        blocks.append(
+            ("p", f"Temperature {temperature:.4f} fitted on the validation split (NLL, LBFGS).")
+        )
+    else:
+        blocks.append(
+            (
+                "p",
+                "No temperature: `python eval.py ckpt_path=<run dir>` fits one on the val split.",
+            )
+        )
+    confusions = [f"{names[t]} -> {names[p]}: {n}" for t, p, n in top_confusions(matrix)]
+    blocks += [
+        ("h", "Most frequent confusions (true -> predicted: images)"),
+        ("p", "; ".join(confusions) or "none"),
+    ]
+    blocks += [
+        ("h", "Per class"),
+        ("table", (header, per_class)),
+        ("h", "Confusion matrix"),
+        ("img", "confusion_matrix.png"),
+        ("img", "confusion_matrix_normalized.png"),
+        ("h", "Calibration"),
+        ("img", "reliability.png"),
+    ]
+    if mistakes is not None and len(mistakes[0]):
+        pictures, true, pred, prob = mistakes
+        cams = grad_cam(net, pictures, pred) if net is not None else None
+        titles = [
+            f"true: {names[t][:12]}\npred: {names[p][:12]} ({c:.2f})"
+            for t, p, c in zip(true.tolist(), pred.tolist(), prob.tolist(), strict=True)
+        ]
+        images["mistakes.png"] = gallery_figure(pictures, titles, cams)
+        blocks += [("h", "Most confident mistakes"), ("img", "mistakes.png")]
+        if cams is None:
+            blocks.append(("p", "No Grad-CAM: the net has no convolutional layer to explain."))
+    for name, figure in images.items():
+        figure.savefig(out_dir / name)
+    render(blocks, out_dir)
+    log.info("evaluation report:\n" + "\n".join(f"  {k:<24} {v:.4f}" for k, v in headline.items()))
+    log.info(f"report -> {out_dir / 'report.html'}")
+    return headline
