@@ -12,15 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from imgcls.report import (
-    RESULTS_CSV,
-    RESULTS_MD,
-    build_report,
-    find_run_dirs,
-    fmt_value,
-    main,
-    tensorboard_curves,
-)
+from imgcls.report import RESULTS_CSV, RESULTS_MD, build_report, main
+from imgcls.report_runs import find_run_dirs, fmt_value, tensorboard_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -121,8 +114,8 @@ def test_repeats_over_seeds_are_grouped_with_mean_and_std(sweep: Path) -> None:
     assert grouped["-1"]["completed"] == "0" and grouped["-1"]["val/acc_best_mean"] == ""
     markdown = (sweep / RESULTS_MD).read_text()
     assert "# Results: 6 runs (4 completed, 1 failed, 1 running)" in markdown
-    assert "Mean ± std over `seed`" in markdown
-    assert "| 0.01 | 2 | 2 | 0.9300 ± 0.0424 |" in markdown
+    assert "Mean ± std [95% CI] over `seed`" in markdown
+    assert "| 0.01 | 2 | 2 | 0.9300 ± 0.0424 [0.5488, 1.3112] |" in markdown  # t(1) = 12.71
 
 
 def test_val_acc_curves_plot(sweep: Path) -> None:
@@ -173,3 +166,82 @@ def test_no_runs_is_a_one_line_error(tmp_path: Path, capsys) -> None:
 def test_long_sampled_values_are_shortened_for_display() -> None:
     assert fmt_value("0.014783979348659031") == "0.01478"
     assert fmt_value("0.01") == "0.01" and fmt_value("adam") == "adam" and fmt_value("-1") == "-1"
+
+
+# ----------------------------------------------------------------------------- statistics
+BASE = [0.90, 0.92, 0.91, 0.93, 0.89, 0.94]  # width=16, seeds 1-6
+LOWER = [0.02, 0.03, 0.01, 0.04, 0.02, 0.03]  # width=8 is this much worse on each seed
+WIDE = [0.91, 0.95, 0.90]  # width=32, seeds 7-9: no seed shared with the baseline
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    root = tmp_path / "study"
+    runs = [(16, s, v) for s, v in zip(range(1, 7), BASE, strict=True)]
+    runs += [(8, s, b - d) for s, b, d in zip(range(1, 7), BASE, LOWER, strict=True)]
+    runs += [(32, s, v) for s, v in zip(range(7, 10), WIDE, strict=True)]
+    for i, (width, seed, acc) in enumerate(runs):
+        metrics = {"val/acc_best": acc, "test/acc": acc - 0.01 * (seed % 2)}
+        make_run(root / str(i), [f"model.net.width={width}", f"seed={seed}"], metrics=metrics)
+    return root
+
+
+def test_groups_have_mean_std_and_student_t_interval(study: Path) -> None:
+    from scipy import stats
+
+    build_report([study], baseline="model.net.width=16")
+    grouped = {r["model.net.width"]: r for r in read_rows(study / "results_grouped.csv")}
+    for width, values in (("16", BASE), ("32", WIDE)):
+        row = grouped[width]
+        low, high = stats.t.interval(
+            0.95, len(values) - 1, loc=statistics.fmean(values), scale=stats.sem(values)
+        )
+        assert int(row["val/acc_best_n"]) == len(values)
+        assert float(row["val/acc_best_mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(row["val/acc_best_std"]) == pytest.approx(statistics.stdev(values))
+        assert float(row["val/acc_best_ci_low"]) == pytest.approx(low)
+        assert float(row["val/acc_best_ci_high"]) == pytest.approx(high)
+    assert (study / "groups.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_baseline_comparison_is_paired_on_shared_seeds_else_welch(study: Path) -> None:
+    from scipy import stats
+
+    report = build_report([study], baseline="model.net.width=16")
+    rows = read_rows(study / "results_compared.csv")
+    compared = {(r["group"], r["metric"]): r for r in rows}
+    assert len(rows) == 4  # width 8 and 32, on val/acc_best and test/acc
+    paired = compared[("model.net.width=8", "val/acc_best")]
+    assert paired["baseline"] == "model.net.width=16" and paired["test"] == "paired"
+    diffs = [-d for d in LOWER]
+    low, high = stats.t.interval(
+        0.95, len(diffs) - 1, loc=statistics.fmean(diffs), scale=stats.sem(diffs)
+    )
+    assert int(paired["n"]) == 6
+    assert float(paired["difference"]) == pytest.approx(statistics.fmean(diffs))
+    assert float(paired["ci_low"]) == pytest.approx(low)
+    assert float(paired["ci_high"]) == pytest.approx(high)
+    worse = [b - d for b, d in zip(BASE, LOWER, strict=True)]
+    assert float(paired["p_t"]) == pytest.approx(stats.ttest_rel(worse, BASE).pvalue)
+    assert float(paired["p_wilcoxon"]) == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    assert paired["verdict"] == "significant at 0.05"
+    welch = compared[("model.net.width=32", "val/acc_best")]
+    result = stats.ttest_ind(WIDE, BASE, equal_var=False)
+    interval = result.confidence_interval(0.95)
+    assert welch["test"] == "Welch (unpaired)" and welch["p_wilcoxon"] == ""
+    assert float(welch["p_t"]) == pytest.approx(result.pvalue)
+    assert float(welch["difference"]) == pytest.approx(
+        statistics.fmean(WIDE) - statistics.fmean(BASE)
+    )
+    assert float(welch["ci_low"]) == pytest.approx(interval.low)
+    assert float(welch["ci_high"]) == pytest.approx(interval.high)
+    assert welch["verdict"] == "not significant at 0.05"
+    assert "| model.net.width=32 | model.net.width=16 | val/acc_best | Welch (unpaired) |" in (
+        report.markdown
+    )
+    assert "not significant at 0.05" in report.markdown
+
+
+def test_a_baseline_no_run_sets_is_a_one_line_error(study: Path, capsys) -> None:
+    assert main([str(study), "--baseline", "model.net.depth=3", "--no-plot"]) == 2
+    assert capsys.readouterr().err.startswith("error: --baseline model.net.depth=3: no run sets")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -164,7 +165,7 @@ def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
 def study_trials(sweep_dir: Path, name: str = "mnist_optuna") -> list:
     import optuna
 
-    from imgcls.sweeps import optuna_storage
+    from imgcls.search import optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
@@ -172,14 +173,38 @@ def study_trials(sweep_dir: Path, name: str = "mnist_optuna") -> list:
 
 
 @pytest.mark.slow
-def test_optuna_study_resumes_in_its_sweep_dir_and_survives_failed_trials(tmp_path: Path) -> None:
-    search = ["hparams_search=mnist_optuna", "hydra.sweeper.n_trials=3", *FAST]
-    first = run_cli("train.py", *search, cwd=tmp_path)  # hydra.mode=MULTIRUN: no -m needed
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_search_whose_trials_all_crash_fails_in_one_line_and_the_study_continues(
+    tmp_path: Path,
+) -> None:
+    """Issue 20 item 6: every trial crashing ended in Optuna's ``Record does not exist``."""
+    search = ["hparams_search=mnist_optuna", *FAST]  # hydra.mode=MULTIRUN: no -m needed
+    crash = ["hydra.sweeper.n_trials=2", "+trainer.no_such_argument=1"]
+    first = run_cli("train.py", *search, *crash, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr and "Record does not exist" not in first.stderr
     (sweep_dir,) = multirun_dirs(tmp_path)
+    crashed = job_dirs(sweep_dir)
+    assert len(crashed) == 2 and all(status_of(t)["status"] == "failed" for t in crashed)
+    error = last_line(first.stderr)
+    assert error.startswith("error: 2 of 2 trials failed (at most 50% allowed): ")
+    assert all(t.name in error for t in crashed) and "no_such_argument" in error
+    traceback_file = error.split("(traceback: ")[1].split(")")[0]
+    assert "Traceback" in Path(traceback_file).read_text()
+    assert [t.state.name for t in study_trials(sweep_dir)] == ["FAIL", "FAIL"]
+
+    # same sweep dir: the study is loaded and grows by three trials that train
+    second = run_cli(
+        "train.py",
+        *search,
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "sweep: 3 jobs: 3 completed, 0 failed, 0 skipped" in second.stdout  # this call's only
     trials = study_trials(sweep_dir)
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    runs = job_dirs(sweep_dir)
+    assert [t.state.name for t in trials] == ["FAIL"] * 2 + ["COMPLETE"] * 3
+    runs = [r for r in job_dirs(sweep_dir) if r not in crashed]  # none reused
     assert len(runs) == 3 and all(status_of(r)["status"] == "completed" for r in runs)
     # every trial's sampled lr is the lr its run was trained with
     run_lrs = {
@@ -188,24 +213,12 @@ def test_optuna_study_resumes_in_its_sweep_dir_and_survives_failed_trials(tmp_pa
         for o in overrides_of(r)
         if o.startswith("model.optimizer.lr=")
     }
-    assert run_lrs == {t.params["model.optimizer.lr"] for t in trials}
+    assert run_lrs == {t.params["model.optimizer.lr"] for t in trials[2:]}
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(t.value for t in trials))
-
-    # same sweep dir: the study is loaded and grows; lr=-1 makes each new trial fail
-    second = run_cli(
-        "train.py", *search, f"hydra.sweep.dir={sweep_dir}", "model.optimizer.lr=-1", cwd=tmp_path
-    )
-    assert second.returncode == 0, second.stderr[-3000:]  # failed trials are normal in a search
-    assert "sweep: 3 jobs: 0 completed, 3 failed, 0 skipped" in second.stdout  # this call's only
-    trials = study_trials(sweep_dir)
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["FAIL"] * 3
-    assert "Failed experiment" in second.stdout + second.stderr
-    runs = job_dirs(sweep_dir)
-    assert len(runs) == 6  # the first call's run dirs are untouched, none reused
+    assert best["best_value"] == pytest.approx(max(t.value for t in trials[2:]))
     rows = report(sweep_dir)
-    assert sorted(r["status"] for r in rows) == ["completed"] * 3 + ["failed"] * 3
-    assert all("lr must be > 0" in r["error"] for r in rows if r["status"] == "failed")
+    assert sorted(r["status"] for r in rows) == ["completed"] * 3 + ["failed"] * 2
+    assert all("no_such_argument" in r["error"] for r in rows if r["status"] == "failed")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +232,8 @@ def test_hparams_search_configs_compose_into_an_optuna_search_space(search: str)
             "train", [f"hparams_search={search}", "data=digits"], return_hydra_config=True
         )
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper._target_ == "hydra_plugins.imgcls_sweeper.OptunaSearch"
+    assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 0.5
     assert sweeper.sampler.seed is not None and sweeper.study_name == search
     assert sweeper.storage.url.endswith("/optuna.db")
     space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
@@ -230,3 +244,44 @@ def test_hparams_search_configs_compose_into_an_optuna_search_space(search: str)
     if search == "binary_optuna":
         assert {"model.net.dropout", "model.net.activation"} <= set(space)
         assert cfg.model.num_classes == 2
+
+
+def _fake_job(sweep_dir: Path, name: str, status: str) -> None:
+    run = sweep_dir / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(f"- seed={name}\n")
+    metrics = {"val/acc_best": 0.5} if status == "completed" else {}
+    error = {"error": f"boom {name}"} if status == "failed" else {}
+    (run / "status.json").write_text(json.dumps({"status": status, "metrics": metrics, **error}))
+
+
+@pytest.mark.parametrize(
+    ("statuses", "sweeper", "fails"),
+    [
+        (["completed", "failed"], {"n_trials": 2, "max_failure_rate": 0.5}, False),
+        (["completed", "failed", "failed"], {"n_trials": 3, "max_failure_rate": 0.5}, True),
+        (["completed", "failed"], {}, True),  # a grid: any failed job fails it
+    ],
+)
+def test_a_sweep_fails_when_more_than_its_failure_rate_of_jobs_failed(
+    tmp_path: Path, capsys, statuses: list[str], sweeper: dict, fails: bool
+) -> None:
+    from imgcls.sweeps import SweepSummary
+
+    summary = SweepSummary()
+    sweep_dir = tmp_path / "sweep"
+    for i, status in enumerate(statuses):
+        _fake_job(sweep_dir, str(i), status)
+    hydra = {"sweep": {"dir": str(sweep_dir)}, "sweeper": sweeper}
+    config = OmegaConf.create({"optimized_metric": "val/acc_best", "hydra": hydra})
+    if not fails:
+        summary.on_multirun_end(config)
+        assert "error" not in capsys.readouterr().err
+        return
+    with pytest.raises(SystemExit) as exit_:
+        summary.on_multirun_end(config)
+    assert exit_.value.code == 1
+    error = capsys.readouterr().err.strip()
+    noun = "trials" if sweeper else "sweep jobs"
+    assert error.startswith(f"error: {len(statuses) - 1} of {len(statuses)} {noun} failed")
+    assert "first error: boom 1" in error and ", ".join(map(str, range(1, len(statuses)))) in error

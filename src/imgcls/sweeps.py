@@ -1,13 +1,10 @@
-"""Sweep machinery for the ``hparams_search`` configs (Optuna through hydra-optuna-sweeper).
+"""What every multirun ends with: ``SweepSummary``, a Hydra callback (configs/hydra/default.yaml).
 
-- ``optuna_storage``: the study storage that works with the SQLAlchemy 2 installed next to
-  Optuna 2;
-- ``FailedTrialsToOptuna``: a Hydra callback that turns a failed job's NaN into a failed Optuna
-  trial instead of a crash;
-- ``SearchSpaceCheck``: a Hydra callback that refuses, in one line and before any trial, a search
-  over a key the composed config does not have (say ``model.net.dropout`` with ``model=resnet18``);
-- ``SweepSummary``: a Hydra callback ending every multirun with one screen (jobs completed /
-  failed / skipped, the best ``optimized_metric``, the report) and exit 1 when a job failed.
+It prints one screen (jobs completed / failed / skipped, the best ``optimized_metric``, where the
+report is) and exits 1 when more than ``max_failure_rate`` of the jobs failed (default: the
+sweeper's ``hydra.sweeper.max_failure_rate``, 0.5 in the Optuna searches, else 0: any failed job),
+with one line naming the failed jobs, the first error and its traceback file. The Optuna pieces
+are in ``imgcls.search``.
 """
 
 from __future__ import annotations
@@ -20,95 +17,34 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from imgcls.run_dir import Override, RunDir, find_run_dirs
-
-_MISSING = object()
-
-
-def optuna_storage(url: str, **engine_kwargs: Any) -> Any:
-    """An Optuna ``RDBStorage`` for ``hydra.sweeper.storage`` that works with SQLAlchemy 2.
-
-    Optuna 2.x (the version hydra-optuna-sweeper 1.x allows) stamps its schema on a connection
-    that it never commits; SQLAlchemy 2 no longer autocommits, so a plain ``sqlite:///`` URL
-    fails (``AssertionError`` / ``database is locked``). SQLite connections here run in
-    autocommit mode instead; the sweeper is the only writer of the study. The SQLite file's
-    directory (the sweep dir, before Hydra creates it) is created first.
-    """
-    import sqlalchemy
-    from optuna.storages import RDBStorage
-
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if int(sqlalchemy.__version__.split(".")[0]) >= 2:
-            engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
-    return RDBStorage(url, engine_kwargs=engine_kwargs or None)
-
-
-class FailedTrialsToOptuna(Callback):
-    """Hydra callback: a job that returned NaN returns its error message instead.
-
-    ``report_errors`` makes a failed job return NaN so that the sweep goes on. The Optuna
-    sweeper (hydra-optuna-sweeper 1.3 with Optuna 2.x) crashes on NaN: ``study.tell`` rejects it
-    and its fallback then tells a failed trial together with the value, which Optuna rejects
-    too. A value that is not a number is recorded as a failed trial (``TrialState.FAIL``) and
-    logged as ``Failed experiment: ... Got 'failed: <error>'``, and the sweep goes on.
-    """
-
-    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        if job_return.status != JobStatus.COMPLETED:
-            return
-        value = job_return.return_value
-        if isinstance(value, float) and math.isnan(value):
-            run = RunDir(config.hydra.runtime.output_dir)
-            error = run.status().get("error") or "the objective is NaN"
-            job_return.return_value = f"failed: {error}"
-
-
-def missing_search_key(config: DictConfig) -> str | None:
-    """A one-line message for the first searched key that the composed config lacks."""
-    for name in config.hydra.sweeper.get("params") or {}:
-        key = Override.parse(name).key
-        if "/" in key or name.startswith("+"):  # a config group choice, or a key it appends
-            continue
-        if OmegaConf.select(config, key, default=_MISSING) is _MISSING:
-            group = key.split(".", 1)[0]
-            choice = config.hydra.runtime.choices.get(group)
-            owner = f"{group}={choice}" if choice else "the composed config"
-            return (
-                f"hparams_search searches {key}, which {owner} does not have; "
-                f"pick a {group} that has it or search your own hydra.sweeper.params"
-            )
-    return None
-
-
-class SearchSpaceCheck(Callback):
-    """Hydra callback: a search over a key the config lacks stops before the first trial."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        message = missing_search_key(config)
-        if message:
-            print(f"error: {message}", file=sys.stderr)
-            raise SystemExit(2)
-
+from imgcls.run_dir import ERROR_FILE, RunDir, find_run_dirs
 
 # ------------------------------------------------------------------------- sweep summary
 #: at most this many failed jobs are listed (with their error); the report has them all
 MAX_LISTED_FAILURES = 5
 #: file times may trail the clock by this much (coarse file systems)
 CLOCK_SLACK_S = 1.0
+#: where a failed run keeps its traceback (the life cycle's ``traceback.txt``, formerly error.txt)
+TRACEBACK_FILES = ("traceback.txt", ERROR_FILE)
 
 
 @dataclass
 class Job:
-    name: str
+    path: Path
     overrides: list[str]
     status: str  # completed, skipped, failed, interrupted, unfinished
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def traceback(self) -> Path | None:
+        return next((p for p in map(self.path.joinpath, TRACEBACK_FILES) if p.is_file()), None)
 
 
 def read_job(run: RunDir, started_at: float) -> Job:
@@ -120,7 +56,7 @@ def read_job(run: RunDir, started_at: float) -> Job:
     if state == "completed" and status.get("finished_at", started_at) < started_at - CLOCK_SLACK_S:
         state = "skipped"  # finished by an earlier call (resume=true)
     metrics, error = status.get("metrics") or {}, status.get("error", "")
-    return Job(run.path.name, run.overrides(), state, metrics, error)
+    return Job(run.path, run.overrides(), state, metrics, error)
 
 
 def jobs_of_this_sweep(sweep_dir: Path, started_at: float) -> list[Job]:
@@ -136,14 +72,6 @@ def jobs_of_this_sweep(sweep_dir: Path, started_at: float) -> list[Job]:
     return sorted(jobs, key=lambda j: (len(j.name), j.name))
 
 
-def direction(config: DictConfig, metric: str) -> str:
-    """``maximize`` or ``minimize``: the Optuna sweeper's, else minimise losses only."""
-    sweeper_direction = config.hydra.get("sweeper", {}).get("direction")
-    if isinstance(sweeper_direction, str):
-        return sweeper_direction
-    return "minimize" if "loss" in metric else "maximize"
-
-
 def best_job(jobs: list[Job], metric: str, goal: str) -> Job | None:
     scored = [
         j
@@ -152,16 +80,13 @@ def best_job(jobs: list[Job], metric: str, goal: str) -> Job | None:
         and isinstance(j.metrics.get(metric), (int, float))
         and math.isfinite(j.metrics[metric])
     ]
-    if not scored:
-        return None
     pick = max if goal == "maximize" else min
-    return pick(scored, key=lambda j: j.metrics[metric])
+    return pick(scored, key=lambda j: j.metrics[metric]) if scored else None
 
 
 def summary_lines(jobs: list[Job], metric: str | None, goal: str, report: str) -> list[str]:
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "skipped")}
-    others = {j.status for j in jobs} - set(counts)
-    counts.update({s: sum(j.status == s for j in jobs) for s in sorted(others)})
+    counts |= {s: sum(j.status == s for j in jobs) for s in sorted({j.status for j in jobs})}
     lines = [f"sweep: {len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     best = best_job(jobs, metric, goal) if metric else None
     if best is not None:
@@ -171,7 +96,7 @@ def summary_lines(jobs: list[Job], metric: str | None, goal: str, report: str) -
         )
     elif metric:
         lines.append(f"best {metric}: none (no job finished with it)")
-    bad = [j for j in jobs if j.status not in ("completed", "skipped")]
+    bad = failed_jobs(jobs)
     for job in bad[:MAX_LISTED_FAILURES]:
         reason = job.error or "no error recorded (killed?)"
         lines.append(f"  {job.status} job {job.name} ({' '.join(job.overrides)}): {reason[:160]}")
@@ -181,8 +106,28 @@ def summary_lines(jobs: list[Job], metric: str | None, goal: str, report: str) -
     return lines
 
 
+def failed_jobs(jobs: list[Job]) -> list[Job]:
+    return [j for j in jobs if j.status not in ("completed", "skipped")]
+
+
+def failure_line(jobs: list[Job], search: bool, max_failure_rate: float, sweep_dir: Path) -> str:
+    """``error: ...`` naming the failed jobs, the first error and where its traceback is."""
+    bad = failed_jobs(jobs)
+    first = bad[0]
+    where = f" (traceback: {first.traceback})" if first.traceback else ""
+    allowed = f"at most {max_failure_rate:.0%} allowed" if max_failure_rate else "none allowed"
+    again = "continue the study with" if search else "rerun with resume=true"
+    return (
+        f"error: {len(bad)} of {len(jobs)} {'trials' if search else 'sweep jobs'} failed "
+        f"({allowed}): {', '.join(j.name for j in bad)}; first error: "
+        f"{first.error or 'none recorded (killed?)'}{where}; fix it and {again} "
+        f"hydra.sweep.dir={sweep_dir}"
+    )
+
+
 def write_report(sweep_dir: Path) -> str:
     """Write the sweep's report (``imgcls-report``); where it is, or why there is none."""
+    # imported here: the report (scipy, matplotlib) is loaded only when a multirun ends
     from imgcls.report import RESULTS_MD, ReportError, build_report
 
     try:
@@ -193,14 +138,11 @@ def write_report(sweep_dir: Path) -> str:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: print the sweep's outcome; exit 1 when a job failed.
+    """Hydra callback: print the sweep's outcome; exit 1 when more than ``max_failure_rate`` of
+    its jobs failed (``None``: the sweeper's, else 0)."""
 
-    ``fail_on_failed_jobs=false`` keeps exit code 0 (the Optuna searches: failed trials are a
-    normal part of a search there).
-    """
-
-    def __init__(self, fail_on_failed_jobs: bool = True) -> None:
-        self.fail_on_failed_jobs = fail_on_failed_jobs
+    def __init__(self, max_failure_rate: float | None = None) -> None:
+        self.max_failure_rate = max_failure_rate
         self.started_at = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -210,14 +152,16 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = jobs_of_this_sweep(sweep_dir, self.started_at)
         metric = config.get("optimized_metric")
+        goal = config.hydra.sweeper.get("direction")
+        if not isinstance(goal, str):  # the Optuna sweeper's, else minimise losses only
+            goal = "minimize" if "loss" in (metric or "") else "maximize"
         report = write_report(sweep_dir)
-        print("\n".join(summary_lines(jobs, metric, direction(config, metric or ""), report)))
-        failed = sum(j.status not in ("completed", "skipped") for j in jobs)
-        if failed and self.fail_on_failed_jobs:
-            print(
-                f"error: {failed} of {len(jobs)} sweep jobs failed (listed above); fix them and "
-                f"rerun with resume=true hydra.sweep.dir={sweep_dir}, or set "
-                "hydra.callbacks.sweep_summary.fail_on_failed_jobs=false to exit 0",
-                file=sys.stderr,
-            )
+        print("\n".join(summary_lines(jobs, metric, goal, report)))
+        rate = self.max_failure_rate
+        if rate is None:
+            rate = config.hydra.sweeper.get("max_failure_rate") or 0.0
+        failed = len(failed_jobs(jobs))
+        if failed and failed > rate * len(jobs):
+            search = "n_trials" in config.hydra.sweeper
+            print(failure_line(jobs, search, rate, sweep_dir), file=sys.stderr)
             raise SystemExit(1)

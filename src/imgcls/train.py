@@ -150,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not tunes_only(cfg):
         check_optimized_metric(cfg, model)
     if cfg.get("tune"):
-        tuned = run_tuner(cfg, model, datamodule)
+        tuned = run_tuner(cfg, model, datamodule, lambda **kw: build_trainer(cfg, **kw))
         if tunes_only(cfg):
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given

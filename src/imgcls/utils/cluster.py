@@ -20,19 +20,19 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgcls.run_dir import override_value
-from imgcls.utils.devices import gpus_to_devices
 from imgcls.utils.errors import UserError
 
 
 def _accelerator_and_devices(trainer: DictConfig, gpus: int | None) -> tuple[str, Any]:
-    """The trainer's accelerator and devices, with ``gpus`` (``trainer.gpus``) mapped onto them."""
+    """The trainer's accelerator and devices, with ``trainer.gpus`` (N GPUs, 0 = CPU) applied."""
+    gpus = gpus if gpus is not None else trainer.get("gpus")
     if gpus is not None:
-        return gpus_to_devices(gpus)
+        return ("cpu", 1) if gpus == 0 else ("gpu", gpus)
     return str(trainer.get("accelerator")), trainer.get("devices")
 
 
 def slurm_tasks_per_node(trainer: DictConfig, gpus: int | None = None) -> int:
-    """``${slurm_tasks_per_node:${trainer},${gpus}}``: one SLURM task (one process) per device."""
+    """``${slurm_tasks_per_node:${trainer},...}``: one SLURM task (one process) per device."""
     _, devices = _accelerator_and_devices(trainer, gpus)
     if isinstance(devices, (list, tuple, ListConfig)):
         return len(devices)
@@ -45,7 +45,7 @@ def slurm_tasks_per_node(trainer: DictConfig, gpus: int | None = None) -> int:
 
 
 def slurm_gpus_per_node(trainer: DictConfig, gpus: int | None = None) -> int | None:
-    """``${slurm_gpus_per_node:${trainer},${gpus}}``: one GPU per task, none on the CPU."""
+    """``${slurm_gpus_per_node:${trainer},...}``: one GPU per task, none on the CPU."""
     accelerator, _ = _accelerator_and_devices(trainer, gpus)
     return None if accelerator == "cpu" else slurm_tasks_per_node(trainer, gpus)
 
