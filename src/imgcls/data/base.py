@@ -18,7 +18,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from imgcls.data.loaders import TensorBatchLoader, TensorImageDataset
-from imgcls.data.transforms import BatchPipeline, resize_uint8
+from imgcls.data.transforms import RESIZE_MODES, BatchPipeline, resize_uint8
 from imgcls.utils.errors import UserError
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
@@ -67,6 +67,7 @@ class ImageDataModule(pl.LightningDataModule):
         val_size: float = 0.1,
         seed: int = 42,
         image_size: int | None = None,
+        resize: str = "squash",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augment: str | Sequence[str] | None = None,
@@ -145,6 +146,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise UserError(
                 f"data.val_size must be a fraction in (0, 1) or a whole count, got {hp.val_size}"
             )
+        if hp.resize not in RESIZE_MODES:
+            raise UserError(f"data.resize={hp.resize!r} is not supported; use squash or crop")
         if hp.image_size is not None and hp.image_size < 8:
             raise UserError(f"data.image_size must be >= 8, got {hp.image_size}")
 
@@ -201,26 +204,25 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        size = self.image_size
         images, labels = self._keep_classes(self.load_split("train"))
         given_val = self.load_val_split()
         if given_val is not None and self.hparams.num_folds is None:
             val_images, val_labels = self._keep_classes(given_val)
-            train = (resize_uint8(images, size), labels)
-            val = (resize_uint8(val_images, size), val_labels)
+            train = (self.resize(images), labels)
+            val = (self.resize(val_images), val_labels)
         else:
             if given_val is not None:  # k-fold over the whole pool: train + given validation
                 val_images, val_labels = self._keep_classes(given_val)
-                images = _concat(resize_uint8(images, size), resize_uint8(val_images, size))
+                images = _concat(self.resize(images), self.resize(val_images))
                 labels = torch.cat([labels, val_labels])
             train_idx, val_idx = self.train_val_indices(labels)
-            train = (resize_uint8(images[train_idx], size), labels[train_idx])
-            val = (resize_uint8(images[val_idx], size), labels[val_idx])
+            train = (self.resize(images[train_idx]), labels[train_idx])
+            val = (self.resize(images[val_idx]), labels[val_idx])
         test_images, test_labels = self._keep_classes(self.load_split("test"))
         self.splits = {
             "train": train,
             "val": val,
-            "test": (resize_uint8(test_images, size), test_labels),
+            "test": (self.resize(test_images), test_labels),
         }
 
     def class_counts(self) -> torch.Tensor:
@@ -384,4 +386,10 @@ class ImageDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ single images
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` images of any size -> normalised model input (no augmentation)."""
-        return self.pipeline(resize_uint8(images, self.image_size), train=False)
+        return self.pipeline(self.resize(images), train=False)
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images of any size at ``image_size`` the ``data.resize`` way (squash or crop)."""
+        if not isinstance(images, torch.Tensor):  # streamed FileImages: resized when decoded
+            return images
+        return resize_uint8(images, self.image_size, self.hparams.resize)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from imgcls.utils.errors import UserError
 
@@ -62,16 +63,21 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a uint8 batch ``[N, C, H, W]`` to ``size x size`` (antialiased), staying uint8."""
+RESIZE_MODES = ("squash", "crop")
+
+
+def resize_uint8(images: torch.Tensor, size: int, mode: str = "squash") -> torch.Tensor:
+    """A uint8 batch ``[N, C, H, W]`` at ``size x size`` (bilinear, antialiased), staying uint8.
+
+    ``squash``: both sides to ``size`` (the aspect ratio is lost); ``crop``: the shorter side to
+    ``size``, then the centre ``size x size`` (how torchvision's pretrained weights were
+    evaluated). Training, evaluation, prediction and export all resize through this function.
+    """
     if images.shape[-2:] == (size, size):
         return images
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    for start in range(0, images.shape[0], 4096):  # chunks keep peak memory small
-        chunk = images[start : start + 4096].float()
-        chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
-        out[start : start + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+    if mode == "crop":
+        return TF.center_crop(TF.resize(images, size, antialias=True), [size, size])
+    return TF.resize(images, [size, size], antialias=True)
 
 
 class Normalize(nn.Module):

@@ -152,6 +152,7 @@ class FolderDataModule(ImageDataModule):
             on_bad_image=self.on_bad_image,
             workers=self.decode_workers,
             k_fold=self.hparams.num_folds is not None,
+            resize=self.hparams.resize,
         )
 
     def _split(self, split: str) -> Split:
@@ -186,6 +187,7 @@ class FolderDataModule(ImageDataModule):
         hp = self.hparams
         settings = {
             "image_size": self.image_size,
+            **({"resize": "crop"} if self.hparams.resize == "crop" else {}),  # old keys stay valid
             "grayscale": self.grayscale,
             "split": list(self.split_fractions),
             "seed": hp.seed,

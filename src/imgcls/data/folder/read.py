@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 20
 
 
-def decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -> torch.Tensor:
     """One image file as uint8 ``[channels, size, size]``; unreadable files raise ``UserError``."""
-    return resize_uint8(load_image_tensor(path, channels=channels).unsqueeze(0), size)[0]
+    return resize_uint8(load_image_tensor(path, channels=channels)[None], size, resize)[0]
 
 
 class FileImages:
@@ -35,8 +35,11 @@ class FileImages:
 
     dtype = torch.uint8
 
-    def __init__(self, paths: Sequence[Path], channels: int, size: int, workers: int = 1) -> None:
+    def __init__(
+        self, paths: Sequence[Path], channels: int, size: int, workers: int = 1, resize="squash"
+    ) -> None:
         self.paths, self.channels, self.size, self.workers = list(paths), channels, size, workers
+        self.resize = resize
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -46,10 +49,10 @@ class FileImages:
         return len(self.paths)
 
     def _decode(self, path: Path) -> torch.Tensor:
-        return decode_image(path, self.channels, self.size)
+        return decode_image(path, self.channels, self.size, self.resize)
 
     def _subset(self, paths: Sequence[Path]) -> FileImages:
-        return FileImages(paths, self.channels, self.size, self.workers)
+        return FileImages(paths, self.channels, self.size, self.workers, self.resize)
 
     def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor | FileImages:
         if isinstance(key, torch.Tensor):
@@ -81,6 +84,7 @@ def read_splits(
     on_bad_image: str,
     workers: int,
     k_fold: bool,
+    resize: str = "squash",
 ) -> dict[str, Split]:
     """Every split as (images, labels): decoded tensors, or ``FileImages`` when streaming.
 
@@ -94,7 +98,7 @@ def read_splits(
         """The decoded image (in memory) or the checked path (streaming); else why it failed."""
         try:
             if in_memory:
-                return decode_image(path, channels, size)
+                return decode_image(path, channels, size, resize)
             check_image_file(path)
             return path
         except UserError as err:
@@ -129,7 +133,7 @@ def read_splits(
         labels = torch.tensor([label for _, label in kept], dtype=torch.long)
         if not in_memory:
             paths = [path for path, _ in kept]
-            splits[split] = (FileImages(paths, channels, size, workers), labels)
+            splits[split] = (FileImages(paths, channels, size, workers, resize), labels)
         elif kept:
             splits[split] = (torch.stack([image for image, _ in kept]), labels)
         else:
