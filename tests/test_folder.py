@@ -244,10 +244,10 @@ def test_normalize_auto_without_write_access_does_not_cache(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "streaming"])
-def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg, in_memory):
+def test_trains_on_a_folder_and_learns_it(tmp_path, make_cfg, in_memory):
     from imgcls.train import train
 
-    root = write_flat_folder(tmp_path / "pics", n=6)
+    root = write_flat_folder(tmp_path / "pics", n=10)
     (root / "banana" / "corrupt.png").write_bytes(b"broken")
     cfg = make_cfg(
         "train",
@@ -258,12 +258,15 @@ def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg, in_memory):
             "data.augment=natural",
             f"data.in_memory={in_memory}",
             "data.num_workers=0",
-            "trainer.fast_dev_run=true",
+            "data.batch_size=8",
+            "model=mlp",
+            "trainer.max_epochs=4",
+            "callbacks=lean",
             "logger=csv",
         ],
     )
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["test/acc"] == 1.0  # each class is bright in its own colour: it learns them
     assert cfg.model.num_classes == 3 and cfg.model.net.in_channels == 3
 
 
