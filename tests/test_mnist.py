@@ -12,7 +12,7 @@ from imgcls.data import DigitsDataModule, MNISTDataModule
 from imgcls.data.mnist import MNIST_FILES
 from imgcls.utils.errors import UserError
 
-from .conftest import REPO_MNIST, write_fake_mnist
+from .conftest import REPO_MNIST
 
 
 def test_mnist_reads_idx_files_and_keeps_test_split(fake_mnist: Path) -> None:
@@ -87,9 +87,3 @@ def test_real_mnist_files_verify_and_extract_offline(tmp_path: Path) -> None:
     dm.prepare_data()
     dm.setup()
     assert [len(dm.splits[s][1]) for s in ("train", "val", "test")] == [55000, 5000, 10000]
-
-
-def test_fake_mnist_files_parse_with_torchvision(tmp_path: Path) -> None:
-    root = write_fake_mnist(tmp_path, n_train=20, n_test=10)
-    data = MNIST(str(root), train=True)
-    assert data.data.shape == (20, 28, 28) and data.targets.max() < 10

@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 PREPROCESSING = (
-    "decode to {channels} channel(s) ({mode}), resize to {size}x{size} (bilinear, antialiased), "
-    "scale to [0, 1], subtract mean and divide by std per channel; float32 [batch, {channels}, "
-    "{size}, {size}]. The output is [batch, classes] scores (logits or log-probabilities): argmax "
-    "is the class, softmax the probabilities."
+    "decode to {channels} channel(s) ({mode}), resize to {size}x{size} ({resize}; bilinear, "
+    "antialiased), scale to [0, 1], subtract mean and divide by std per channel; float32 "
+    "[batch, {channels}, {size}, {size}]. The output is [batch, classes] scores (logits or "
+    "log-probabilities): argmax is the class, softmax the probabilities."
 )
 
 
@@ -57,12 +57,16 @@ def preprocessing_spec(restored: Restored, fmt: str, model_file: str) -> dict[st
         "output_name": OUTPUT_NAME,
         "in_channels": channels,
         "image_size": size,
+        "resize": datamodule.hparams.resize,
         "mean": normalize.mean.flatten().tolist(),
         "std": normalize.std.flatten().tolist(),
         "class_names": restored.class_names,
         "temperature": restored.temperature,  # already applied: the output is logits / T
         "preprocessing": PREPROCESSING.format(
-            channels=channels, size=size, mode="grayscale" if channels == 1 else "RGB"
+            channels=channels,
+            size=size,
+            mode="grayscale" if channels == 1 else "RGB",
+            resize=datamodule.hparams.resize,
         ),
     }
 
@@ -116,6 +120,7 @@ class ExportedClassifier:
         spec = json.loads(spec_path.read_text())
         self.format, self.class_names = spec["format"], list(spec["class_names"])
         self.in_channels, self.image_size = int(spec["in_channels"]), int(spec["image_size"])
+        self.resize = spec.get("resize", "squash")
         self.normalize = Normalize(spec["mean"], spec["std"])
         self.device = torch.device(device)
         if self.format == "onnx":
@@ -127,7 +132,7 @@ class ExportedClassifier:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` images of any size -> the model's normalised input."""
-        return self.normalize(to_float(resize_uint8(images, self.image_size)))
+        return self.normalize(to_float(resize_uint8(images, self.image_size, self.resize)))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Scores ``[N, classes]`` of a preprocessed batch."""

@@ -61,8 +61,6 @@ def _as_8bit(image: Image.Image, channels: int) -> Image.Image:
     """``image`` in mode ``L`` (``channels=1``) or ``RGB`` (3), from any PIL mode."""
     target = "L" if channels == 1 else "RGB"
     if image.mode in _WIDE_MODES:
-        from imgcls.data.transforms import to_uint8  # (imgcls.data imports this module)
-
         wide = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
         return Image.fromarray(to_uint8(torch.from_numpy(wide)).numpy()).convert(target)
     if image.mode in ("LA", "PA") or "transparency" in image.info:
@@ -70,6 +68,30 @@ def _as_8bit(image: Image.Image, channels: int) -> Image.Image:
     if image.mode == "RGBA":
         image = image.convert("RGBa")  # premultiplied: transparent pixels become black
     return image.convert(target)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """Integer images -> float32 ``[0, 1]`` (divided by the dtype's maximum: 255 for uint8, 65535
+    for 16-bit; negative values clipped to 0); float input is returned unchanged."""
+    if images.is_floating_point():
+        return images
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if images.dtype == torch.bool:
+        return images.float()
+    return images.double().clamp_(min=0).div_(float(torch.iinfo(images.dtype).max)).float()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Any images -> uint8, rounded and clipped (no wrap-around): float ``[0, 1]`` scaled by 255,
+    uint16/32/64 scaled down by their maximum, signed integers (uint8 arithmetic) clipped."""
+    if images.dtype == torch.uint8:
+        return images
+    if images.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        images = images.double().div_(float(torch.iinfo(images.dtype).max))
+    elif not images.is_floating_point():
+        return images.clamp(0, 255).to(torch.uint8)
+    return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def load_image_tensor(path: str | Path, channels: int = 3) -> torch.Tensor:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.transforms import BatchPipeline
 
@@ -94,3 +97,48 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.pipeline(self.images[index].unsqueeze(0), train=self.train).squeeze(0)
         return image, self.labels[index]
+
+
+def build_loader(
+    images, labels, pipeline: BatchPipeline, hp: Any, trainer: Any, train: bool
+) -> Any:
+    """The split's loader for the datamodule's hyperparameters ``hp`` (``data.*``)."""
+    batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+    # data.drop_last=null: drop when the model replays CUDA graphs (one batch shape)
+    module = getattr(trainer, "lightning_module", None)
+    cuda_graphs = bool(getattr(module, "uses_cuda_graphs", False))
+    drop_last = train and (cuda_graphs if hp.drop_last is None else hp.drop_last)
+    pin_memory = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    overfitting = trainer is not None and bool(trainer.overfit_batches)  # debug=overfit
+    if hp.in_memory:
+        return TensorBatchLoader(
+            images,
+            labels,
+            batch_size,
+            shuffle=train,
+            drop_last=drop_last,
+            seed=hp.seed,
+            # overfitting: one seeded order for every epoch, so the first batches stay the same
+            epoch_fn=(lambda: 0) if overfitting else lambda: getattr(trainer, "current_epoch", 0),
+            rank=rank,
+            world_size=world_size,
+            pin_memory=pin_memory and images.device.type == "cpu",
+        )
+    dataset = TensorImageDataset(images, labels, pipeline, train=train)
+    # Lightning's DistributedSampler pads the last shard with repeats, which synced metrics would
+    # count twice: every sample once (a DistributedSampler subclass, so Lightning keeps it)
+    sampler = None
+    if not train and world_size > 1:
+        sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
+    workers = min(8, os.cpu_count() or 1) if hp.num_workers is None else hp.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and not overfitting,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )

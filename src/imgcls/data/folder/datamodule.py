@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = (0.449,), (0.226,)
-NORMALIZE_MODES = ("imagenet", "auto", "none")
-BAD_IMAGE_MODES = ("skip", "error")
 
 
 class FolderDataModule(ImageDataModule):
@@ -56,39 +54,13 @@ class FolderDataModule(ImageDataModule):
                 "data=folder needs data.root=PATH: a folder of class folders (PATH/<class>/*.jpg) "
                 "or of train/ val/ test/ folders holding class folders"
             )
-        self.root = Path(str(root)).expanduser()
-        self.grayscale = bool(grayscale)
-        self.split_fractions = self._check_split(split)
-        if normalize not in NORMALIZE_MODES:
-            raise UserError(
-                f"data.normalize={normalize!r} is not supported; use one of "
-                f"{list(NORMALIZE_MODES)} (or set data.mean and data.std)"
-            )
-        if on_bad_image not in BAD_IMAGE_MODES:
-            raise UserError(
-                f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
-            )
-        self.normalize_mode = normalize
-        self.on_bad_image = on_bad_image
-        self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
-        super().__init__(image_size=image_size, **kwargs)
-        self._layout: FolderLayout | None = None
-        self._index: FolderIndex | None = None
-        self._decoded: dict[str, Split] | None = None
-        # normalize=auto: statistics known once computed, read from the cache or a checkpoint
-        explicit = self.hparams.mean is not None
-        self._stats_pending = normalize == "auto" and not explicit
-
-    # ------------------------------------------------------------------ arguments
-    @staticmethod
-    def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
         try:
             fractions = tuple(float(f) for f in split)
         except (TypeError, ValueError):
             fractions = ()
         if (
             len(fractions) != 3
-            or any(f < 0 for f in fractions)
+            or min(fractions) < 0
             or fractions[0] <= 0
             or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
         ):
@@ -96,16 +68,29 @@ class FolderDataModule(ImageDataModule):
                 f"data.split={list(split) if split is not None else split} must be three fractions "
                 "[train, val, test] that sum to 1 with train > 0, e.g. data.split=[0.8,0.1,0.1]"
             )
-        return fractions  # type: ignore[return-value]
+        if normalize not in ("imagenet", "auto", "none"):
+            raise UserError(
+                f"data.normalize={normalize!r} is not supported; use one of "
+                "['imagenet', 'auto', 'none'] (or set data.mean and data.std)"
+            )
+        if on_bad_image not in ("skip", "error"):
+            raise UserError(
+                f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
+            )
+        self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
+        self.split_fractions, self.normalize_mode = fractions, normalize
+        self.on_bad_image = on_bad_image
+        self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
+        super().__init__(image_size=image_size, **kwargs)
+        self._layout: FolderLayout | None = None
+        self._index: FolderIndex | None = None
+        self._decoded: dict[str, Split] | None = None
+        # normalize=auto: statistics known once computed, read from the cache or a checkpoint
+        self._stats_pending = normalize == "auto" and self.hparams.mean is None
 
-    # ------------------------------------------------------------------ shape metadata
     @property
     def native_channels(self) -> int:  # type: ignore[override]
         return 1 if self.grayscale else 3
-
-    @property
-    def in_channels(self) -> int:
-        return self.native_channels
 
     @property
     def all_class_names(self) -> list[str]:  # type: ignore[override]
@@ -123,7 +108,6 @@ class FolderDataModule(ImageDataModule):
             return (1.0,) * self.native_channels
         return IMAGENET_GRAY_STD if self.grayscale else IMAGENET_STD
 
-    # ------------------------------------------------------------------ scanning
     @property
     def layout(self) -> FolderLayout:
         """Layout and class names (lists ``root`` and ``root/train`` only, once): the shape facts
@@ -136,27 +120,25 @@ class FolderDataModule(ImageDataModule):
     def index(self) -> FolderIndex:
         """The files of every split (scanned once, on first use: no image is decoded)."""
         if self._index is None:
-            index = scan_files(self.layout)
-            carve_missing_splits(
-                index, self.split_fractions, self.hparams.seed, self.hparams.num_folds is not None
-            )
-            self._index = index
+            hp = self.hparams
+            self._index = scan_files(self.layout)
+            k_fold = hp.num_folds is not None
+            carve_missing_splits(self._index, self.split_fractions, hp.seed, k_fold)
         return self._index
-
-    def _read_all(self) -> dict[str, Split]:
-        return read_splits(
-            self.index,
-            self.in_channels,
-            self.image_size,
-            in_memory=self.hparams.in_memory,
-            on_bad_image=self.on_bad_image,
-            workers=self.decode_workers,
-            k_fold=self.hparams.num_folds is not None,
-        )
 
     def _split(self, split: str) -> Split:
         if self._decoded is None:
-            self._decoded = self._read_all()
+            hp = self.hparams
+            self._decoded = read_splits(
+                self.index,
+                self.in_channels,
+                self.image_size,
+                in_memory=hp.in_memory,
+                on_bad_image=self.on_bad_image,
+                workers=self.decode_workers,
+                k_fold=hp.num_folds is not None,
+                resize=hp.resize,
+            )
         return self._decoded[split]
 
     def load_split(self, split: str) -> Split:
@@ -164,9 +146,7 @@ class FolderDataModule(ImageDataModule):
 
     def load_val_split(self) -> Split | None:
         val = self._split("val")
-        if self.hparams.num_folds is not None and len(val[1]) == 0:
-            return None
-        return val
+        return None if self.hparams.num_folds is not None and len(val[1]) == 0 else val
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -181,11 +161,11 @@ class FolderDataModule(ImageDataModule):
                 folder_stats.write_cached(self.root, key, stats)
             self._apply_stats(stats)
 
-    # ------------------------------------------------------------------ normalize=auto
     def _stats_key(self) -> str:
         hp = self.hparams
         settings = {
             "image_size": self.image_size,
+            **({"resize": "crop"} if hp.resize == "crop" else {}),  # old keys stay valid
             "grayscale": self.grayscale,
             "split": list(self.split_fractions),
             "seed": hp.seed,
@@ -196,10 +176,6 @@ class FolderDataModule(ImageDataModule):
         }
         return folder_stats.stats_key(self.index, settings)
 
-    @property
-    def stats_cache_path(self) -> Path:
-        return self.root / folder_stats.STATS_CACHE
-
     def _apply_stats(self, stats: folder_stats.Stats) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
         self._stats_pending = False
@@ -208,32 +184,27 @@ class FolderDataModule(ImageDataModule):
             f"(data.normalize={self.normalize_mode})"
         )
 
-    def _ensure_stats(self) -> None:
-        if not self._stats_pending:
-            return
-        try:
-            cached = folder_stats.read_cached(self.root, self._stats_key())
-        except UserError:
-            cached = None
-        if cached is not None:
-            self._apply_stats(cached)
-            return
-        if not self.root.is_dir():
-            raise UserError(
-                f"data.normalize=auto needs the training images in data.root={self.root} (or their "
-                f"statistics in {self.stats_cache_path}) to normalise like training did; "
-                "restore them, or pass data.mean=[...] data.std=[...]"
-            )
-        self.setup("fit")
-
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        self._ensure_stats()
+        if self._stats_pending:  # normalize=auto before setup: the cache, else the images
+            try:
+                cached = folder_stats.read_cached(self.root, self._stats_key())
+            except UserError:
+                cached = None
+            if cached is not None:
+                self._apply_stats(cached)
+            elif not self.root.is_dir():
+                raise UserError(
+                    f"data.normalize=auto needs the training images in data.root={self.root} (or "
+                    f"their statistics in {self.root / folder_stats.STATS_CACHE}) to normalise "
+                    "like training did; restore them, or pass data.mean=[...] data.std=[...]"
+                )
+            else:
+                self.setup("fit")
         return super().preprocess(images)
 
-    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Saved into checkpoints by Lightning: the normalisation statistics actually used."""
-        normalize, state = self.pipeline.normalize, super().state_dict()
+        """Saved into checkpoints by Lightning: the loader's position and the statistics used."""
+        state, normalize = super().state_dict(), self.pipeline.normalize
         if self._stats_pending:
             return state
         return {
@@ -247,7 +218,6 @@ class FolderDataModule(ImageDataModule):
         if "mean" in state_dict and "std" in state_dict:
             self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
 
-    # ------------------------------------------------------------------ extras
     def summary(self) -> dict[str, Any]:
         """Layout, classes and file counts per split (scanning only)."""
         index = self.index

@@ -20,57 +20,50 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 20
 
 
-def decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -> torch.Tensor:
     """One image file as uint8 ``[channels, size, size]``; unreadable files raise ``UserError``."""
-    return resize_uint8(load_image_tensor(path, channels=channels).unsqueeze(0), size)[0]
+    return resize_uint8(load_image_tensor(path, channels=channels)[None], size, resize)[0]
 
 
 class FileImages:
     """A folder's images read from disk on access, standing in for a uint8 ``[N, C, S, S]`` tensor.
 
     The streaming path (``in_memory=false``): an int gives one decoded image, a slice a stacked
-    batch, a bool mask or an index tensor a (still lazy) subset. Pickling it for DataLoader
-    workers sends only the paths.
+    batch, a bool mask or an index tensor a (still lazy) subset. Pickled for DataLoader workers,
+    it sends only the paths.
     """
 
     dtype = torch.uint8
 
-    def __init__(self, paths: Sequence[Path], channels: int, size: int, workers: int = 1) -> None:
+    def __init__(
+        self, paths: Sequence[Path], channels: int, size: int, workers: int = 1, resize="squash"
+    ) -> None:
         self.paths, self.channels, self.size, self.workers = list(paths), channels, size, workers
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.channels, self.size, self.size)
+        self.resize = resize
+        self.shape = (len(self.paths), channels, size, size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _decode(self, path: Path) -> torch.Tensor:
-        return decode_image(path, self.channels, self.size)
+        return decode_image(path, self.channels, self.size, self.resize)
 
     def _subset(self, paths: Sequence[Path]) -> FileImages:
-        return FileImages(paths, self.channels, self.size, self.workers)
+        return FileImages(paths, self.channels, self.size, self.workers, self.resize)
 
     def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor | FileImages:
         if isinstance(key, torch.Tensor):
             indices = key.nonzero().flatten() if key.dtype == torch.bool else key.flatten()
             return self._subset([self.paths[i] for i in indices.tolist()])
-        if isinstance(key, slice):
-            paths = self.paths[key]
-            if not paths:
-                return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                return torch.stack(list(pool.map(self._decode, paths)))
-        return self._decode(self.paths[int(key)])
+        if not isinstance(key, slice):
+            return self._decode(self.paths[int(key)])
+        if not self.paths[key]:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return torch.stack(list(pool.map(self._decode, self.paths[key])))
 
     def concat(self, other: FileImages) -> FileImages:
         return self._subset(self.paths + other.paths)
-
-
-def _listing(entries: Sequence[str]) -> str:
-    shown = "; ".join(entries[:MAX_LISTED])
-    more = len(entries) - MAX_LISTED
-    return shown + (f"; ... and {more} more" if more > 0 else "")
 
 
 def read_splits(
@@ -81,6 +74,7 @@ def read_splits(
     on_bad_image: str,
     workers: int,
     k_fold: bool,
+    resize: str = "squash",
 ) -> dict[str, Split]:
     """Every split as (images, labels): decoded tensors, or ``FileImages`` when streaming.
 
@@ -94,7 +88,7 @@ def read_splits(
         """The decoded image (in memory) or the checked path (streaming); else why it failed."""
         try:
             if in_memory:
-                return decode_image(path, channels, size)
+                return decode_image(path, channels, size, resize)
             check_image_file(path)
             return path
         except UserError as err:
@@ -107,12 +101,13 @@ def read_splits(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(read_one, [path for _, path, _ in items]))
     bad = [r for r in results if isinstance(r, str)]
+    if bad and on_bad_image == "error":
+        more = f"; ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise UserError(
+            f"{len(bad)} unreadable images in data.root={root}: {'; '.join(bad[:MAX_LISTED])}"
+            f"{more}; fix or delete them, or set data.on_bad_image=skip"
+        )
     if bad:
-        if on_bad_image == "error":
-            raise UserError(
-                f"{len(bad)} unreadable images in data.root={root}: {_listing(bad)}; "
-                "fix or delete them, or set data.on_bad_image=skip"
-            )
         log.warning(
             f"skipping {len(bad)} of {len(items)} images that cannot be read "
             "(data.on_bad_image=skip):\n  " + "\n  ".join(bad)
@@ -128,18 +123,17 @@ def read_splits(
             raise UserError(f"data.root={root}: no readable images left in the {split} split")
         labels = torch.tensor([label for _, label in kept], dtype=torch.long)
         if not in_memory:
-            paths = [path for path, _ in kept]
-            splits[split] = (FileImages(paths, channels, size, workers), labels)
+            images = FileImages([path for path, _ in kept], channels, size, workers, resize)
         elif kept:
-            splits[split] = (torch.stack([image for image, _ in kept]), labels)
+            images = torch.stack([image for image, _ in kept])
         else:
-            splits[split] = (torch.empty((0, channels, size, size), dtype=torch.uint8), labels)
-    class_names = index.layout.class_names
-    missing = set(range(len(class_names))) - set(splits["train"][1].tolist())
+            images = torch.empty((0, channels, size, size), dtype=torch.uint8)
+        splits[split] = (images, labels)
+    names = index.layout.class_names
+    missing = [names[i] for i in sorted(set(range(len(names))) - set(splits["train"][1].tolist()))]
     if missing:
-        names = [class_names[i] for i in sorted(missing)]
         raise UserError(
-            f"data.root={root}: no readable training images for classes {names}; "
+            f"data.root={root}: no readable training images for classes {missing}; "
             "add images to those class folders"
         )
     if in_memory:

@@ -1,9 +1,5 @@
-"""Finding a folder's classes and image files, and carving the splits it does not give.
-
-Two costs, kept apart: :func:`find_layout` lists only ``root`` (and ``root/train``) and is all
-the shape facts need (``${datamodule:num_classes}`` while the config resolves); :func:`scan_files`
-lists every file below every class folder, once, when the data is set up.
-"""
+"""A folder's classes (:func:`find_layout`: lists ``root`` and ``root/train`` only, all the shape
+facts need), its image files (:func:`scan_files`, once, at setup) and the splits it lacks."""
 
 from __future__ import annotations
 
@@ -44,12 +40,8 @@ class FolderIndex:
     ignored: int = 0  # non-image files
 
 
-def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d))
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def find_layout(root: Path) -> FolderLayout:
