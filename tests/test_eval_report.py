@@ -21,7 +21,7 @@ from imgcls.export import run as export_run
 from imgcls.train import train
 from imgcls.utils.checkpoint import restore
 
-from .conftest import compose_config
+from .conftest import compose_config, run_cli
 
 TINY = ["data=digits", "trainer.max_epochs=1", "trainer.limit_val_batches=4", "test=false"]
 
@@ -166,3 +166,26 @@ def test_calibrate_stores_the_temperature_for_predict_api_and_export(evaluated, 
     from_export = imgcls.load_model(exported).predict(digits)
     for a, b in zip(from_export, calibrated, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_report_equals_the_single_process_one(evaluated, tmp_path: Path) -> None:
+    ckpt, single = evaluated  # 325 test images: ranks get 163 and 162
+    ddp = run_cli(
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        "trainer=ddp_cpu",
+        "tta=flip",
+        "logger=csv",
+        "extras.print_config=false",
+        cwd=tmp_path,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    for name in ("per_class.csv", "confusion_matrix.csv"):
+        assert (run / "report" / name).read_text() == (single / "report" / name).read_text()
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run, single))
+    for key in ("test/acc", "test/acc_top5", "test/ece", "test/acc_tta_flip", "test/f1_macro"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert ours["test/ece_calibrated"] == pytest.approx(theirs["test/ece_calibrated"], abs=1e-4)
+    assert (run / "report" / "mistakes.png").is_file()
