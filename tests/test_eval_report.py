@@ -17,6 +17,7 @@ import imgcls
 from imgcls.callbacks.eval_report import EvalReport
 from imgcls.eval import run as eval_run
 from imgcls.evaluation.metrics import ece, fit_temperature
+from imgcls.evaluation.report import grad_cam, write_report
 from imgcls.export import run as export_run
 from imgcls.train import train
 from imgcls.utils.checkpoint import restore
@@ -189,3 +190,24 @@ def test_two_process_report_equals_the_single_process_one(evaluated, tmp_path: P
         assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
     assert ours["test/ece_calibrated"] == pytest.approx(theirs["test/ece_calibrated"], abs=1e-4)
     assert (run / "report" / "mistakes.png").is_file()
+
+
+def test_gallery_explains_conv_nets_and_says_so_for_an_mlp(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    images, targets = torch.randn(6, 1, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2])
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(3),
+    )
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    for name, net in (("conv", conv), ("mlp", mlp)):
+        logits = net(images).detach()
+        mistakes = (images[:2], targets[:2], (targets[:2] + 1) % 3, torch.tensor([0.9, 0.8]))
+        write_report(tmp_path / name, logits, targets, ["a", "b", "c"], mistakes=mistakes, net=net)
+        text = (tmp_path / name / "report.md").read_text()
+        assert ("No Grad-CAM: the net has no convolutional layer" in text) == (name == "mlp")
+        assert "mistakes.png" in text and (tmp_path / name / "mistakes.png").is_file()
+    cams = grad_cam(conv, images[:2], torch.tensor([1, 2]))
+    assert cams.shape == (2, 12, 12) and cams.amax(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0])
