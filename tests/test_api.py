@@ -58,10 +58,25 @@ def test_load_model_predicts_exactly_what_predict_py_writes(make_cfg, tmp_path: 
 
     out = tmp_path / "pred.csv"
     cli = run_cli(
-        "predict.py", f"ckpt_path={run_dir}", f"input={images}", f"output={out}", cwd=tmp_path
+        "predict.py",
+        f"ckpt_path={run_dir}",
+        f"input={images}",
+        f"output={out}",
+        "topk=3",
+        "probabilities=true",
+        cwd=tmp_path,
     )
     assert cli.returncode == 0, cli.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert [r["predicted_class"] for r in rows] == [p.label for p in predictions]
     assert [r["confidence"] for r in rows] == [f"{p.probability:.6f}" for p in predictions]
+    for row, p in zip(rows, predictions, strict=True):
+        ranked = sorted(p.probabilities.items(), key=lambda item: -item[1])
+        assert [label for label, _ in p.top] == [label for label, _ in ranked[:5]]  # default 5
+        assert [row[f"top{i}_class"] for i in (1, 2, 3)] == [label for label, _ in ranked[:3]]
+        assert "top4_class" not in row
+        assert float(row["top2_probability"]) == pytest.approx(ranked[1][1], abs=1e-6)
+        assert [float(row[f"p_{d}"]) for d in range(10)] == pytest.approx(
+            [p.probabilities[str(d)] for d in range(10)], abs=1e-6
+        )
     assert "predictions:" in cli.stdout and f"{paths[0]}  {predictions[0].label}" in cli.stdout

@@ -17,11 +17,12 @@ import imgcls
 from imgcls.callbacks.eval_report import EvalReport
 from imgcls.eval import run as eval_run
 from imgcls.evaluation.metrics import ece, fit_temperature
+from imgcls.evaluation.report import grad_cam, write_report
 from imgcls.export import run as export_run
 from imgcls.train import train
 from imgcls.utils.checkpoint import restore
 
-from .conftest import compose_config
+from .conftest import compose_config, run_cli
 
 TINY = ["data=digits", "trainer.max_epochs=1", "trainer.limit_val_batches=4", "test=false"]
 
@@ -166,3 +167,47 @@ def test_calibrate_stores_the_temperature_for_predict_api_and_export(evaluated, 
     from_export = imgcls.load_model(exported).predict(digits)
     for a, b in zip(from_export, calibrated, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_report_equals_the_single_process_one(evaluated, tmp_path: Path) -> None:
+    ckpt, single = evaluated  # 325 test images: ranks get 163 and 162
+    ddp = run_cli(
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        "trainer=ddp_cpu",
+        "tta=flip",
+        "logger=csv",
+        "extras.print_config=false",
+        cwd=tmp_path,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    for name in ("per_class.csv", "confusion_matrix.csv"):
+        assert (run / "report" / name).read_text() == (single / "report" / name).read_text()
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run, single))
+    for key in ("test/acc", "test/acc_top5", "test/ece", "test/acc_tta_flip", "test/f1_macro"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert ours["test/ece_calibrated"] == pytest.approx(theirs["test/ece_calibrated"], abs=1e-4)
+    assert (run / "report" / "mistakes.png").is_file()
+
+
+def test_gallery_explains_conv_nets_and_says_so_for_an_mlp(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    images, targets = torch.randn(6, 1, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2])
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(3),
+    )
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    for name, net in (("conv", conv), ("mlp", mlp)):
+        logits = net(images).detach()
+        mistakes = (images[:2], targets[:2], (targets[:2] + 1) % 3, torch.tensor([0.9, 0.8]))
+        write_report(tmp_path / name, logits, targets, ["a", "b", "c"], mistakes=mistakes, net=net)
+        text = (tmp_path / name / "report.md").read_text()
+        assert ("No Grad-CAM: the net has no convolutional layer" in text) == (name == "mlp")
+        assert "mistakes.png" in text and (tmp_path / name / "mistakes.png").is_file()
+    cams = grad_cam(conv, images[:2], torch.tensor([1, 2]))
+    assert cams.shape == (2, 12, 12) and cams.amax(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0])

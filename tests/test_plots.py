@@ -10,17 +10,13 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcls.callbacks.plots import ClassificationPlots, for_display, per_class_accuracy
+from imgcls.callbacks.plots import ClassificationPlots
+from imgcls.evaluation.report import for_display
 from imgcls.train import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLOTS = (
-    "training_curves",
-    "confusion_matrix",
-    "per_class_accuracy",
-    "misclassified",
-    "input_samples",
-)
+PLOTS = ("plots/training_curves", "report/confusion_matrix")
+REPORT = ("confusion_matrix_normalized", "reliability")
 TINY = [
     "data=digits",
     "trainer.limit_train_batches=3",
@@ -55,28 +51,33 @@ def plotted_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
 def test_every_plot_is_a_png_in_the_run_dir(plotted_run) -> None:
     run_dir, _ = plotted_run
     for name in PLOTS:
-        assert_png(run_dir / "plots" / f"{name}.png")
+        assert_png(run_dir / f"{name}.png")
+    for name in REPORT:
+        assert_png(run_dir / "report" / f"{name}.png")
+    assert not (run_dir / "report" / "mistakes.png").exists()  # no gallery at train time
+    with Image.open(run_dir / "plots" / "augmented_samples.png") as grid:  # 4 rows of 8 28px images
+        assert grid.size == (8 * 30 + 2, 4 * 30 + 2) and len(set(grid.convert("L").getdata())) > 10
 
 
 def test_plots_are_logged_to_tensorboard(plotted_run) -> None:
     run_dir, _ = plotted_run
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    assert {f"plots/{name}" for name in PLOTS} <= set(events.Tags()["images"])
-    image = events.Images("plots/confusion_matrix")[-1]
+    assert {"plots/training_curves", "train/augmented_samples"} <= set(events.Tags()["images"])
+    image = events.Images("plots/training_curves")[-1]
     assert image.width > 300 and image.encoded_image_string[:8] == PNG_SIGNATURE
 
 
 def test_confusion_matrix_counts_every_test_image(plotted_run) -> None:
     run_dir, metrics = plotted_run
-    rows = list(csv.reader((run_dir / "plots" / "confusion_matrix.csv").open()))
+    rows = list(csv.reader((run_dir / "report" / "confusion_matrix.csv").open()))
     assert rows[0][1:] == [str(d) for d in range(10)]  # the datamodule's class names
     counts = torch.tensor([[int(v) for v in row[1:]] for row in rows[1:]])
     assert counts.sum() == 3 * 16  # limit_test_batches=3 of 16 images
     assert counts.diag().sum() / counts.sum() == pytest.approx(metrics["test/acc"])
 
 
-def test_plots_can_be_switched_off(make_cfg) -> None:
+def test_plots_and_report_can_be_switched_off(make_cfg) -> None:
     cfg = make_cfg(
         "train",
         [
@@ -85,39 +86,22 @@ def test_plots_can_be_switched_off(make_cfg) -> None:
             "trainer.limit_train_batches=1",
             "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1",
-            "callbacks.plots.confusion_matrix=false",
-            "callbacks.plots.misclassified=false",
-            "callbacks.plots.input_samples=false",
+            "~callbacks.augmentation_grid",
+            "extras.eval_report=false",
         ],
     )
     train(cfg)
     written = sorted(p.name for p in (Path(cfg.paths.output_dir) / "plots").iterdir())
-    assert written == ["per_class_accuracy.png", "training_curves.csv", "training_curves.png"]
+    assert written == ["training_curves.csv", "training_curves.png"]
+    assert not (Path(cfg.paths.output_dir) / "report").exists()
 
 
-def test_most_confident_mistakes_are_kept_across_batches() -> None:
-    plots = ClassificationPlots(max_misclassified=3)
-    images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 4, 4)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    preds = torch.tensor([1, 1, 0, 2, 0, 0])  # wrong: images 0, 2, 3, 4, 5
-    conf = torch.tensor([0.9, 0.99, 0.5, 0.7, 0.95, 0.6])
-    plots._keep_most_confident_mistakes(images[:3], labels[:3], preds[:3], conf[:3])
-    plots._keep_most_confident_mistakes(images[3:], labels[3:], preds[3:], conf[3:])
-    assert plots._wrong_conf.tolist() == pytest.approx([0.95, 0.9, 0.7])
-    assert plots._wrong_images[:, 0, 0, 0].tolist() == [4.0, 0.0, 3.0]  # the images themselves
-    assert plots._wrong_true.tolist() == [1, 0, 0] and plots._wrong_pred.tolist() == [0, 1, 2]
-
-
-def test_display_rescaling_and_per_class_accuracy() -> None:
+def test_display_rescaling() -> None:
     normalised = torch.randn(5, 3, 8, 8) * 3 - 1
     shown = for_display(normalised)
     assert shown.shape == (5, 8, 8, 3)
     assert shown.flatten(1).min(dim=1).values.tolist() == pytest.approx([0.0] * 5)
     assert shown.flatten(1).max(dim=1).values.tolist() == pytest.approx([1.0] * 5)
-    matrix = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 0, 2]])
-    accuracy = per_class_accuracy(matrix)
-    assert accuracy[0] == pytest.approx(0.75) and accuracy[2] == pytest.approx(0.5)
-    assert torch.isnan(accuracy[1])  # no test images of that class
 
 
 def test_history_survives_a_checkpoint_round_trip() -> None:

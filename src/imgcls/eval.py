@@ -26,21 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list[str]) -> None:
-    """The data must have the classes and input shape the checkpoint was trained on."""
-    net_cfg = trained["model"]["net"]
-    expected = {
-        "num_classes": net_cfg.get("num_classes"),
-        "in_channels": net_cfg.get("in_channels"),
-        "image_size": net_cfg.get("image_size"),
-    }
-    for name, want in expected.items():
+    """The data must have the classes and input shape the checkpoint was trained on (the shapes
+    are read from the model config, or from its net's where the net received them)."""
+    model_cfg = trained["model"]
+    for name in ("num_classes", "in_channels", "image_size"):
+        want = model_cfg.get(name, (model_cfg.get("net") or {}).get(name))
         got = getattr(datamodule, name)
         if want is not None and got != want:
-            trained_on = (
-                f" ({', '.join(class_names)})" if name == "num_classes" and class_names else ""
-            )
+            names = f" ({', '.join(class_names)})" if name == "num_classes" and class_names else ""
             raise UserError(
-                f"the checkpoint was trained with {name}={want}{trained_on} but the evaluation "
+                f"the checkpoint was trained with {name}={want}{names} but the evaluation "
                 f"data has {name}={got}; evaluate on data of the same shape (data=..., data.*=...)"
             )
 

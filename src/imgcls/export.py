@@ -36,11 +36,6 @@ PREPROCESSING = (
 )
 
 
-def sidecar_path(model_path: str | Path) -> Path:
-    """The preprocessing JSON written beside an exported model."""
-    return Path(model_path).with_suffix(".json")
-
-
 def is_exported(path: str | Path) -> bool:
     return Path(path).suffix in SUFFIXES.values()
 
@@ -71,13 +66,13 @@ def preprocessing_spec(restored: Restored, fmt: str, model_file: str) -> dict[st
     }
 
 
-class Scale(nn.Module):
-    def __init__(self, factor: float) -> None:
+class Divide(nn.Module):
+    def __init__(self, by: float) -> None:
         super().__init__()
-        self.factor = factor
+        self.by = by
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
+        return x / self.by
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
@@ -109,7 +104,8 @@ class ExportedClassifier:
     """An exported model with the preprocessing beside it: callable on a preprocessed batch."""
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
-        path, spec_path = Path(path), sidecar_path(path)
+        path = Path(path)
+        spec_path = path.with_suffix(".json")
         if not path.is_file():
             raise UserError(f"ckpt_path={path} does not exist")
         if not spec_path.is_file():
@@ -166,7 +162,7 @@ def export(cfg: DictConfig) -> Path:
     spec = preprocessing_spec(restored, cfg.format, path.name)
     net = restored.model.net.eval().float().cpu()
     if restored.temperature != 1.0:  # eval.py calibrate=true: calibrated softmax, same argmax
-        net = nn.Sequential(net, Scale(1.0 / restored.temperature))
+        net = nn.Sequential(net, Divide(restored.temperature))
     size, channels = spec["image_size"], spec["in_channels"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, size, size, generator=generator)
@@ -175,9 +171,9 @@ def export(cfg: DictConfig) -> Path:
             export_onnx(net, example, path, cfg.get("opset"))
         else:
             export_torchscript(net, example, path)
-    sidecar_path(path).write_text(json.dumps(spec, indent=2) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(spec, indent=2) + "\n")
     check_exported(net, path, torch.randn(3, channels, size, size, generator=generator), cfg.atol)
-    log.info(f"{cfg.format} model -> {path}; preprocessing -> {sidecar_path(path)}")
+    log.info(f"{cfg.format} model -> {path}; preprocessing -> {path.with_suffix('.json')}")
     return path
 
 

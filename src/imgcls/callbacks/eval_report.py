@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +21,8 @@ from imgcls.evaluation.report import write_report
 
 
 class EvalReport(pl.Callback):
+    """Write the report of every test run into ``out_dir``; ``enabled=false``: nothing."""
+
     def __init__(
         self,
         out_dir: str | Path,
@@ -29,8 +32,12 @@ class EvalReport(pl.Callback):
         max_mistakes: int = 16,
     ) -> None:
         super().__init__()
-        self.out_dir, self.enabled, self.tta = Path(out_dir), enabled, tta
-        self.views = tta_views(tta)
+        self.out_dir, self.enabled, self.tta, self.views = (
+            Path(out_dir),
+            enabled,
+            tta,
+            tta_views(tta),
+        )
         self.gallery, self.max_mistakes = gallery, max_mistakes
         self.temperature: float | None = None
         self.headline: dict[str, float] = {}
@@ -40,94 +47,65 @@ class EvalReport(pl.Callback):
         return self.enabled and not trainer.sanity_checking and not trainer.fast_dev_run
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows = {}
+        if not self._active(trainer):
+            return
+        data, empty = trainer.datamodule, torch.zeros(0, device=pl_module.device)
+        n, shape = data.num_classes, (data.in_channels, data.image_size, data.image_size)
+        labels = empty.long()
+        self.rows = {"logits": [empty.new_zeros(0, n)], "targets": [labels]}
+        self.rows |= {"tta": [empty.new_zeros(0, n)], "images": [empty.new_zeros(0, *shape)]}
+        self.rows |= {"wrong_true": [labels], "wrong_pred": [labels], "wrong_prob": [empty]}
 
     on_test_epoch_start = on_validation_epoch_start
 
     def _keep(self, **rows: torch.Tensor) -> None:
         for name, value in rows.items():
-            self.rows.setdefault(name, []).append(value.detach())
+            self.rows[name].append(value.detach())
 
-    def _rows(self, trainer: pl.Trainer, name: str, empty: torch.Tensor) -> torch.Tensor:
-        local = torch.cat(self.rows[name]) if name in self.rows else empty
-        return gather(trainer, local)
+    def _gathered(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        """All ranks' rows: the same collectives on every rank, whatever its shard length."""
+        return {name: gather(trainer, torch.cat(rows)) for name, rows in self.rows.items()}
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:  # noqa: E501
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *_: Any) -> None:
         if self._active(trainer) and trainer.state.fn == TrainerFn.VALIDATING:
-            self._keep(logits=pl_module(batch[0]), targets=batch[1])
+            self._keep(logits=pl_module(batch[0]).float(), targets=batch[1])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active(trainer) and trainer.state.fn == TrainerFn.VALIDATING:
-            logits = self._rows(
-                trainer, "logits", torch.zeros(0, self._classes(trainer), device=pl_module.device)
-            )
-            targets = self._rows(
-                trainer, "targets", torch.zeros(0, dtype=torch.long, device=pl_module.device)
-            )
-            self.temperature = fit_temperature(logits, targets)
+            rows = self._gathered(trainer)
+            self.temperature = fit_temperature(rows["logits"], rows["targets"])
 
-    @staticmethod
-    def _classes(trainer: pl.Trainer) -> int:
-        return int(trainer.datamodule.num_classes)
-
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:  # noqa: E501
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, *_: Any) -> None:
         if not self._active(trainer):
             return
         images, targets = batch[0], batch[1]
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
-        logits = pl_module(images) if logits is None else logits
-        rows = {"logits": logits.float(), "targets": targets}
+        logits = (pl_module(images) if logits is None else logits).float()
+        self._keep(logits=logits, targets=targets)
         if len(self.views) > 1:
-            probs = [
-                logits.float().softmax(1),
-                *(pl_module(v(images)).float().softmax(1) for v in self.views[1:]),
-            ]
-            rows["tta"] = torch.stack(probs).mean(0)
+            probs = [pl_module(view(images)).float().softmax(1) for view in self.views[1:]]
+            self._keep(tta=torch.stack([logits.softmax(1), *probs]).mean(0))
         if self.gallery:
-            confidence, predicted = logits.float().softmax(1).max(1)
+            confidence, predicted = logits.softmax(1).max(1)
             wrong = (predicted != targets).nonzero().flatten()
             wrong = wrong[confidence[wrong].argsort(descending=True)[: self.max_mistakes]]
-            rows |= {
-                "images": images[wrong],
-                "wrong_true": targets[wrong],
-                "wrong_pred": predicted[wrong],
-                "wrong_prob": confidence[wrong],
-            }
-        self._keep(**rows)
+            self._keep(images=images[wrong], wrong_true=targets[wrong])
+            self._keep(wrong_pred=predicted[wrong], wrong_prob=confidence[wrong])
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer):
             return
-        device, n = pl_module.device, self._classes(trainer)
-        long = torch.zeros(0, dtype=torch.long, device=device)
-        logits = self._rows(trainer, "logits", torch.zeros(0, n, device=device))
-        targets = self._rows(trainer, "targets", long)
-        tta = (
-            (self.tta, self._rows(trainer, "tta", torch.zeros(0, n, device=device)))
-            if len(self.views) > 1
-            else None
-        )
-        mistakes = None
-        if self.gallery:
-            shape = (
-                trainer.datamodule.in_channels,
-                trainer.datamodule.image_size,
-                trainer.datamodule.image_size,
-            )
-            images = self._rows(trainer, "images", torch.zeros(0, *shape, device=device))
-            true, pred = (
-                self._rows(trainer, "wrong_true", long),
-                self._rows(trainer, "wrong_pred", long),
-            )
-            prob = self._rows(trainer, "wrong_prob", torch.zeros(0, device=device))
-            keep = prob.argsort(descending=True)[: self.max_mistakes]
-            mistakes = (images[keep], true[keep], pred[keep], prob[keep])
+        rows = self._gathered(trainer)
+        keep = rows["wrong_prob"].argsort(descending=True)[: self.max_mistakes]
+        mistakes = [rows[k][keep] for k in ("images", "wrong_true", "wrong_pred", "wrong_prob")]
         if trainer.is_global_zero:
-            names = trainer.datamodule.class_names
             self.headline = write_report(
-                self.out_dir, logits, targets, names, self.temperature, tta, mistakes, pl_module.net
+                self.out_dir,
+                rows["logits"],
+                rows["targets"],
+                trainer.datamodule.class_names,
+                self.temperature,
+                (self.tta, rows["tta"]) if len(self.views) > 1 else None,
+                tuple(mistakes) if self.gallery else None,
+                pl_module.net,
             )

@@ -17,6 +17,7 @@ from torchmetrics.functional.classification import (
 )
 
 ECE_BINS = 15
+AVERAGES = ("none", "macro", "weighted")
 View = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -73,22 +74,21 @@ def ece(probs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=ECE_BINS))
 
 
-def summarize(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-    """Accuracy (top-1, top-5 beyond 5 classes), per-class P/R/F1/support, confusion, ECE."""
-    probs, n = logits.float().softmax(dim=1).cpu(), logits.shape[1]
-    targets = targets.cpu()
-    result: dict[str, Any] = {"acc": float(multiclass_accuracy(probs, targets, n, average="micro"))}
+def summarize(logits: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float], ...]:
+    """Headline numbers (top-1, top-5 beyond 5 classes, macro F1, ECE); precision/recall/F1 per
+    class then macro and weighted averages ``[C + 2, 3]``; support ``[C]``; confusion counts."""
+    probs, n, targets = logits.float().softmax(dim=1).cpu(), logits.shape[1], targets.cpu()
+    head = {"test/acc": float(multiclass_accuracy(probs, targets, n, average="micro"))}
     if n > 5:
-        result["acc_top5"] = float(multiclass_accuracy(probs, targets, n, top_k=5, average="micro"))
-    scores = {"precision": multiclass_precision, "recall": multiclass_recall}
-    scores["f1"] = multiclass_f1_score
-    for average in ("none", "macro", "weighted"):
-        result[average] = {k: f(probs, targets, n, average=average) for k, f in scores.items()}
-    result["support"] = torch.bincount(targets, minlength=n)
-    result["confusion"] = multiclass_confusion_matrix(probs, targets, n)
-    result["ece"] = ece(probs, targets)
-    result["probs"], result["targets"] = probs, targets
-    return result
+        head["test/acc_top5"] = float(
+            multiclass_accuracy(probs, targets, n, top_k=5, average="micro")
+        )
+    scores = (multiclass_precision, multiclass_recall, multiclass_f1_score)
+    table = [torch.stack([f(probs, targets, n, average=a) for f in scores], -1) for a in AVERAGES]
+    table = torch.cat([table[0], table[1][None], table[2][None]])
+    head |= {"test/f1_macro": float(table[-2, 2]), "test/ece": ece(probs, targets)}
+    support = torch.bincount(targets, minlength=n)
+    return head, table, support, multiclass_confusion_matrix(probs, targets, n)
 
 
 def top_confusions(confusion: torch.Tensor, limit: int = 10) -> list[tuple[int, int, int]]:

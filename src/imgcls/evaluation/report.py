@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcls.evaluation.metrics import reliability, summarize, top_confusions
+from imgcls.evaluation.metrics import ece, reliability, summarize, top_confusions
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def write_report(
     names: Sequence[str],
     temperature: float | None = None,
     tta: tuple[str, torch.Tensor] | None = None,
-    mistakes: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    mistakes: tuple[torch.Tensor, ...] | None = None,
     net: nn.Module | None = None,
 ) -> dict[str, float]:
     """Write the report of ``logits`` (all test images) into ``out_dir``; its headline numbers.
@@ -186,84 +186,41 @@ def write_report(
     ``mistakes``: (images, true, predicted, probability) of the most confident mistakes.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    s = summarize(logits, targets)
-    names = [str(c) for c in names]
-    headline = {
-        "test/acc": s["acc"],
-        "test/f1_macro": float(s["macro"]["f1"]),
-        "test/ece": s["ece"],
-    }
-    if "acc_top5" in s:
-        headline["test/acc_top5"] = s["acc_top5"]
-    curves = {"as trained": (s["probs"], s["targets"])}
+    head, scores, support, matrix = summarize(logits, targets)
+    names, probs, targets = [str(c) for c in names], logits.float().cpu(), targets.cpu()
+    curves = {"as trained": (probs.softmax(dim=1), targets)}
+    note = "No temperature: `python eval.py ckpt_path=<run dir>` fits one on the val split."
     if temperature is not None:
-        calibrated = (logits.float().cpu() / temperature).softmax(dim=1)
-        headline["test/ece_calibrated"] = summarize(logits.float().cpu() / temperature, targets)[
-            "ece"
-        ]
-        curves[f"temperature {temperature:.3f}"] = (calibrated, s["targets"])
+        curves[f"temperature {temperature:.3f}"] = ((probs / temperature).softmax(dim=1), targets)
+        head["test/ece_calibrated"] = ece(*curves[f"temperature {temperature:.3f}"])
+        note = f"Temperature {temperature:.4f} fitted on the validation split (NLL, LBFGS)."
     if tta is not None:
-        headline[f"test/acc_tta_{tta[0]}"] = float(
-            (tta[1].argmax(1).cpu() == s["targets"]).float().mean()
-        )
-
-    per_class = [
-        [
-            name,
-            *(f"{float(s['none'][k][i]):.4f}" for k in ("precision", "recall", "f1")),
-            int(s["support"][i]),
-        ]
-        for i, name in enumerate(names)
-    ]
-    total = int(s["support"].sum())
-    for average in ("macro", "weighted"):
-        per_class.append(
-            [
-                f"{average} avg",
-                *(f"{float(s[average][k]):.4f}" for k in ("precision", "recall", "f1")),
-                total,
-            ]
-        )
+        head[f"test/acc_tta_{tta[0]}"] = float((tta[1].argmax(1).cpu() == targets).float().mean())
+    labels = [*names, "macro avg", "weighted avg"]
+    counts = [*support.tolist(), *[int(support.sum())] * 2]
     header = ["class", "precision", "recall", "f1", "support"]
+    per_class = [
+        [name, *(f"{v:.4f}" for v in row), count]
+        for name, row, count in zip(labels, scores.tolist(), counts, strict=True)
+    ]
     write_csv(out_dir / "per_class.csv", header, per_class)
-    matrix = s["confusion"]
-    rates = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
-    write_csv(
-        out_dir / "confusion_matrix.csv",
-        ["true \\ predicted", *names],
-        [[n, *r] for n, r in zip(names, matrix.tolist(), strict=True)],
-    )
-    write_csv(
-        out_dir / "confusion_matrix_normalized.csv",
-        ["true \\ predicted", *names],
-        [[n, *(f"{v:.4f}" for v in r)] for n, r in zip(names, rates.tolist(), strict=True)],
-    )
+    rates = (matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)).tolist()
+    rounded = [[round(v, 4) for v in row] for row in rates]
+    for suffix, values in (("", matrix.tolist()), ("_normalized", rounded)):
+        rows = [[n, *row] for n, row in zip(names, values, strict=True)]
+        write_csv(out_dir / f"confusion_matrix{suffix}.csv", ["true \\ predicted", *names], rows)
     images = {
         "confusion_matrix.png": confusion_figure(matrix, names, False),
         "confusion_matrix_normalized.png": confusion_figure(matrix, names, True),
         "reliability.png": reliability_figure(curves),
     }
+    confusions = [f"{names[t]} -> {names[p]}: {n}" for t, p, n in top_confusions(matrix)]
     blocks: list[tuple[str, Any]] = [
         ("h", "Summary"),
-        ("table", (["metric", "value"], [[k, f"{v:.4f}"] for k, v in headline.items()])),
-    ]
-    if temperature is not None:
-        blocks.append(
-            ("p", f"Temperature {temperature:.4f} fitted on the validation split (NLL, LBFGS).")
-        )
-    else:
-        blocks.append(
-            (
-                "p",
-                "No temperature: `python eval.py ckpt_path=<run dir>` fits one on the val split.",
-            )
-        )
-    confusions = [f"{names[t]} -> {names[p]}: {n}" for t, p, n in top_confusions(matrix)]
-    blocks += [
+        ("table", (["metric", "value"], [[k, f"{v:.4f}"] for k, v in head.items()])),
+        ("p", note),
         ("h", "Most frequent confusions (true -> predicted: images)"),
         ("p", "; ".join(confusions) or "none"),
-    ]
-    blocks += [
         ("h", "Per class"),
         ("table", (header, per_class)),
         ("h", "Confusion matrix"),
@@ -286,6 +243,6 @@ def write_report(
     for name, figure in images.items():
         figure.savefig(out_dir / name)
     render(blocks, out_dir)
-    log.info("evaluation report:\n" + "\n".join(f"  {k:<24} {v:.4f}" for k, v in headline.items()))
+    log.info("evaluation report:\n" + "\n".join(f"  {k:<24} {v:.4f}" for k, v in head.items()))
     log.info(f"report -> {out_dir / 'report.html'}")
-    return headline
+    return head
