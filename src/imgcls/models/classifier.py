@@ -118,21 +118,22 @@ class ImageClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best
-        #: cross-entropy class weights (``class_weights``), resolved in ``setup``; a buffer, so it
-        #: follows the module to its device (not saved: ``setup`` resolves it again)
-        self.register_buffer("loss_weights", None, persistent=False)
+        #: cross-entropy class weights (``class_weights``): a buffer of its final shape from the
+        #: start (a copy taken before ``setup``, e.g. EMA's, matches), filled in place in ``setup``
+        weights = None if class_weights is None else torch.ones(num_classes)
+        self.register_buffer("loss_weights", weights, persistent=False)
         # ``nonfinite_loss=stop`` without a host sync per step: the losses since the last check
         # stay on the device (one copy per step) and are read every log_every_n_steps
         self.recent_losses: torch.Tensor | None = None
         self.recent_steps: list[int] = []  # their global steps
 
     def setup(self, stage: str) -> None:
-        """Resolve ``class_weights``: ``auto`` weighs classes by inverse training frequency."""
+        """Fill ``class_weights``: ``auto`` weighs classes by inverse training frequency."""
         weights = self.hparams.class_weights
-        if weights is None or self.loss_weights is not None:
+        if weights is None:
             return
         if weights == "auto":
-            datamodule = self.trainer.datamodule if self.trainer is not None else None
+            datamodule = self.trainer.datamodule if self._trainer is not None else None
             if datamodule is None or not hasattr(datamodule, "class_counts"):
                 raise UserError(
                     "model.class_weights=auto needs an imgcls datamodule to count classes"
@@ -140,12 +141,12 @@ class ImageClassifier(pl.LightningModule):
             counts = datamodule.class_counts().float()
             weights = counts.sum() / (len(counts) * counts.clamp(min=1))
         weights = torch.as_tensor(weights, dtype=torch.float32)
-        if weights.numel() != self.hparams.num_classes:
+        if weights.shape != self.loss_weights.shape:
             raise UserError(
                 f"model.class_weights has {weights.numel()} entries for "
                 f"{self.hparams.num_classes} classes"
             )
-        self.loss_weights = weights.to(self.device)
+        self.loss_weights.copy_(weights)
 
     @property
     def uses_cuda_graphs(self) -> bool:
