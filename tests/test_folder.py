@@ -264,7 +264,7 @@ def test_fast_dev_run_trains_on_a_folder(tmp_path, make_cfg, in_memory):
     )
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
-    assert cfg.model.num_classes == 3 and cfg.model.net.in_channels == 3
+    assert cfg.model.num_classes == 3 and cfg.model.in_channels == 3
 
 
 def test_class_weights_auto_weigh_rare_classes_up(tmp_path, make_cfg):

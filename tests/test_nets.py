@@ -269,9 +269,7 @@ def test_model_configs_build_the_net_from_the_datamodule(make_cfg, name: str) ->
     model = instantiate(cfg.model)
     assert isinstance(model, ImageClassifier)
     assert isinstance(model.net, NETS[name])
-    assert cfg.model.net.in_channels == 1
-    assert cfg.model.net.num_classes == cfg.model.num_classes == 3
-    assert cfg.model.net.image_size == 28
+    assert (cfg.model.in_channels, cfg.model.num_classes, cfg.model.image_size) == (1, 3, 28)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
 
 

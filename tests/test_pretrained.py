@@ -279,7 +279,9 @@ def test_model_freeze_backbone_trains_only_the_head_for_the_whole_run(tmp_path) 
     with pytest.raises(UserError, match="callbacks.finetuning would unfreeze it"):
         tiny_fit(tmp_path, epochs=1, callbacks=[HeadFirstFinetuning()], freeze="backbone")
     with pytest.raises(UserError, match="model.freeze='head' is not supported"):
-        ImageClassifier(nn.Linear(2, 2), torch.optim.SGD, num_classes=2, freeze="head")
+        ImageClassifier(
+            lambda **shape: nn.Linear(2, 2), torch.optim.SGD, 2, 1, 2, freeze="head"
+        )
 
 
 # ------------------------------------------------------------------ end to end
