@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.freezing import check_freeze, freeze_backbone
 from imgcls.models.mixing import batch_mixing
+from imgcls.models.nets.weights import check_normalisation
 from imgcls.models.nonfinite import NonfiniteLossWatch, attached_trainer
 from imgcls.models.optim import (
     OptimizerFactory,
@@ -123,13 +124,18 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
         self.recent_steps: list[int] = []  # model.nonfinite_loss=stop (imgcls.models.nonfinite)
 
     def setup(self, stage: str) -> None:
-        """Fill ``class_weights``: ``auto`` weighs classes by inverse training frequency."""
+        """Warn when pretrained weights meet other normalisation; fill ``class_weights``
+        (``auto``: inverse training frequency)."""
+        trainer = attached_trainer(self)
+        datamodule = trainer.datamodule if trainer is not None else None
+        normalize = getattr(getattr(datamodule, "pipeline", None), "normalize", None)
+        if stage == "fit" and normalize is not None:
+            stats = (normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())
+            check_normalisation(self.net, *stats)
         weights = self.hparams.class_weights
         if weights is None:
             return
         if weights == "auto":
-            trainer = attached_trainer(self)
-            datamodule = trainer.datamodule if trainer is not None else None
             if datamodule is None or not hasattr(datamodule, "class_counts"):
                 raise UserError(
                     "model.class_weights=auto needs an imgcls datamodule to count classes"
@@ -279,7 +285,7 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
         model_cfg = stored_config(checkpoint).get("model")
         if not isinstance(model_cfg, Mapping) or "net" not in model_cfg:
             raise UserError("the checkpoint's stored config has no model.net: not made by imgcls")
-        parts = {key: instantiate(model_cfg[key]) for key in ("optimizer", "scheduler")}
+        parts = {key: instantiate(model_cfg.get(key)) for key in ("optimizer", "scheduler")}
         # the checkpoint holds the trained weights: pretrained ones are not read (nor needed) again
         skip = {"load_weights": False} if model_cfg["net"].get("weights") else {}
         parts["net"] = instantiate(model_cfg["net"], **skip)
