@@ -299,9 +299,8 @@ def test_finetuning_run_from_local_weights_trains_evaluates_and_predicts(tmp_pat
         "~callbacks.plots",
     ]
     cfg = compose_config("train", overrides, tmp_path / "train")
-    assert list(cfg.data.mean) == pytest.approx([0.485, 0.456, 0.406])  # the weights' own
+    assert list(cfg.data.mean) == pytest.approx([0.485, 0.456, 0.406])  # set by the experiment
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
     (best,) = (tmp_path / "train" / "checkpoints").glob("epoch_*.ckpt")
 
     weights.unlink()  # the checkpoint holds every weight: eval and predict never read the file
