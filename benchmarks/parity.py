@@ -52,7 +52,8 @@ def plain_loop(
     """Images/s of a hand-written training loop over uint8 ``images`` (warm-up excluded)."""
     pl.seed_everything(seed, verbose=False)
     device_type = torch.device(device).type
-    net = instantiate(cfg.model.net).to(device)
+    shape = {k: cfg.model[k] for k in ("num_classes", "in_channels", "image_size")}
+    net = instantiate(cfg.model.net)(**shape).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

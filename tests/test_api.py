@@ -23,7 +23,7 @@ def test_compose_needs_only_the_import_and_checks_overrides() -> None:
     cfg = imgcls.compose(overrides=["data=digits", "trainer.max_epochs=3"])
     assert cfg.trainer.max_epochs == 3 and cfg.data._target_.endswith("DigitsDataModule")
     assert "/logs/train/runs/" in cfg.paths.output_dir and "hydra" not in cfg
-    assert cfg.model.net.num_classes == 10  # ${datamodule:...} resolves outside a run
+    assert cfg.model.num_classes == 10  # ${datamodule:...} resolves outside a run
     with pytest.raises(UserError, match="did you mean trainer.max_epochs"):
         imgcls.compose(overrides=["trainer.max_epoch=3"])
     assert imgcls.compose(overrides=["trainer.gpus=0"]).gpus == 0  # as the command line takes it

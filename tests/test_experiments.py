@@ -66,7 +66,7 @@ def test_mnist_convnet_steps_lr_every_15_epochs(make_cfg) -> None:
 def test_binary_mlp_is_two_class_with_early_stopping(make_cfg, fake_mnist: Path) -> None:
     cfg = recipe_cfg(make_cfg, "binary_mlp", fake_mnist)
     assert list(cfg.data.classes) == [3, 8]
-    assert cfg.model.num_classes == cfg.model.net.num_classes == 2
+    assert cfg.model.num_classes == 2
     assert cfg.callbacks.early_stopping.monitor == "val/acc"
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -94,7 +94,7 @@ def test_folder_alexnet_trains_on_a_generated_folder(make_cfg, tmp_path: Path) -
     cfg = make_cfg(
         "train", ["experiment=folder_alexnet", f"data.root={root}", "trainer.fast_dev_run=true"]
     )
-    assert (cfg.model.num_classes, cfg.model.net.in_channels, cfg.model.net.image_size) == (
+    assert (cfg.model.num_classes, cfg.model.in_channels, cfg.model.image_size) == (
         3,
         3,
         64,
@@ -120,7 +120,7 @@ def test_svhn_convnet_aug_trains_on_generated_mat_files(make_cfg, tmp_path: Path
             "trainer.fast_dev_run=true",
         ],
     )
-    assert (cfg.model.net.in_channels, cfg.model.net.image_size) == (3, 32)
+    assert (cfg.model.in_channels, cfg.model.image_size) == (3, 32)
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
 

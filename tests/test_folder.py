@@ -267,7 +267,7 @@ def test_trains_on_a_folder_and_learns_it(tmp_path, make_cfg, in_memory):
     )
     metrics = train(cfg)
     assert metrics["test/acc"] == 1.0  # each class is bright in its own colour: it learns them
-    assert cfg.model.num_classes == 3 and cfg.model.net.in_channels == 3
+    assert cfg.model.num_classes == 3 and cfg.model.in_channels == 3
 
 
 def test_class_weights_auto_weigh_rare_classes_up(tmp_path, make_cfg):

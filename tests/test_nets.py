@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from imgcls.models.classifier import ImageClassifier
 from imgcls.models.nets.alexnet import AlexNet, AlexNetLRN
 from imgcls.models.nets.blocks import (
     ACTIVATIONS,
@@ -19,12 +21,13 @@ from imgcls.models.nets.blocks import (
 )
 from imgcls.models.nets.convnet import ConvNet
 from imgcls.models.nets.mlp import MLP
-from imgcls.models.nets.resnet import ResNet18
+from imgcls.models.nets.pretrained import torchvision_net
 from imgcls.models.nets.tinynet import TinyNet
 from imgcls.utils.errors import UserError
 
-#: config name -> class
-NETS: dict[str, type[nn.Module]] = {
+#: config name -> builder (model=resnet18 is torchvision's builder, like model=torchvision)
+ResNet18 = functools.partial(torchvision_net, "resnet18")
+NETS: dict[str, Any] = {
     "tinynet": TinyNet,
     "mlp": MLP,
     "convnet": ConvNet,
@@ -175,14 +178,14 @@ def test_convnet_classifier_sees_4096_features() -> None:
 )
 def test_resnet18_stem_follows_image_size(size: int, small_stem: bool) -> None:
     net = ResNet18(in_channels=1, num_classes=5, image_size=size)
-    conv1 = net.resnet.conv1
+    conv1 = net.conv1
     assert conv1.in_channels == 1
     if small_stem:
         assert (conv1.kernel_size, conv1.stride) == ((3, 3), (1, 1))
-        assert isinstance(net.resnet.maxpool, nn.Identity)
+        assert isinstance(net.maxpool, nn.Identity)
     else:
         assert (conv1.kernel_size, conv1.stride) == ((7, 7), (2, 2))
-        assert isinstance(net.resnet.maxpool, nn.MaxPool2d)
+        assert isinstance(net.maxpool, nn.MaxPool2d)
 
 
 def test_resnet18_standard_stem_is_torchvisions() -> None:
@@ -195,7 +198,9 @@ def test_resnet18_standard_stem_is_torchvisions() -> None:
     forced = build_on_meta(
         "resnet18", in_channels=3, num_classes=7, image_size=224, small_input=True
     )
-    assert forced.resnet.conv1.kernel_size == (3, 3)
+    assert forced.conv1.kernel_size == (3, 3)
+    with pytest.raises(UserError, match="small_input=true needs a ResNet, not alexnet"):
+        torchvision_net("alexnet", 3, image_size=224, small_input=True)
 
 
 @pytest.mark.parametrize("name", list(MIN_SIZES))
@@ -267,11 +272,10 @@ def test_dense_head_without_hidden_layers_is_logistic_regression() -> None:
 def test_model_configs_build_the_net_from_the_datamodule(make_cfg, name: str) -> None:
     cfg = make_cfg("train", [f"model={name}", "data=digits", "data.classes=[1,7,9]"])
     model = instantiate(cfg.model)
-    assert isinstance(model, ImageClassifier)
-    assert isinstance(model.net, NETS[name])
-    assert cfg.model.net.in_channels == 1
-    assert cfg.model.net.num_classes == cfg.model.num_classes == 3
-    assert cfg.model.net.image_size == 28
+    direct = build_on_meta(name, in_channels=1, num_classes=3, image_size=28)
+    assert type(model.net) is type(direct)
+    assert count_parameters(model.net) == count_parameters(direct)
+    assert (cfg.model.in_channels, cfg.model.num_classes, cfg.model.image_size) == (1, 3, 28)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
 
 

@@ -403,9 +403,13 @@ def _tiny_classifier(**kwargs) -> ImageClassifier:  # noqa: ANN003
 
     from imgcls.models.nets.mlp import MLP
 
-    net = MLP(in_channels=1, num_classes=10, image_size=8, hidden_sizes=[8])
     return ImageClassifier(
-        net=net, optimizer=partial(torch.optim.Adam, lr=0.01), num_classes=10, **kwargs
+        net=partial(MLP, hidden_sizes=[8]),
+        optimizer=partial(torch.optim.Adam, lr=0.01),
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        **kwargs,
     )
 
 

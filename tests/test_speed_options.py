@@ -32,7 +32,6 @@ def test_speed_option_trains_on_cpu(make_cfg, option) -> None:
     cfg = make_cfg("train", ["data=digits", "trainer.fast_dev_run=true", option])
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
 def test_fast_trainer_leaves_out_progress_bar_and_summary_but_keeps_checkpoints(tmp_path):
@@ -66,9 +65,14 @@ def test_speed_experiments_run(make_cfg, fake_mnist, experiment) -> None:
     assert torch.isfinite(torch.tensor(train(cfg)["train/loss"]))
 
 
-@pytest.mark.slow
-def test_compiled_model_checkpoint_round_trip(make_cfg) -> None:
-    """``model.compile=true``: checkpoints keep plain ``net.`` names and reload to the same net."""
+def test_compiled_model_checkpoint_round_trip(make_cfg, monkeypatch) -> None:
+    """``model.compile=true``: checkpoints keep plain ``net.`` names and reload to the same net.
+
+    The eager backend stands in for inductor (the same compiled wrapper, no code generation: ~2 s
+    instead of ~40 s); torch.compile's own modes are covered by tests/test_gpu.py.
+    """
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: real_compile(net, backend="eager"))
     cfg = make_cfg(
         "train",
         [
@@ -76,7 +80,7 @@ def test_compiled_model_checkpoint_round_trip(make_cfg) -> None:
             "model.compile=true",
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=1",
+            "trainer.limit_val_batches=0",
         ],
     )
     datamodule = instantiate(cfg.data)
@@ -302,9 +306,13 @@ def _classifier(**kwargs) -> ImageClassifier:  # noqa: ANN003
 
     from imgcls.models.nets.mlp import MLP
 
-    net = MLP(in_channels=1, num_classes=10, image_size=8, hidden_sizes=[8])
     return ImageClassifier(
-        net=net, optimizer=partial(torch.optim.Adam, lr=0.01), num_classes=10, **kwargs
+        net=partial(MLP, hidden_sizes=[8]),
+        optimizer=partial(torch.optim.Adam, lr=0.01),
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        **kwargs,
     )
 
 

@@ -95,8 +95,8 @@ def test_config_composes_with_shape_facts(svhn_dir, make_cfg):
     cfg = make_cfg(
         "train", ["data=svhn", f"data.data_dir={data_dir}", "data.classes=[3,8]", "data.val_size=4"]
     )
-    assert cfg.model.num_classes == 2 and cfg.model.net.in_channels == 3
-    assert cfg.model.net.image_size == 32
+    assert cfg.model.num_classes == 2 and cfg.model.in_channels == 3
+    assert cfg.model.image_size == 32
     dm = instantiate(cfg.data)
     assert isinstance(dm, SVHNDataModule) and dm.class_names == ["3", "8"]
     dm.setup()

@@ -22,8 +22,9 @@ from torch.optim import Optimizer
 from imgcls.models.freezing import backbone_modules, freeze_backbone, set_trainable
 from imgcls.utils.errors import UserError
 
-#: per-parameter-group lists a torch scheduler keeps (ReduceLROnPlateau: min_lrs)
-SCHEDULER_GROUP_LISTS = ("base_lrs", "lr_lambdas", "min_lrs", "_last_lr")
+#: public per-parameter-group lists a torch scheduler keeps (ReduceLROnPlateau: min_lrs); its
+#: last lrs are read again from the groups at its next step
+SCHEDULER_GROUP_LISTS = ("base_lrs", "lr_lambdas", "min_lrs")
 
 
 class HeadFirstFinetuning(BaseFinetuning):
@@ -92,7 +93,5 @@ def extend_schedulers(trainer: pl.Trainer, optimizer: Optimizer) -> None:
             for index in range(len(values), len(groups)):
                 if attribute == "base_lrs":
                     values.append(groups[index].get("initial_lr", groups[index]["lr"]))
-                elif attribute == "_last_lr":
-                    values.append(groups[index]["lr"])
                 else:
                     values.append(values[0])

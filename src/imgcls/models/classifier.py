@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,34 +9,38 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.freezing import check_freeze, freeze_backbone
 from imgcls.models.mixing import batch_mixing
-from imgcls.models.schedulers import check_schedule_covers_run
+from imgcls.models.nets.weights import check_normalisation
+from imgcls.models.nonfinite import NonfiniteLossWatch, attached_trainer
+from imgcls.models.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    bound,
+    check_schedule_covers_run,
+    fused_kwargs,
+    schedule_kwargs,
+    takes_argument,
+)
 from imgcls.utils.checkpoint import read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., Any]
-
-#: ``model.compile`` values -> ``torch.compile`` mode (``None``: not compiled)
-COMPILE_MODES: dict[Any, str | None] = {
-    False: None,
-    True: "default",
-    "default": "default",
-    "reduce-overhead": "reduce-overhead",  # CUDA graphs
-    "max-autotune": "max-autotune",  # autotuned kernels + CUDA graphs
-    "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
-}
+#: ``model.compile`` values -> ``torch.compile`` mode (``None``: not compiled); reduce-overhead
+#: replays CUDA graphs, max-autotune autotunes kernels and replays CUDA graphs
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES: dict[Any, str | None] = {False: None, True: "default", **{m: m for m in MODES}}
 #: compile modes that replay CUDA graphs on a GPU: they want one batch shape throughout
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-class ImageClassifier(pl.LightningModule):
-    """Classifies images with ``net``; optimizer and scheduler arrive as Hydra partials.
+class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
+    """Classifies images with the network ``net(num_classes=, in_channels=, image_size=)`` builds
+    (a Hydra partial, as are optimizer and scheduler); the network itself is ``.net``.
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``
     and ``test/acc``. The network may return logits or log-probabilities (cross-entropy treats
@@ -46,21 +48,17 @@ class ImageClassifier(pl.LightningModule):
     """
 
     #: what the module logs (``optimized_metric`` is checked against these before training)
-    logged_metrics = (
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "val/acc_best",
-        "test/loss",
-        "test/acc",
-    )
+    logged_metrics = tuple(
+        f"{split}/{name}" for split in ("train", "val", "test") for name in ("loss", "acc")
+    ) + ("val/acc_best",)
 
     def __init__(
         self,
-        net: nn.Module,
+        net: Callable[..., nn.Module],
         optimizer: OptimizerFactory,
         num_classes: int,
+        in_channels: int,
+        image_size: int,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "auto",  # "step" for schedules over total_steps, else "epoch"
         scheduler_monitor: str = "val/loss",
@@ -75,7 +73,7 @@ class ImageClassifier(pl.LightningModule):
         fused_optimizer: bool | None = None,
     ) -> None:
         super().__init__()
-        lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
+        lr = bound(optimizer).get("lr")
         if lr is not None and not lr > 0:
             raise UserError(f"model.optimizer.lr must be > 0, got {lr}")
         if isinstance(class_weights, str) and class_weights != "auto":
@@ -94,8 +92,10 @@ class ImageClassifier(pl.LightningModule):
             )
         if class_weights is not None and not isinstance(class_weights, str):
             class_weights = [float(w) for w in class_weights]  # plain data in checkpoints
+        if isinstance(net, nn.Module):
+            raise UserError("model.net must build the network (`_partial_: true`), not be one")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
+        self.net = net(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         if freeze == "backbone":  # the optimizer then gets the head's parameters only
             freeze_backbone(self.net)
         if channels_last:
@@ -104,7 +104,6 @@ class ImageClassifier(pl.LightningModule):
         mode = COMPILE_MODES[compile]
         compiled = torch.compile(self.net, mode=mode) if mode is not None else None
         object.__setattr__(self, "compiled_net", compiled)
-        self.skipped_batches = 0
         self.optimizer_factory = optimizer
         #: mixup/cutmix of each training batch (soft targets), or None
         self.batch_mix = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
@@ -118,21 +117,25 @@ class ImageClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best
-        #: cross-entropy class weights (``class_weights``), resolved in ``setup``; a buffer, so it
-        #: follows the module to its device (not saved: ``setup`` resolves it again)
-        self.register_buffer("loss_weights", None, persistent=False)
-        # ``nonfinite_loss=stop`` without a host sync per step: the losses since the last check
-        # stay on the device (one copy per step) and are read every log_every_n_steps
-        self.recent_losses: torch.Tensor | None = None
-        self.recent_steps: list[int] = []  # their global steps
+        #: cross-entropy class weights (``class_weights``): a buffer of its final shape from the
+        #: start (a copy taken before ``setup``, e.g. EMA's, matches), filled in place in ``setup``
+        weights = None if class_weights is None else torch.ones(num_classes)
+        self.register_buffer("loss_weights", weights, persistent=False)
+        self.recent_steps: list[int] = []  # model.nonfinite_loss=stop (imgcls.models.nonfinite)
 
     def setup(self, stage: str) -> None:
-        """Resolve ``class_weights``: ``auto`` weighs classes by inverse training frequency."""
+        """Warn when pretrained weights meet other normalisation; fill ``class_weights``
+        (``auto``: inverse training frequency)."""
+        trainer = attached_trainer(self)
+        datamodule = trainer.datamodule if trainer is not None else None
+        normalize = getattr(getattr(datamodule, "pipeline", None), "normalize", None)
+        if stage == "fit" and normalize is not None:
+            stats = (normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())
+            check_normalisation(self.net, *stats)
         weights = self.hparams.class_weights
-        if weights is None or self.loss_weights is not None:
+        if weights is None:
             return
         if weights == "auto":
-            datamodule = self.trainer.datamodule if self.trainer is not None else None
             if datamodule is None or not hasattr(datamodule, "class_counts"):
                 raise UserError(
                     "model.class_weights=auto needs an imgcls datamodule to count classes"
@@ -140,12 +143,12 @@ class ImageClassifier(pl.LightningModule):
             counts = datamodule.class_counts().float()
             weights = counts.sum() / (len(counts) * counts.clamp(min=1))
         weights = torch.as_tensor(weights, dtype=torch.float32)
-        if weights.numel() != self.hparams.num_classes:
+        if weights.shape != self.loss_weights.shape:
             raise UserError(
                 f"model.class_weights has {weights.numel()} entries for "
                 f"{self.hparams.num_classes} classes"
             )
-        self.loss_weights = weights.to(self.device)
+        self.loss_weights.copy_(weights)
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -188,11 +191,11 @@ class ImageClassifier(pl.LightningModule):
             batch = self.batch_mix(*batch)
         loss, preds, y = self._step(batch)
         if self.hparams.nonfinite_loss == "skip":
-            if not self._all_finite(loss):  # a host sync per step (and a collective under DDP)
-                return self._skip()
+            if not self.all_finite(loss):  # a host sync per step (and a collective under DDP)
+                return self.skip()
         else:
-            self._record_loss(loss)
-            if self._is_check_step(batch_idx):
+            self.record_loss(loss)
+            if self.is_check_step(batch_idx):
                 self.stop_if_nonfinite()
         # update only (no per-batch value), no host sync, and log once per epoch: calling the
         # metrics and self.log-ging Metric objects every step costs ~1-3 ms/step, more than a
@@ -209,78 +212,6 @@ class ImageClassifier(pl.LightningModule):
             self.log("train/acc", self.train_acc.compute(), prog_bar=True)
         self.train_loss.reset()
         self.train_acc.reset()
-
-    # ------------------------------------------------------------------ non-finite losses
-    def _record_loss(self, loss: torch.Tensor) -> None:
-        """Keep the step's loss on the device for the next check (no host sync)."""
-        trainer = self._trainer  # None when a step is called directly: check every step
-        window = max(1, trainer.log_every_n_steps) if trainer is not None else 1
-        recent = self.recent_losses
-        if recent is None or recent.shape != (window,) or recent.device != loss.device:
-            self.recent_losses = torch.zeros(window, device=loss.device)
-        if len(self.recent_steps) == window:  # not checked (an odd loop): check now
-            self.stop_if_nonfinite()
-        self.recent_losses[len(self.recent_steps)] = loss.detach()
-        self.recent_steps.append(self.global_step)
-
-    def _is_check_step(self, batch_idx: int) -> bool:
-        """Every ``log_every_n_steps`` batches and at the epoch's last batch: before validation
-        and its checkpoints, so no checkpoint holds the weights a non-finite loss produced."""
-        trainer = self._trainer
-        if trainer is None:
-            return True
-        return (batch_idx + 1) % max(1, trainer.log_every_n_steps) == 0 or (
-            batch_idx + 1 == trainer.num_training_batches
-        )
-
-    def stop_if_nonfinite(self) -> None:
-        """Raise, naming the first step with a non-finite loss and the last good checkpoint.
-
-        One host sync (a collective under DDP, so every process stops together).
-        """
-        steps, self.recent_steps = self.recent_steps, []
-        first_bad = None
-        if steps:
-            losses = self.recent_losses[: len(steps)].cpu()
-            bad = (~torch.isfinite(losses)).nonzero()
-            first_bad = int(bad[0]) if len(bad) else None
-        if self._world_size() > 1:
-            anywhere = self.trainer.strategy.reduce_boolean_decision(
-                first_bad is not None, all=False
-            )
-        else:
-            anywhere = first_bad is not None
-        if not anywhere:
-            return
-        where = (
-            f"loss is {float(losses[first_bad])} at epoch {self.current_epoch}, "
-            f"step {steps[first_bad]}"
-            if first_bad is not None
-            else f"loss is not finite in another process in epoch {self.current_epoch}"
-        )
-        callbacks = self.trainer.checkpoint_callbacks if self._trainer is not None else []
-        saved = {c.monitor: c.best_model_path for c in callbacks}
-        last_good = saved.get(None) or next((p for p in saved.values() if p), "")
-        raise UserError(
-            f"training stopped: {where}; last good checkpoint: {last_good or 'none yet'}; lower "
-            "model.optimizer.lr, set trainer.gradient_clip_val=1.0, or model.nonfinite_loss=skip"
-        )
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite in every process: skipping must be collective under DDP
-        (Lightning does not support one process returning ``None`` alone)."""
-        finite = bool(torch.isfinite(loss))
-        if self._world_size() > 1:
-            return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        return finite
-
-    def _world_size(self) -> int:
-        return self._trainer.world_size if self._trainer is not None else 1
-
-    def _skip(self) -> None:
-        self.skipped_batches += 1
-        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
-        return None
 
     def on_validation_start(self) -> None:
         if not self.trainer.sanity_checking:  # validation inside fit: checkpoints follow
@@ -320,13 +251,8 @@ class ImageClassifier(pl.LightningModule):
         )
         if self.scheduler_factory is None:
             return optimizer
-        kwargs = {}
-        if takes_argument(self.scheduler_factory, "total_steps") and not has_argument(
-            self.scheduler_factory, "total_steps", "epochs"
-        ):  # OneCycleLR and warmup schedules: the whole run, in optimizer steps
-            kwargs["total_steps"] = schedule_length(
-                self.scheduler_factory, int(self.trainer.estimated_stepping_batches)
-            )
+        steps = int(self.trainer.estimated_stepping_batches)
+        kwargs = schedule_kwargs(self.scheduler_factory, steps)  # OneCycleLR: the whole run
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         interval = self.hparams.scheduler_interval
         if interval == "auto":
@@ -339,11 +265,6 @@ class ImageClassifier(pl.LightningModule):
                 "monitor": self.hparams.scheduler_monitor,
             },
         }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # checkpoints from before val/acc_best was saved: start it afresh
-        for name, value in self.val_acc_best.state_dict(prefix="val_acc_best.").items():
-            checkpoint.get("state_dict", {}).setdefault(name, value)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -361,70 +282,13 @@ class ImageClassifier(pl.LightningModule):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], **kwargs: Any) -> ImageClassifier:
         """Rebuild from an already loaded imgcls checkpoint; ``kwargs`` override hyperparameters."""
-        parts = build_model_parts(stored_config(checkpoint))
+        model_cfg = stored_config(checkpoint).get("model")
+        if not isinstance(model_cfg, Mapping) or "net" not in model_cfg:
+            raise UserError("the checkpoint's stored config has no model.net: not made by imgcls")
+        parts = {key: instantiate(model_cfg.get(key)) for key in ("optimizer", "scheduler")}
+        # the checkpoint holds the trained weights: pretrained ones are not read (nor needed) again
+        skip = {"load_weights": False} if model_cfg["net"].get("weights") else {}
+        parts["net"] = instantiate(model_cfg["net"], **skip)
         model = cls(**{**checkpoint.get("hyper_parameters", {}), **parts, **kwargs})
-        model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         return model
-
-
-def takes_argument(factory: Callable[..., Any], name: str) -> bool:
-    """Whether the callable behind a (partial) factory accepts the keyword ``name``."""
-    func = factory.func if isinstance(factory, functools.partial) else factory
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def schedule_length(factory: Callable[..., Any], steps: int) -> int:
-    """``total_steps`` for a schedule over the run: ``steps``, one more where OneCycleLR's warm-up
-    would end on step 0 (``pct_start * total_steps == 1``), which divides by zero in torch."""
-    bound = factory.keywords if isinstance(factory, functools.partial) else {}
-    pct_start = bound.get("pct_start")
-    return steps + 1 if pct_start is not None and pct_start * steps == 1 else steps
-
-
-def has_argument(factory: Callable[..., Any], *names: str) -> bool:
-    """Whether a partial factory already binds any of ``names`` to a non-None value."""
-    bound = factory.keywords if isinstance(factory, functools.partial) else {}
-    return any(bound.get(name) is not None for name in names)
-
-
-def fused_kwargs(
-    factory: OptimizerFactory, fused: bool | None, device: torch.device
-) -> dict[str, bool]:
-    """``fused=True`` for the optimizer: ``None`` (auto) on CUDA when the optimizer takes it.
-
-    A fused optimizer updates every parameter in one kernel instead of a few per tensor. An
-    explicit ``fused`` in the optimizer config wins; ``true`` with an optimizer without it is an
-    error.
-    """
-    if fused is False or has_argument(factory, "fused", "foreach"):
-        return {}
-    if not takes_argument(factory, "fused"):
-        if fused:
-            name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
-            raise UserError(f"model.fused_optimizer=true but {name} has no fused implementation")
-        return {}
-    return {"fused": True} if fused or device.type == "cuda" else {}
-
-
-def build_model_parts(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The net, optimizer and scheduler of a stored (fully resolved) training config."""
-    from hydra.utils import instantiate
-
-    model_cfg = config.get("model")
-    if not isinstance(model_cfg, Mapping) or "net" not in model_cfg:
-        raise UserError(
-            "the checkpoint's stored config has no model.net; it was not made by imgcls"
-        )
-    parts = {
-        key: instantiate(model_cfg[key])
-        for key in ("optimizer", "scheduler")
-        if model_cfg.get(key) is not None
-    }
-    # the checkpoint holds the trained weights: pretrained ones are not read (nor needed) again
-    pretrained = isinstance(model_cfg["net"], Mapping) and model_cfg["net"].get("weights")
-    parts["net"] = instantiate(model_cfg["net"], **({"load_weights": False} if pretrained else {}))
-    return parts

@@ -78,20 +78,3 @@ def warmup_cosine(
     warmup = warmup_steps_of(total_steps, warmup_steps, warmup_fraction)
     factor = WarmupCosineFactor(total_steps, warmup, min_lr_ratio)
     return LambdaLR(optimizer, lr_lambda=factor, last_epoch=last_epoch)
-
-
-def check_schedule_covers_run(schedulers: list, steps: int) -> None:
-    """A schedule over ``total_steps`` that ends before the run does stops training in one line.
-
-    That happens when a run is resumed with a larger ``trainer.max_epochs`` (or more batches per
-    epoch): the restored OneCycleLR keeps the length it was built with and torch fails at its end.
-    """
-    for config in schedulers:
-        total = getattr(config.scheduler, "total_steps", None)
-        if isinstance(total, int) and steps > total:
-            raise UserError(
-                f"the checkpoint's {type(config.scheduler).__name__} was sized for {total} "
-                f"optimizer steps but this run takes {steps} (trainer.max_epochs or the batches "
-                "per epoch changed since it was saved); resume with the trainer.max_epochs it was "
-                "started with, or train a new run from scratch with the longer schedule"
-            )

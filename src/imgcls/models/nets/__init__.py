@@ -5,7 +5,8 @@ The model zoo (config name -> class, trainable parameters at 1x28x28 with 10 cla
 - ``tinynet``     -> :class:`~imgcls.models.nets.tinynet.TinyNet`, 13,818
 - ``mlp``         -> :class:`~imgcls.models.nets.mlp.MLP`, 535,818 (hidden 512, 256)
 - ``convnet``     -> :class:`~imgcls.models.nets.convnet.ConvNet`, 593,200
-- ``resnet18``    -> :class:`~imgcls.models.nets.resnet.ResNet18`, 11,172,810 (small-input stem)
+- ``resnet18``    -> torchvision's, via :func:`~imgcls.models.nets.pretrained.torchvision_net`,
+  11,172,810 (small-input stem)
 - ``alexnet_lrn`` -> :class:`~imgcls.models.nets.alexnet.AlexNetLRN`, 21,598,922
 - ``alexnet``     -> :class:`~imgcls.models.nets.alexnet.AlexNet`, 93,819,402
 
