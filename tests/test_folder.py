@@ -406,7 +406,7 @@ def test_resolving_shape_facts_lists_no_class_folder_and_opens_no_file(
     monkeypatch.setattr(builtins, "open", counting(real_open, opened))
     model = OmegaConf.to_container(cfg.model, resolve=True)  # ${datamodule:...} on every net
     monkeypatch.undo()
-    assert model["net"]["num_classes"] == 3 and model["net"]["in_channels"] == 1
+    assert model["num_classes"] == 3 and model["in_channels"] == 1
     assert set(listed) <= {str(root), str(root / "train")}, listed  # the folders, not the files
     assert opened == []
 
