@@ -16,6 +16,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from imgcls.utils.errors import UserError
+
 ECE_BINS = 15
 AVERAGES = ("none", "macro", "weighted")
 View = Callable[[torch.Tensor], torch.Tensor]
@@ -48,7 +50,7 @@ def tta_views(name: str) -> list[View]:
 
     extra = {"none": [], "flip": [flip], "flip_crop": [flip, crop, lambda x: flip(crop(x))]}
     if name not in extra:
-        raise ValueError(f"tta={name} is not one of {', '.join(extra)}")
+        raise UserError(f"tta={name} is not one of {', '.join(extra)}; pick one of them")
     return [lambda x: x, *extra[name]]
 
 
@@ -66,7 +68,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
             return loss
 
         optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def ece(probs: torch.Tensor, targets: torch.Tensor) -> float:
