@@ -39,7 +39,9 @@ def git_state(code_dir: Path = CODE_DIR) -> dict[str, Any]:
     """Commit, dirty flag and ``git diff HEAD`` of the checkout holding ``code_dir``."""
     top = _git(code_dir, "rev-parse", "--show-toplevel")
     if top is None or top.returncode != 0:
-        return {"checkout": None, "commit": None, "dirty": None, "note": "not a git checkout"}
+        error = (top.stderr.strip().splitlines() or [""])[0] if top else "git not found"
+        note = "not a git checkout" if "not a git repository" in error else f"git: {error}"
+        return {"checkout": None, "commit": None, "dirty": None, "note": note}
     head = _git(code_dir, "rev-parse", "HEAD")
     status = _git(code_dir, "status", "--porcelain")
     diff = _git(code_dir, "diff", "HEAD")
