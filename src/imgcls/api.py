@@ -5,8 +5,7 @@
     model.predict(["a.png", pil_image, uint8_tensor])           # [Prediction(label=..., ...)]
     cfg = imgcls.compose(overrides=["data=digits", "trainer.max_epochs=3"])
 
-``predict.py`` goes through the same ``Classifier.predict``, so both give identical names and
-probabilities.
+``predict.py`` goes through the same ``Classifier.predict``: both give identical predictions.
 """
 
 from __future__ import annotations
@@ -50,11 +49,8 @@ class Classifier:
         self.device = torch.device(device)
 
     def image_tensor(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
-        """One input as uint8 ``[C, H, W]``: a file path, a PIL image, or a tensor.
-
-        Tensors are uint8 (0-255) or float in [0, 1], ``[C, H, W]`` or ``[H, W]``, with the
-        model's number of channels.
-        """
+        """A file path, a PIL image or a tensor (uint8, or float in [0, 1]; ``[C, H, W]`` or
+        ``[H, W]``, the model's channels) as uint8 ``[C, H, W]``."""
         from imgcls.imaging import load_image_tensor, pil_to_tensor
 
         if isinstance(image, (str, Path)):
@@ -122,19 +118,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Cla
     elif str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device} but no GPU is available; use device=cpu")
     if is_exported(ckpt_path):
-        exported = ExportedClassifier(ckpt_path, device)
-        return Classifier(
-            exported, exported.preprocess, exported.in_channels, exported.class_names, device
-        )
+        model = ExportedClassifier(ckpt_path, device)
+        return Classifier(model, model.preprocess, model.in_channels, model.class_names, device)
     setup_config_environment()
     restored = restore(ckpt_path)  # the datamodule only preprocesses: it loads no data
-    datamodule = restored.datamodule
-    model = restored.model.eval().to(device)
-    return Classifier(
-        model,
-        datamodule.preprocess,
-        datamodule.in_channels,
-        restored.class_names,
-        device,
-        restored.temperature,
-    )
+    data, model, t = restored.datamodule, restored.model.eval().to(device), restored.temperature
+    return Classifier(model, data.preprocess, data.in_channels, restored.class_names, device, t)

@@ -1,10 +1,8 @@
 """``python export.py ckpt_path=PATH format=onnx|torchscript``: a servable model + preprocessing.
 
-Writes the checkpoint's network (eval mode, CPU, float32, any batch size) as ONNX (``model.onnx``,
-torch's ``torch.export``-based exporter) or TorchScript (``model.pt``, traced), and beside it
-``model.json``: the input size and channels, the normalisation mean/std, the class names and how to
-turn an image into the input. After writing, the exported model is run on a batch of another size
-and must match the PyTorch outputs. ``predict.py ckpt_path=model.onnx`` (or ``model.pt``) runs it.
+The network (eval mode, CPU, float32, any batch size) as ONNX (``model.onnx``, torch.export-based)
+or TorchScript (``model.pt``, traced), ``model.json`` (input size, channels, mean/std, class names)
+beside it; the exported model must match PyTorch on a batch of another size. See docs/tools.md.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
-from imgcls.utils.checkpoint import Restored, restore
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import apply_extras, report_errors, run_dir
 
@@ -29,42 +27,10 @@ log = logging.getLogger(__name__)
 #: export format -> file suffix of the exported model
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-PREPROCESSING = (
-    "decode to {channels} channel(s) ({mode}), resize to {size}x{size} ({resize}; bilinear, "
-    "antialiased), scale to [0, 1], subtract mean and divide by std per channel; float32 "
-    "[batch, {channels}, {size}, {size}]. The output is [batch, classes] scores (logits or "
-    "log-probabilities): argmax is the class, softmax the probabilities."
-)
 
 
 def is_exported(path: str | Path) -> bool:
     return Path(path).suffix in SUFFIXES.values()
-
-
-def preprocessing_spec(restored: Restored, fmt: str, model_file: str) -> dict[str, Any]:
-    """What a server needs to feed the exported model: read from the checkpoint's datamodule."""
-    datamodule = restored.datamodule  # no data is loaded
-    normalize = datamodule.pipeline.normalize
-    channels, size = datamodule.in_channels, datamodule.image_size
-    return {
-        "format": fmt,
-        "model": model_file,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "in_channels": channels,
-        "image_size": size,
-        "resize": datamodule.hparams.resize,
-        "mean": normalize.mean.flatten().tolist(),
-        "std": normalize.std.flatten().tolist(),
-        "class_names": restored.class_names,
-        "temperature": restored.temperature,  # already applied: the output is logits / T
-        "preprocessing": PREPROCESSING.format(
-            channels=channels,
-            size=size,
-            mode="grayscale" if channels == 1 else "RGB",
-            resize=datamodule.hparams.resize,
-        ),
-    }
 
 
 class Divide(nn.Module):  # logits / temperature: eval.py calibrate=true, same argmax
@@ -130,11 +96,30 @@ def export(cfg: DictConfig) -> Path:
     path = Path(cfg.output) if cfg.get("output") else run_dir(cfg).path / "model"
     path = path.with_suffix(SUFFIXES[cfg.format])
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = preprocessing_spec(restored, cfg.format, path.name)
+    data = restored.datamodule  # it preprocesses: no data is loaded
+    size, channels, resize = data.image_size, data.in_channels, data.hparams.resize
+    mode = "RGB" if channels > 1 else "grayscale"
+    spec = {
+        "format": cfg.format,
+        "model": path.name,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "in_channels": channels,
+        "image_size": size,
+        "resize": resize,
+        "mean": data.pipeline.normalize.mean.flatten().tolist(),
+        "std": data.pipeline.normalize.std.flatten().tolist(),
+        "class_names": restored.class_names,
+        "temperature": restored.temperature,  # already applied: the output is logits / T
+        "preprocessing": f"decode to {channels} channel(s) ({mode}), "
+        f"resize to {size}x{size} ({resize}; bilinear, antialiased), scale to [0, 1], subtract "
+        f"mean and divide by std per channel; float32 [batch, {channels}, {size}, {size}]. The "
+        "output is [batch, classes] scores (logits or log-probabilities): argmax is the class, "
+        "softmax the probabilities.",
+    }
     net = restored.model.net.eval().float().cpu()
     if restored.temperature != 1.0:
         net = nn.Sequential(net, Divide(restored.temperature))
-    size, channels = spec["image_size"], spec["in_channels"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, size, size, generator=generator)
     with torch.no_grad():

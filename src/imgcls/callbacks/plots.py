@@ -1,9 +1,5 @@
 """Training curves: train vs val loss and accuracy per epoch (``<run dir>/plots``, TensorBoard).
-
-The test split's plots (confusion matrix, per-class numbers, mistakes) are in the evaluation
-report (``callbacks/eval_report.py``); the grid of training inputs is ``AugmentationGrid``.
-``~callbacks.plots`` switches the curves off.
-"""
+The test split's plots are in the evaluation report; ``~callbacks.plots`` switches these off."""
 
 from __future__ import annotations
 
