@@ -5,8 +5,7 @@
     model.predict(["a.png", pil_image, uint8_tensor])           # [Prediction(label=..., ...)]
     cfg = imgcls.compose(overrides=["data=digits", "trainer.max_epochs=3"])
 
-``predict.py`` goes through the same ``Classifier.predict``, so both give identical names and
-probabilities.
+``predict.py`` goes through the same ``Classifier.predict``: both give identical predictions.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ from imgcls.utils.errors import UserError
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted class of one image, the ``topk`` most likely (label, probability) pairs and
-    the probability of every class."""
+    """One image's class, its ``topk`` (label, probability) pairs, every class's probability."""
 
     label: str
     probability: float
@@ -34,12 +32,8 @@ class Prediction:
 
 
 class Classifier:
-    """A trained network with its class names and its own preprocessing (from the checkpoint).
-
-    ``model`` maps a preprocessed batch to logits on ``device``; ``preprocess`` maps uint8
-    ``[N, C, H, W]`` images of any size to that batch; probabilities are
-    ``softmax(logits / temperature)`` (eval.py ``calibrate=true`` stores a fitted temperature).
-    """
+    """A trained network (``model``: preprocessed batch -> logits on ``device``), its class names
+    and its preprocessing (``preprocess``: uint8 ``[N, C, H, W]`` of any size -> that batch)."""
 
     def __init__(
         self,
@@ -55,11 +49,8 @@ class Classifier:
         self.device = torch.device(device)
 
     def image_tensor(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
-        """One input as uint8 ``[C, H, W]``: a file path, a PIL image, or a tensor.
-
-        Tensors are uint8 (0-255) or float in [0, 1], ``[C, H, W]`` or ``[H, W]``, with the
-        model's number of channels.
-        """
+        """A file path, a PIL image or a tensor (uint8, or float in [0, 1]; ``[C, H, W]`` or
+        ``[H, W]``, the model's channels) as uint8 ``[C, H, W]``."""
         from imgcls.imaging import load_image_tensor, pil_to_tensor
 
         if isinstance(image, (str, Path)):
@@ -80,26 +71,22 @@ class Classifier:
             f"cannot predict {type(image).__name__}: pass file paths, PIL images or tensors"
         )
 
-    def probabilities(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Class probabilities ``[N, num_classes]`` of uint8 ``[C, H, W]`` images (any sizes)."""
-        batch = torch.cat([self.preprocess(i.unsqueeze(0)) for i in images])
-        with torch.inference_mode():
-            logits = self.model(batch.to(self.device)).float() / self.temperature
-            return logits.softmax(dim=1).cpu()
-
     def predict(
         self,
         inputs: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
         topk: int | None = None,
     ) -> list[Prediction]:
         """The prediction of each input (paths, PIL images, tensors), in order, each with its
-        ``topk`` most likely classes (default: min(5, classes))."""
+        ``topk`` most likely classes (default: min(5, classes)); probabilities are
+        ``softmax(logits / temperature)``."""
         if isinstance(inputs, (str, Path, Image.Image, torch.Tensor)):
             inputs = [inputs]
-        images = [self.image_tensor(i) for i in inputs]
-        return self.predictions(self.probabilities(images), topk) if images else []
-
-    def predictions(self, probs: torch.Tensor, topk: int | None = None) -> list[Prediction]:
+        images = [self.preprocess(self.image_tensor(i).unsqueeze(0)) for i in inputs]
+        if not images:
+            return []
+        with torch.inference_mode():
+            logits = self.model(torch.cat(images).to(self.device)).float() / self.temperature
+        probs = logits.softmax(dim=1).cpu()
         names = [*self.class_names, *map(str, range(len(self.class_names), probs.shape[1]))]
         k = min(5 if topk is None else int(topk), len(names))
         if k < 1:
@@ -118,30 +105,22 @@ class Classifier:
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The classifier saved in an imgcls checkpoint (a ``.ckpt`` or a run dir: its best one), or
-    a model written by export.py (``.onnx``/``.pt`` with its ``.json`` beside it).
-
-    The network is rebuilt from the config stored in the checkpoint, and the data config gives
-    the preprocessing (resize, normalisation): nothing else is needed.
+    """The classifier of an imgcls checkpoint (a ``.ckpt`` or a run dir: its best one), rebuilt
+    from its stored config with the data config's preprocessing, or a model written by export.py
+    (``.onnx``/``.pt`` with its ``.json`` beside it). ``device="auto"``: a GPU when there is one.
     """
     from imgcls.config import setup_config_environment
     from imgcls.export import ExportedClassifier, is_exported
     from imgcls.utils.checkpoint import restore
 
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} but no GPU is available; use device=cpu")
     if is_exported(ckpt_path):
-        exported = ExportedClassifier(ckpt_path, device)
-        return Classifier(
-            exported, exported.preprocess, exported.in_channels, exported.class_names, device
-        )
+        model = ExportedClassifier(ckpt_path, device)
+        return Classifier(model, model.preprocess, model.in_channels, model.class_names, device)
     setup_config_environment()
     restored = restore(ckpt_path)  # the datamodule only preprocesses: it loads no data
-    datamodule = restored.datamodule
-    model = restored.model.eval().to(device)
-    return Classifier(
-        model,
-        datamodule.preprocess,
-        datamodule.in_channels,
-        restored.class_names,
-        device,
-        restored.temperature,
-    )
+    data, model, t = restored.datamodule, restored.model.eval().to(device), restored.temperature
+    return Classifier(model, data.preprocess, data.in_channels, restored.class_names, device, t)

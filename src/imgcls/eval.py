@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list[str]) -> None:
-    """The data must have the classes and input shape the checkpoint was trained on (the shapes
-    are read from the model config, or from its net's where the net received them)."""
+    """The data must have the checkpoint's classes and input shape (model or net config)."""
     model_cfg = trained["model"]
     for name in ("num_classes", "in_channels", "image_size"):
         want = model_cfg.get(name, (model_cfg.get("net") or {}).get(name))
@@ -41,8 +40,7 @@ def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list
 
 
 def match_classes(model: Any, trained: list[str], data: list[str]) -> None:
-    """Classes are matched by name: the same names in another order reorder the net's outputs
-    (``model.net`` stays the plain module: a forward hook reorders); other names are refused."""
+    """The same class names in another order reorder the outputs (a hook on ``model.net``)."""
     if not trained or trained == data:
         return
     if sorted(trained) != sorted(data):

@@ -1,14 +1,13 @@
 """``python export.py ckpt_path=PATH format=onnx|torchscript``: a servable model + preprocessing.
 
-Writes the checkpoint's network (eval mode, CPU, float32, any batch size) as ONNX (``model.onnx``,
-torch's ``torch.export``-based exporter) or TorchScript (``model.pt``, traced), and beside it
-``model.json``: the input size and channels, the normalisation mean/std, the class names and how to
-turn an image into the input. After writing, the exported model is run on a batch of another size
-and must match the PyTorch outputs. ``predict.py ckpt_path=model.onnx`` (or ``model.pt``) runs it.
+The network (eval mode, CPU, float32, any batch size) as ONNX (``model.onnx``, torch.export-based)
+or TorchScript (``model.pt``, traced), ``model.json`` (input size, channels, mean/std, class names)
+beside it; the exported model must match PyTorch on a batch of another size. See docs/tools.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -19,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
-from imgcls.utils.checkpoint import Restored, restore
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import apply_extras, report_errors, run_dir
 
@@ -28,45 +27,13 @@ log = logging.getLogger(__name__)
 #: export format -> file suffix of the exported model
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-PREPROCESSING = (
-    "decode to {channels} channel(s) ({mode}), resize to {size}x{size} ({resize}; bilinear, "
-    "antialiased), scale to [0, 1], subtract mean and divide by std per channel; float32 "
-    "[batch, {channels}, {size}, {size}]. The output is [batch, classes] scores (logits or "
-    "log-probabilities): argmax is the class, softmax the probabilities."
-)
 
 
 def is_exported(path: str | Path) -> bool:
     return Path(path).suffix in SUFFIXES.values()
 
 
-def preprocessing_spec(restored: Restored, fmt: str, model_file: str) -> dict[str, Any]:
-    """What a server needs to feed the exported model: read from the checkpoint's datamodule."""
-    datamodule = restored.datamodule  # no data is loaded
-    normalize = datamodule.pipeline.normalize
-    channels, size = datamodule.in_channels, datamodule.image_size
-    return {
-        "format": fmt,
-        "model": model_file,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "in_channels": channels,
-        "image_size": size,
-        "resize": datamodule.hparams.resize,
-        "mean": normalize.mean.flatten().tolist(),
-        "std": normalize.std.flatten().tolist(),
-        "class_names": restored.class_names,
-        "temperature": restored.temperature,  # already applied: the output is logits / T
-        "preprocessing": PREPROCESSING.format(
-            channels=channels,
-            size=size,
-            mode="grayscale" if channels == 1 else "RGB",
-            resize=datamodule.hparams.resize,
-        ),
-    }
-
-
-class Divide(nn.Module):
+class Divide(nn.Module):  # logits / temperature: eval.py calibrate=true, same argmax
     def __init__(self, by: float) -> None:
         super().__init__()
         self.by = by
@@ -75,56 +42,39 @@ class Divide(nn.Module):
         return x / self.by
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+def need(module: str, what: str) -> Any:
     try:
-        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+        return importlib.import_module(module)
     except ImportError as err:
-        raise UserError(
-            "format=onnx needs onnx and onnxscript: pip install -e '.[export]'"
-        ) from err
-    torch.onnx.export(
-        net,
-        (example,),
-        str(path),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        opset_version=opset,
-        external_data=False,  # one self-contained file
-        verbose=False,
-    )
-
-
-def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.jit.trace(net, example).save(str(path))
+        raise UserError(f"{what} needs {module}: pip install -e '.[export]'") from err
 
 
 class ExportedClassifier:
     """An exported model with the preprocessing beside it: callable on a preprocessed batch."""
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
-        path = Path(path)
-        spec_path = path.with_suffix(".json")
+        path, self.device = Path(path), torch.device(device)
         if not path.is_file():
             raise UserError(f"ckpt_path={path} does not exist")
-        if not spec_path.is_file():
+        if not path.with_suffix(".json").is_file():
             raise UserError(
-                f"ckpt_path={path} has no {spec_path.name} beside it: export models with "
+                f"ckpt_path={path} has no {path.stem}.json beside it: export models with "
                 "`python export.py ckpt_path=<.ckpt> format=onnx|torchscript`"
             )
-        spec = json.loads(spec_path.read_text())
+        spec = json.loads(path.with_suffix(".json").read_text())
         self.format, self.class_names = spec["format"], list(spec["class_names"])
         self.in_channels, self.image_size = int(spec["in_channels"]), int(spec["image_size"])
         self.resize = spec.get("resize", "squash")
         self.normalize = Normalize(spec["mean"], spec["std"])
-        self.device = torch.device(device)
         if self.format == "onnx":
-            self.session = onnx_session(path, self.device)
-            self.output_device = torch.device("cpu")
+            ort = need("onnxruntime", f"running {path.name}")
+            cuda = ["CUDAExecutionProvider"] if self.device.type == "cuda" else []
+            providers = [p for p in cuda if p in ort.get_available_providers()]
+            self.session = ort.InferenceSession(
+                str(path), providers=[*providers, "CPUExecutionProvider"]
+            )
         else:
             self.module = torch.jit.load(str(path), map_location=self.device).eval()
-            self.output_device = self.device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` images of any size -> the model's normalised input."""
@@ -139,19 +89,6 @@ class ExportedClassifier:
             return self.module(images.to(self.device))
 
 
-def onnx_session(path: Path, device: torch.device) -> Any:
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise UserError(
-            f"running {path.name} needs onnxruntime: pip install -e '.[export]'"
-        ) from err
-    available = onnxruntime.get_available_providers()
-    wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
-    providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
-    return onnxruntime.InferenceSession(str(path), providers=providers)
-
-
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in SUFFIXES:
         raise UserError(f"format={cfg.format} is not supported; use onnx or torchscript")
@@ -159,38 +96,62 @@ def export(cfg: DictConfig) -> Path:
     path = Path(cfg.output) if cfg.get("output") else run_dir(cfg).path / "model"
     path = path.with_suffix(SUFFIXES[cfg.format])
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = preprocessing_spec(restored, cfg.format, path.name)
+    data = restored.datamodule  # it preprocesses: no data is loaded
+    size, channels, resize = data.image_size, data.in_channels, data.hparams.resize
+    mode = "RGB" if channels > 1 else "grayscale"
+    spec = {
+        "format": cfg.format,
+        "model": path.name,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "in_channels": channels,
+        "image_size": size,
+        "resize": resize,
+        "mean": data.pipeline.normalize.mean.flatten().tolist(),
+        "std": data.pipeline.normalize.std.flatten().tolist(),
+        "class_names": restored.class_names,
+        "temperature": restored.temperature,  # already applied: the output is logits / T
+        "preprocessing": f"decode to {channels} channel(s) ({mode}), "
+        f"resize to {size}x{size} ({resize}; bilinear, antialiased), scale to [0, 1], subtract "
+        f"mean and divide by std per channel; float32 [batch, {channels}, {size}, {size}]. The "
+        "output is [batch, classes] scores (logits or log-probabilities): argmax is the class, "
+        "softmax the probabilities.",
+    }
     net = restored.model.net.eval().float().cpu()
-    if restored.temperature != 1.0:  # eval.py calibrate=true: calibrated softmax, same argmax
+    if restored.temperature != 1.0:
         net = nn.Sequential(net, Divide(restored.temperature))
-    size, channels = spec["image_size"], spec["in_channels"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, size, size, generator=generator)
     with torch.no_grad():
-        if cfg.format == "onnx":
-            export_onnx(net, example, path, cfg.get("opset"))
+        if cfg.format == "torchscript":
+            torch.jit.trace(net, example).save(str(path))
         else:
-            export_torchscript(net, example, path)
-    path.with_suffix(".json").write_text(json.dumps(spec, indent=2) + "\n")
-    check_exported(net, path, torch.randn(3, channels, size, size, generator=generator), cfg.atol)
-    log.info(f"{cfg.format} model -> {path}; preprocessing -> {path.with_suffix('.json')}")
-    return path
-
-
-def check_exported(net: nn.Module, path: Path, batch: torch.Tensor, atol: float) -> None:
-    """The exported model must give the PyTorch outputs on a batch of another size."""
-    with torch.no_grad():
-        expected = net(batch)
-    got = ExportedClassifier(path)(batch)
+            need("onnxscript", "format=onnx")  # torch's ONNX exporter imports it
+            torch.onnx.export(
+                net,
+                (example,),
+                str(path),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=cfg.get("opset"),
+                external_data=False,  # one self-contained file
+                verbose=False,
+            )
+        path.with_suffix(".json").write_text(json.dumps(spec, indent=2) + "\n")
+        # the exported model must give the PyTorch outputs on a batch of another size
+        batch = torch.randn(3, channels, size, size, generator=generator)
+        expected, got = net(batch), ExportedClassifier(path)(batch)
     error = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
-    if not error <= atol:
+    if not error <= cfg.atol:
         raise UserError(
             f"the exported {path.name} differs from the PyTorch model (shape {tuple(got.shape)} vs "
-            f"{tuple(expected.shape)}, max abs difference {error:.3g} > atol={atol})"
+            f"{tuple(expected.shape)}, max abs difference {error:.3g} > atol={cfg.atol})"
         )
-    log.info(
-        f"exported model matches PyTorch on a batch of {len(batch)} (max abs diff {error:.2g})"
-    )
+    log.info(f"exported model matches PyTorch on a batch of 3 (max abs diff {error:.2g})")
+    log.info(f"{cfg.format} model -> {path}; preprocessing -> {path.with_suffix('.json')}")
+    return path
 
 
 @report_errors

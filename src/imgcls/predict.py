@@ -10,7 +10,6 @@ import csv
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from imgcls.api import load_model
@@ -36,38 +35,23 @@ def list_images(source: Path) -> list[Path]:
     return files
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no GPU is available; use device=cpu")
-    return torch.device(name)
-
-
 def predict(cfg: DictConfig) -> Path:
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
-    classifier = load_model(cfg.ckpt_path, device=pick_device(cfg.device))
-    topk, every = cfg.get("topk"), bool(cfg.get("probabilities"))
-    rows, skipped = [], []
-    files = list_images(Path(cfg.input))
+    classifier = load_model(cfg.ckpt_path, device=cfg.device)
+    files, rows, skipped = list_images(Path(cfg.input)), [], []
     for start in range(0, len(files), cfg.batch_size):
-        batch_files, images = [], []
+        batch = {}
         for path in files[start : start + cfg.batch_size]:
             try:
-                images.append(classifier.image_tensor(path))
+                batch[str(path)] = classifier.image_tensor(path)
             except UserError as err:
                 skipped.append(str(err))
-                continue
-            batch_files.append(path)
-        if images:
-            predictions = classifier.predictions(classifier.probabilities(images), topk)
-            rows += list(zip(map(str, batch_files), predictions, strict=True))
-
+        rows += zip(batch, classifier.predict(batch.values(), cfg.get("topk")), strict=True)
     for message in skipped:
         log.warning(f"skipped: {message}")
     if not rows:
         raise UserError(f"input={cfg.input}: none of its {len(files)} image files could be read")
-    k = len(rows[0][1].top)
+    every, k = bool(cfg.get("probabilities")), len(rows[0][1].top)
     header = ["file", "predicted_class", "confidence"]
     header += [f"top{i}_{kind}" for i in range(1, k + 1) for kind in ("class", "probability")]
     header += [f"p_{name}" for name in rows[0][1].probabilities] if every else []
@@ -80,19 +64,16 @@ def predict(cfg: DictConfig) -> Path:
             top = [v for label, prob in p.top for v in (label, f"{prob:.6f}")]
             every_p = [f"{v:.6f}" for v in p.probabilities.values()] if every else []
             writer.writerow([file, p.label, f"{p.probability:.6f}", *top, *every_p])
-    log.info(prediction_table([(f, p.label, f"{p.probability:.6f}") for f, p in rows]))
+    shown = [
+        ("file", "class", "confidence"),
+        *[(f, p.label, f"{p.probability:.6f}") for f, p in rows[:20]],
+    ]
+    widths = [max(len(r[i]) for r in shown) for i in range(2)]
+    table = [f"{f:<{widths[0]}}  {c:<{widths[1]}}  {p}" for f, c, p in shown]
+    table += [f"... {len(rows) - 20} more in the CSV"] if len(rows) > 20 else []
+    log.info("\n".join(["predictions:", *table]))
     log.info(f"{len(rows)} predictions ({len(skipped)} unreadable files skipped) -> {output}")
     return output
-
-
-def prediction_table(rows: list[tuple[str, str, str]], limit: int = 20) -> str:
-    """The first ``limit`` predictions as aligned columns (the CSV holds them all)."""
-    shown = [("file", "class", "confidence"), *rows[:limit]]
-    widths = [max(len(r[i]) for r in shown) for i in range(2)]
-    lines = [f"{f:<{widths[0]}}  {c:<{widths[1]}}  {p}" for f, c, p in shown]
-    if len(rows) > limit:
-        lines.append(f"... {len(rows) - limit} more in the CSV")
-    return "\n".join(["predictions:", *lines])
 
 
 @report_errors

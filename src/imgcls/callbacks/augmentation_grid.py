@@ -14,13 +14,9 @@ log = logging.getLogger(__name__)
 
 
 class AugmentationGrid(pl.Callback):
-    """At the start of training, augment the first ``num_images`` training images as training does.
-
-    The datamodule's own pipeline (``data.augment`` + normalisation, train mode) is applied to its
-    uint8 training split, undone for display, and the grid is logged as an image to every
-    TensorBoard logger (tag ``tag``) and, with ``save_path``, written as a PNG. Random draws use a
-    forked RNG, so the grid does not change the training run's randomness.
-    """
+    """The first ``num_images`` training images through the datamodule's own train pipeline
+    (normalisation undone), logged to TensorBoard (``tag``) and with ``save_path`` saved as a PNG.
+    A forked RNG: the grid does not change the run's randomness."""
 
     def __init__(
         self,
@@ -30,10 +26,8 @@ class AugmentationGrid(pl.Callback):
         save_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.num_images, self.nrow, self.tag = num_images, nrow, tag
-        self.save_path = save_path
-        #: the last grid logged, ``[3, H, W]`` float in [0, 1]
-        self.grid: torch.Tensor | None = None
+        self.num_images, self.nrow, self.tag, self.save_path = num_images, nrow, tag, save_path
+        self.grid: torch.Tensor | None = None  # the last grid logged, [3, H, W] in [0, 1]
 
     def make_grid(self, datamodule: pl.LightningDataModule) -> torch.Tensor | None:
         pipeline = getattr(datamodule, "pipeline", None)

@@ -1,10 +1,6 @@
-"""``EvalReport``: the evaluation report of a test run (train.py's test, eval.py), DDP-correct.
-
-Each rank keeps its test logits and labels (and its most confident mistakes); at the end of the
-test they are gathered from every rank (one collective whatever a rank's shard length), so the
-numbers equal a single-process evaluation. Logits of a ``trainer.validate`` run before the test
-(eval.py) give the temperature (never the test split).
-"""
+"""``EvalReport``: the evaluation report of a test run (train.py's test, eval.py), DDP-correct:
+each rank's logits, labels and mistakes are gathered at the end of the test. Logits of a
+``trainer.validate`` run before the test (eval.py) give the temperature (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -32,13 +28,8 @@ class EvalReport(pl.Callback):
         max_mistakes: int = 16,
     ) -> None:
         super().__init__()
-        self.out_dir, self.enabled, self.tta, self.views = (
-            Path(out_dir),
-            enabled,
-            tta,
-            tta_views(tta),
-        )
-        self.gallery, self.max_mistakes = gallery, max_mistakes
+        self.out_dir, self.enabled, self.gallery = Path(out_dir), enabled, gallery
+        self.tta, self.views, self.max_mistakes = tta, tta_views(tta), max_mistakes
         self.temperature: float | None = None
         self.headline: dict[str, float] = {}
         self.rows: dict[str, list[torch.Tensor]] = {}
@@ -63,7 +54,6 @@ class EvalReport(pl.Callback):
             self.rows[name].append(value.detach())
 
     def _gathered(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
-        """All ranks' rows: the same collectives on every rank, whatever its shard length."""
         return {name: gather(trainer, torch.cat(rows)) for name, rows in self.rows.items()}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *_: Any) -> None:

@@ -24,10 +24,8 @@ View = Callable[[torch.Tensor], torch.Tensor]
 
 
 def gather(trainer: Any, rows: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``rows`` (any number, none included) concatenated, on every rank.
-
-    One collective per call whatever a rank's shard length, so ranks never wait on each other.
-    """
+    """Every rank's ``rows`` (any number) concatenated, on every rank; the same collectives on
+    every rank whatever its shard length, so ranks never wait on each other."""
     if trainer.world_size == 1:
         return rows
     sizes = trainer.strategy.all_gather(torch.tensor(len(rows), device=rows.device)).flatten()

@@ -39,27 +39,19 @@ def for_display(images: torch.Tensor) -> torch.Tensor:
 
 
 def confusion_figure(matrix: torch.Tensor, names: Sequence[str], normalized: bool) -> Any:
-    """Rows: true class, columns: predicted; labels up to 40 classes, numbers up to 20."""
+    """torchmetrics' plot: rows true class, columns predicted; numbers up to 20 classes."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
     n = len(matrix)
-    values = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1) if normalized else matrix
-    side = min(20.0, max(5.0, 0.3 * n + 2))
-    figure = new_figure(side + 1.5, side)
+    rates = (matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)).round(decimals=2)
+    figure = new_figure(min(21.5, max(6.5, 0.6 * n + 3.5)), min(20.0, max(5.0, 0.6 * n + 2)))
     ax = figure.subplots()
-    shown = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalized else None)
-    figure.colorbar(
-        shown, ax=ax, fraction=0.046, label="fraction of the true class" if normalized else "images"
+    labels = [c[:12] for c in names] if n <= 40 else None
+    MulticlassConfusionMatrix(n).plot(
+        rates if normalized else matrix, ax=ax, add_text=n <= 20, labels=labels, cmap="Blues"
     )
-    if n <= 40:
-        ax.set_xticks(range(n), [c[:12] for c in names], rotation=90, fontsize=7)
-        ax.set_yticks(range(n), [c[:12] for c in names], fontsize=7)
-    if n <= 20:
-        for (i, j), v in zip(
-            [(i, j) for i in range(n) for j in range(n)], values.flatten().tolist(), strict=True
-        ):
-            text = f"{v:.2f}" if normalized else str(int(v))
-            colour = "white" if v > (0.5 if normalized else values.max() / 2) else "black"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
-    ax.set(xlabel="predicted", ylabel="true")
+    label = "fraction of the true class" if normalized else "images"
+    figure.colorbar(ax.images[0], ax=ax, fraction=0.046, label=label)
     ax.set_title("confusion matrix" + (" (row-normalised)" if normalized else " (counts)"))
     return figure
 
@@ -127,9 +119,10 @@ def gallery_figure(images: torch.Tensor, titles: Sequence[str], cams: torch.Tens
         ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None)
         ax.set_title(titles[i], fontsize=7)
         if cams is not None:
-            axes[i * per_image + 1].imshow(image.mean(-1), cmap="gray")
-            axes[i * per_image + 1].imshow(cams[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            axes[i * per_image + 1].set_title("Grad-CAM (predicted)", fontsize=7)
+            ax = axes[i * per_image + 1]
+            ax.imshow(image.mean(-1), cmap="gray")
+            ax.imshow(cams[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_title("Grad-CAM (predicted)", fontsize=7)
     figure.suptitle("most confident mistakes (test)")
     return figure
 
@@ -143,29 +136,19 @@ def render(blocks: list[tuple[str, Any]], out_dir: Path) -> None:
     """``report.md`` (images linked) and ``report.html`` (images embedded) from the same blocks."""
     md, page = [], ["<!doctype html><meta charset='utf-8'><title>evaluation report</title>"]
     for kind, value in blocks:
-        if kind == "h":
-            md.append(f"## {value}\n")
-            page.append(f"<h2>{html.escape(value)}</h2>")
-        elif kind == "p":
-            md.append(f"{value}\n")
-            page.append(f"<p>{html.escape(value)}</p>")
-        elif kind == "table":
+        if kind == "table":
             header, rows = value
-            md += [
-                "| " + " | ".join(map(str, r)) + " |"
-                for r in [header, ["---"] * len(header), *rows]
-            ]
-            md.append("")
-            cells = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                for r in rows
-            )
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-            page.append(f"<table border=1 cellpadding=3><tr>{head}</tr>{cells}</table>")
-        else:  # an image in out_dir
+            md += ["| " + " | ".join(map(str, r)) + " |" for r in [header, ["---"] * len(header)]]
+            md += ["| " + " | ".join(map(str, r)) + " |" for r in rows] + [""]
+            cells = [[f"<td>{html.escape(str(c))}</td>" for c in r] for r in [header, *rows]]
+            page.append(f"<table border=1>{''.join('<tr>' + ''.join(r) for r in cells)}</table>")
+        elif kind == "img":  # a PNG in out_dir
             data = base64.b64encode((out_dir / value).read_bytes()).decode()
             md.append(f"![{value}]({value})\n")
             page.append(f"<p><img alt='{value}' src='data:image/png;base64,{data}'></p>")
+        else:  # "h2" or "p"
+            md.append(("## " if kind == "h2" else "") + f"{value}\n")
+            page.append(f"<{kind}>{html.escape(value)}</{kind}>")
     (out_dir / "report.md").write_text("\n".join(md))
     (out_dir / "report.html").write_text("\n".join(page) + "\n")
 
@@ -216,17 +199,17 @@ def write_report(
     }
     confusions = [f"{names[t]} -> {names[p]}: {n}" for t, p, n in top_confusions(matrix)]
     blocks: list[tuple[str, Any]] = [
-        ("h", "Summary"),
+        ("h2", "Summary"),
         ("table", (["metric", "value"], [[k, f"{v:.4f}"] for k, v in head.items()])),
         ("p", note),
-        ("h", "Most frequent confusions (true -> predicted: images)"),
+        ("h2", "Most frequent confusions (true -> predicted: images)"),
         ("p", "; ".join(confusions) or "none"),
-        ("h", "Per class"),
+        ("h2", "Per class"),
         ("table", (header, per_class)),
-        ("h", "Confusion matrix"),
+        ("h2", "Confusion matrix"),
         ("img", "confusion_matrix.png"),
         ("img", "confusion_matrix_normalized.png"),
-        ("h", "Calibration"),
+        ("h2", "Calibration"),
         ("img", "reliability.png"),
     ]
     if mistakes is not None and len(mistakes[0]):
@@ -237,7 +220,7 @@ def write_report(
             for t, p, c in zip(true.tolist(), pred.tolist(), prob.tolist(), strict=True)
         ]
         images["mistakes.png"] = gallery_figure(pictures, titles, cams)
-        blocks += [("h", "Most confident mistakes"), ("img", "mistakes.png")]
+        blocks += [("h2", "Most confident mistakes"), ("img", "mistakes.png")]
         if cams is None:
             blocks.append(("p", "No Grad-CAM: the net has no convolutional layer to explain."))
     for name, figure in images.items():
