@@ -84,3 +84,14 @@ def compose(
 
 
 setup_config_environment()
+
+
+# TEMPORARY, until the data configs drop ${pretrained:...} (h3): revert this block's commit then
+def _pretrained(key: str, *, _root_: DictConfig) -> Any:
+    from imgcls.models.nets.pretrained import pretrained_resolver
+
+    return pretrained_resolver(key, _root_=_root_)
+
+
+if not OmegaConf.has_resolver("pretrained"):
+    OmegaConf.register_new_resolver("pretrained", _pretrained)
