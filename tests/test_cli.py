@@ -95,7 +95,8 @@ def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
     assert f"ckpt_path={run} is a directory: using its best checkpoint {best}" in evaluated.stdout
     (eval_run,) = run_dirs(tmp_path, "eval")
     eval_metrics = json.loads((eval_run / "metrics.json").read_text())
-    assert 0.5 < eval_metrics["test/acc"] <= 1.0
+    assert eval_metrics["test/acc"] == pytest.approx(trained["test/acc"])  # the same checkpoint
+    assert (eval_run / "eval.log").is_file() and (run / "train.log").is_file()  # the job names
 
     images = tmp_path / "images"
     images.mkdir()

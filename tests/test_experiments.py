@@ -125,9 +125,8 @@ def test_every_trainer_builds_with_a_recipe(make_cfg, monkeypatch, trainer: str)
     assert built.precision == "bf16-mixed"
 
 
-@pytest.mark.slow
 def test_the_default_recipe_learns_digits(make_cfg) -> None:
     """``python train.py data=digits``: the default model and schedule on 1,797 digits (3 epochs,
-    about 20 s on 2 cores) reach 90% test accuracy."""
+    about 10 s) reach 97% test accuracy (98.9% with seeds 42 and 1)."""
     metrics = train(make_cfg("train", ["data=digits", "logger=csv", "callbacks=lean"]))
-    assert metrics["test/acc"] >= 0.9
+    assert metrics["test/acc"] >= 0.97
