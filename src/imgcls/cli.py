@@ -9,6 +9,7 @@ answer before torch and Lightning load; the task module is imported when the tas
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from typing import Any
 
 from omegaconf import DictConfig
@@ -29,21 +30,7 @@ def launch(config_name: str, module: str) -> None:
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
 
 
-def train() -> None:
-    """``python train.py``: fit, then test the best checkpoint (``resume=<run dir>``: continue)."""
-    launch("train", "imgcls.train")
-
-
-def evaluate() -> None:
-    """``python eval.py ckpt_path=PATH``."""
-    launch("eval", "imgcls.eval")
-
-
-def predict() -> None:
-    """``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``."""
-    launch("predict", "imgcls.predict")
-
-
-def export() -> None:
-    """``python export.py ckpt_path=PATH format=onnx``."""
-    launch("export", "imgcls.export")
+train = partial(launch, "train", "imgcls.train")  # python train.py [resume=<run dir>]
+evaluate = partial(launch, "eval", "imgcls.eval")  # python eval.py ckpt_path=PATH
+predict = partial(launch, "predict", "imgcls.predict")  # ... ckpt_path=PATH input=IMAGE_OR_DIR
+export = partial(launch, "export", "imgcls.export")  # python export.py ckpt_path=PATH format=onnx

@@ -6,6 +6,7 @@ API works: ``import imgcls``, then ``hydra.compose`` and ``instantiate(cfg.model
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -34,22 +35,16 @@ def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
     return getattr(_datamodules[key], name)
 
 
-def _cluster_resolver(name: str) -> Callable[..., Any]:
-    """``${slurm_tasks_per_node:...}`` and friends: imgcls.utils.cluster, imported when resolved."""
-
-    def resolve(*args: Any) -> Any:
-        from imgcls.utils import cluster
-
-        return getattr(cluster, name)(*args)
-
-    return resolve
+def _cluster(name: str) -> Callable[..., Any]:
+    """The launcher=slurm sizes (``${slurm_tasks_per_node:...}``), imported when resolved."""
+    return lambda *args: getattr(importlib.import_module("imgcls.utils.cluster"), name)(*args)
 
 
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "run_id": lambda: secrets.token_hex(3),  # run dirs of the same second never collide
     "datamodule": datamodule_attribute,
-    "slurm_tasks_per_node": _cluster_resolver("slurm_tasks_per_node"),
-    "slurm_gpus_per_node": _cluster_resolver("slurm_gpus_per_node"),
+    "slurm_tasks_per_node": _cluster("slurm_tasks_per_node"),
+    "slurm_gpus_per_node": _cluster("slurm_gpus_per_node"),
 }
 
 

@@ -1,9 +1,7 @@
-"""Checks before any work, as a Hydra callback (configs/hydra/default.yaml): values a run cannot
-use, processes that would not share a run dir, a run dir that cannot be written. They run after
-Hydra composed the config and before it makes the run dir; nothing heavy (torch) is imported.
-
-Each problem is one line, ``error: <key>=<value>: <what is wrong>; <how to fix>``, and exit code 2.
-Hydra reports the config mistakes it finds itself (an unknown option, a key typo, bad syntax).
+"""Checks before any work (a Hydra callback, after composing, before the run dir is made; no
+torch): values a run cannot use, processes without a shared run dir, an unwritable run dir. Each
+is one line, ``error: <key>=<value>: <what is wrong>; <how to fix>``, and exit code 2. Hydra
+reports the config mistakes it finds itself (an unknown option, a key typo, bad syntax).
 """
 
 from __future__ import annotations
@@ -27,52 +25,28 @@ CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 ABSENT = object()
 
 
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-#: key -> (the value is fine, what is wrong, how to fix)
-RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
-    "data.batch_size": (
-        lambda v: _int(v) and v >= 1,
-        "must be a positive integer",
-        "e.g. data.batch_size=64",
-    ),
-    "data.eval_batch_size": (
-        lambda v: v is None or (_int(v) and v >= 1),
-        "must be null (= data.batch_size) or a positive integer",
-        "e.g. data.eval_batch_size=1000",
-    ),
-    "model.optimizer.lr": (
-        lambda v: _number(v) and v > 0,
-        "must be a positive number",
-        "e.g. model.optimizer.lr=0.01",
-    ),
-    "model.label_smoothing": (
-        lambda v: _number(v) and 0 <= v < 1,
-        "must be a number in [0, 1)",
-        "e.g. model.label_smoothing=0.1 (0 = off)",
-    ),
-    "trainer.precision": (
-        lambda v: not isinstance(v, bool) and v in PRECISIONS,
-        "is not a precision Lightning knows",
-        "use one of " + ", ".join(map(str, PRECISIONS[3:])),
-    ),
-    "trainer.max_epochs": (
-        lambda v: v is None or (_int(v) and v >= -1),
-        "must be an integer >= 0, or -1 for no limit",
-        "e.g. trainer.max_epochs=10",
-    ),
-}
+#: key -> (the value is fine, what is wrong; how to fix)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.batch_size": (lambda v: _int(v, 1), "must be a positive integer; e.g. 64"),
+    "data.eval_batch_size": (lambda v: v is None or _int(v, 1), "must be null or >= 1; e.g. 1000"),
+    "model.optimizer.lr": (lambda v: _number(v) and v > 0, "must be a positive number; e.g. 0.01"),
+    "model.label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "must be in [0, 1); e.g. 0.1"),
+    "trainer.precision": (lambda v: not isinstance(v, bool) and v in PRECISIONS,
+                          "is not a Lightning precision; use " + ", ".join(PRECISIONS[7:13])),
+    "trainer.max_epochs": (lambda v: v is None or _int(v, -1), "must be >= 0, or -1; e.g. 10"),
+}  # fmt: skip
 
 
 def _show(value: Any) -> str:
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value)
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -93,16 +67,14 @@ def _path_problem(key: str, value: Any) -> str | None:
     path = Path(str(value)).expanduser()
     if not path.exists():
         return "does not exist; check the path (relative paths start where you run the command)"
-    if key == "ckpt_path" and path.is_file() and path.suffix != ".onnx":
+    if key == "ckpt_path" and path.is_file() and path.suffix != ".onnx":  # onnx: predict.py
         with path.open("rb") as file:
-            head = file.read(4)
-        if not head.startswith(CHECKPOINT_MAGIC):
-            return "is not a checkpoint (no file torch.save wrote); give a .ckpt or a run dir"
+            if not file.read(4).startswith(CHECKPOINT_MAGIC):
+                return "is not a checkpoint (no file torch.save wrote); give a .ckpt or a run dir"
     return None
 
 
-def _select(cfg: DictConfig, key: str) -> Any:
-    """The value at ``key``; ``ABSENT`` when there is none, or it is ``???`` or unresolvable."""
+def _select(cfg: DictConfig, key: str) -> Any:  # ABSENT: no value, ``???`` or unresolvable
     return OmegaConf.select(cfg, key, default=ABSENT, throw_on_resolution_failure=False)
 
 
@@ -111,10 +83,10 @@ def bad_value(cfg: DictConfig, required: bool = True) -> str | None:
     (``required``: also a ``???`` left out)."""
     for key in missing_keys(cfg) if required else ():
         return f"{key}=???: is required; add {key}=... to the command"
-    for key, (ok, problem, fix) in RULES.items():
+    for key, (ok, problem) in RULES.items():
         value = _select(cfg, key)
         if value is not ABSENT and not ok(value):
-            return f"{key}={_show(value)}: {problem}; {fix}"
+            return f"{key}={_show(value)}: {problem}"
     paths = {k: _select(cfg, k) for k in ("ckpt_path", "init_from", "resume", "data.root")}
     if paths["data.root"] is None:
         return "data.root=null: this dataset reads your image folder; add data.root=PATH"
@@ -132,32 +104,18 @@ def exit_with(message: str | None) -> None:
         raise SystemExit(2)
 
 
-def unshared_run_dir(config: DictConfig) -> str | None:
-    """Processes SLURM or torchrun started one per device must be given one run dir."""
-    from imgcls.utils.cluster import check_shared_run_dir
-    from imgcls.utils.errors import UserError
-
+def unwritable(directory: str | Path) -> str | None:
+    """Create ``directory`` and write a probe file into it: the problem, if that fails."""
     try:
-        check_shared_run_dir(list(config.hydra.overrides.hydra))
-    except UserError as err:
-        return str(err)
-    return None
-
-
-def ensure_writable(directory: str | Path) -> None:
-    """Create ``directory`` and write a probe file into it; exit with one line if that fails."""
-    path = Path(str(directory))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path) as probe:
-            probe.write(b"ok")
+        Path(str(directory)).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=str(directory)) as probe:
+            probe.write(b"ok")  # a full disk fails here
     except OSError as err:
-        print(
-            f"error: cannot write the run dir {path} ({err.strerror or err}); "
-            "free disk space or point paths.log_dir at a writable directory",
-            file=sys.stderr,
+        return (
+            f"cannot write the run dir {directory} ({err.strerror or err}); "
+            "free disk space or point paths.log_dir at a writable directory"
         )
-        raise SystemExit(2) from None
+    return None
 
 
 class PreRunChecks(Callback):
@@ -165,9 +123,15 @@ class PreRunChecks(Callback):
     it starts with (the jobs' swept values are checked where they are used)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        exit_with(bad_value(config) or unshared_run_dir(config))
-        ensure_writable(config.hydra.run.dir)
+        from imgcls.utils.cluster import check_shared_run_dir  # one run dir for SLURM/torchrun
+        from imgcls.utils.errors import UserError
+
+        exit_with(bad_value(config))
+        try:
+            check_shared_run_dir(list(config.hydra.overrides.hydra))
+        except UserError as err:
+            exit_with(str(err))
+        exit_with(unwritable(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        exit_with(bad_value(config, required=False))
-        ensure_writable(config.hydra.sweep.dir)
+        exit_with(bad_value(config, required=False) or unwritable(config.hydra.sweep.dir))
