@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from imgcls.config import CONFIG_DIR, REPO_ROOT, setup_config_environment
+from imgcls import compose
+from imgcls.config import REPO_ROOT
 
-setup_config_environment()
 torch.set_num_threads(1)  # tests share 2 cores with subprocesses: one thread each is fastest
 
 #: environment of a subprocess that must see no GPU, also on a machine that has one
@@ -50,12 +49,11 @@ def make_quiet(cfg: DictConfig) -> None:
 
 
 def compose_config(name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """Compose ``configs/<name>.yaml`` as Hydra would, with every path inside ``output_dir``."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(name, overrides=list(overrides))
+    """``configs/<name>.yaml`` composed as the command line does (``imgcls.compose``), with every
+    path inside ``output_dir``."""
+    cfg = compose(overrides, config_name=name, output_dir=output_dir)
     make_quiet(cfg)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir / "logs")
     output_dir.mkdir(parents=True, exist_ok=True)
     return cfg

@@ -1,13 +1,15 @@
-"""Where the Hydra configs live, the resolvers ``${run_id:}``, ``${datamodule:...}``,
-``${pretrained:...}`` (the pretrained weights' preprocessing, see imgcls.models.nets.pretrained)
-and the SLURM sizes of ``hydra/launcher=slurm`` (imgcls.utils.cluster), and ``compose`` (a config
-as a command would run it, e.g. in a notebook)."""
+"""Where the Hydra configs live, imgcls's resolvers, and ``compose`` (a config as a run has it).
+
+The resolvers are registered when ``imgcls`` is imported, without importing torch, so Hydra's own
+API works: ``import imgcls``, then ``hydra.compose`` and ``instantiate(cfg.model)``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,8 @@ _datamodules: dict[str, Any] = {}
 
 
 def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
-    """``${datamodule:num_classes}``: read a shape fact from the configured datamodule.
-
-    The datamodule is the single source of truth for ``num_classes``, ``in_channels`` and
-    ``image_size``, so every net config fits every dataset. Instances are cached per data config.
-    """
+    """``${datamodule:num_classes}``: a shape fact (``num_classes``, ``in_channels``,
+    ``image_size``) read from the configured datamodule, cached per data config."""
     from hydra.utils import instantiate
 
     data_cfg = _root_.get("data")
@@ -36,49 +35,40 @@ def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
     return getattr(_datamodules[key], name)
 
 
-def setup_config_environment() -> None:
-    """Register imgcls's resolvers and default ``IMGCLS_ROOT`` (idempotent)."""
-    os.environ.setdefault("IMGCLS_ROOT", str(REPO_ROOT))
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
-    if not OmegaConf.has_resolver("datamodule"):
-        OmegaConf.register_new_resolver("datamodule", datamodule_attribute)
-    if not OmegaConf.has_resolver("pretrained"):
-        OmegaConf.register_new_resolver("pretrained", pretrained_attribute)
-    from imgcls.utils.cluster import RESOLVERS  # the launcher=slurm sizes, read from the trainer
+def _cluster(name: str) -> Callable[..., Any]:
+    """The launcher=slurm sizes (``${slurm_tasks_per_node:...}``), imported when resolved."""
+    return lambda *args: getattr(importlib.import_module("imgcls.utils.cluster"), name)(*args)
 
+
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "run_id": lambda: secrets.token_hex(3),  # run dirs of the same second never collide
+    "datamodule": datamodule_attribute,
+    "slurm_tasks_per_node": _cluster("slurm_tasks_per_node"),
+    "slurm_gpus_per_node": _cluster("slurm_gpus_per_node"),
+}
+
+
+def setup_config_environment() -> None:
+    """Register the resolvers and default ``IMGCLS_ROOT`` to this clone (idempotent; done on
+    ``import imgcls``)."""
+    os.environ.setdefault("IMGCLS_ROOT", str(REPO_ROOT))
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
-
-
-def pretrained_attribute(key: str, *, _root_: DictConfig) -> Any:
-    """``${pretrained:...}``, importing the nets (and torch) only when a config resolves it."""
-    from imgcls.models.nets.pretrained import pretrained_resolver
-
-    return pretrained_resolver(key, _root_=_root_)
+            OmegaConf.register_new_resolver(name, resolver, use_cache=name == "run_id")
 
 
 def compose(
     overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None
 ) -> DictConfig:
-    """The config ``python <config_name>.py <overrides>`` would run, composed outside a run.
+    """The config ``python <config_name>.py <overrides>`` runs, composed by Hydra's compose API.
 
-    ``paths.output_dir`` is a new run dir as Hydra would name it (or ``output_dir``); nothing is
-    created until a run writes there. ``imgcls.train.train(cfg)`` trains with it.
+    ``paths.output_dir`` is the run dir Hydra would make (or ``output_dir``); nothing is created
+    until a run writes there. Hydra's own exceptions report mistakes. ``imgcls.train.train(cfg)``
+    trains with it.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from imgcls.utils.devices import move_gpus_argument
-    from imgcls.utils.errors import UserError
-    from imgcls.utils.preflight import config_mistake
-
-    setup_config_environment()
-    overrides = move_gpus_argument(overrides)  # trainer.gpus=N, as on the command line
-    mistake = config_mistake(list(overrides), CONFIG_DIR, config_name)
-    if mistake:
-        raise UserError(mistake)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
     run_dir = output_dir or OmegaConf.select(cfg, "hydra.run.dir")
@@ -86,3 +76,6 @@ def compose(
         del cfg["hydra"]
         cfg.paths.output_dir = str(run_dir)
     return cfg
+
+
+setup_config_environment()
