@@ -86,6 +86,11 @@ def small_data(name: str, tmp_path: Path) -> list[str]:
         for seed, (split, n) in enumerate((("train", 80), ("test", 20))):
             write_svhn_mat(tmp_path / "data" / "svhn" / SVHN_FILES[split], n, seed)
         return [f"data.data_dir={tmp_path / 'data'}", "data.val_size=20"]
+    if name.startswith("cifar10_"):
+        from .test_datasets import write_cifar10
+
+        write_cifar10(tmp_path / "data", n=20)
+        return [f"data.data_dir={tmp_path / 'data'}", "data.download=false", "data.val_size=20"]
     # 600 fake training images: carve 100 for validation (binary_mlp keeps its fraction)
     val = [] if name == "binary_mlp" else ["data.val_size=100"]
     return [f"data.data_dir={write_fake_mnist(tmp_path / 'data')}", "data.download=false", *val]
