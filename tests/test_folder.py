@@ -17,7 +17,6 @@ from PIL import Image
 
 from imgcls.data.folder import STATS_CACHE, FileImages, FolderDataModule
 from imgcls.data.folder import read as folder_read
-from imgcls.data.folder import stats as folder_stats
 from imgcls.utils.errors import UserError
 
 #: class -> the RGB channel its images are bright in (lets a test check every label)
@@ -209,7 +208,7 @@ def test_normalize_auto_computes_caches_and_reuses(tmp_path, monkeypatch):
     def fail(*args):
         raise AssertionError("statistics recomputed despite the cache")
 
-    monkeypatch.setattr(folder_stats, "compute_stats", fail)
+    monkeypatch.setattr(folder_read, "compute_stats", fail)
     again = make(root, normalize="auto")
     again.setup()
     assert torch.allclose(again.pipeline.normalize.mean, dm.pipeline.normalize.mean)

@@ -1,8 +1,4 @@
-"""``FolderDataModule``: arguments, shape facts, normalisation and checkpoint state of a folder.
-
-Scanning (``scan``), reading (``read``) and the ``normalize=auto`` statistics (``stats``) live in
-their own modules of this package.
-"""
+"""``FolderDataModule``: a folder of class folders (scanning in ``scan``, reading in ``read``)."""
 
 from __future__ import annotations
 
@@ -16,8 +12,7 @@ from typing import Any
 import torch
 
 from imgcls.data.base import ImageDataModule, Split
-from imgcls.data.folder import stats as folder_stats
-from imgcls.data.folder.read import read_splits
+from imgcls.data.folder import read
 from imgcls.data.folder.scan import (
     FolderIndex,
     FolderLayout,
@@ -78,6 +73,13 @@ class FolderDataModule(ImageDataModule):
                 f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
             )
         self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
+        self.native_channels = channels = 1 if grayscale else 3
+        if normalize == "none":
+            self.default_mean, self.default_std = (0.0,) * channels, (1.0,) * channels
+        elif grayscale:
+            self.default_mean, self.default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
+        else:
+            self.default_mean, self.default_std = IMAGENET_MEAN, IMAGENET_STD
         self.split_fractions, self.normalize_mode = fractions, normalize
         self.on_bad_image = on_bad_image
         self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
@@ -89,36 +91,19 @@ class FolderDataModule(ImageDataModule):
         self._stats_pending = normalize == "auto" and self.hparams.mean is None
 
     @property
-    def native_channels(self) -> int:  # type: ignore[override]
-        return 1 if self.grayscale else 3
-
-    @property
     def all_class_names(self) -> list[str]:  # type: ignore[override]
         return self.layout.class_names
 
     @property
-    def default_mean(self) -> tuple[float, ...]:  # type: ignore[override]
-        if self.normalize_mode == "none":
-            return (0.0,) * self.native_channels
-        return IMAGENET_GRAY_MEAN if self.grayscale else IMAGENET_MEAN
-
-    @property
-    def default_std(self) -> tuple[float, ...]:  # type: ignore[override]
-        if self.normalize_mode == "none":
-            return (1.0,) * self.native_channels
-        return IMAGENET_GRAY_STD if self.grayscale else IMAGENET_STD
-
-    @property
     def layout(self) -> FolderLayout:
-        """Layout and class names (lists ``root`` and ``root/train`` only, once): the shape facts
-        need no more, so ``${datamodule:num_classes}`` stays cheap on large folders."""
+        """Layout and class names: lists two folders at most (shape facts stay cheap)."""
         if self._layout is None:
             self._layout = find_layout(self.root)
         return self._layout
 
     @property
     def index(self) -> FolderIndex:
-        """The files of every split (scanned once, on first use: no image is decoded)."""
+        """The files of every split (scanned once, nothing decoded)."""
         if self._index is None:
             hp = self.hparams
             self._index = scan_files(self.layout)
@@ -126,10 +111,10 @@ class FolderDataModule(ImageDataModule):
             carve_missing_splits(self._index, self.split_fractions, hp.seed, k_fold)
         return self._index
 
-    def _split(self, split: str) -> Split:
+    def load_split(self, split: str) -> Split:
         if self._decoded is None:
             hp = self.hparams
-            self._decoded = read_splits(
+            self._decoded = read.read_splits(
                 self.index,
                 self.in_channels,
                 self.image_size,
@@ -141,11 +126,8 @@ class FolderDataModule(ImageDataModule):
             )
         return self._decoded[split]
 
-    def load_split(self, split: str) -> Split:
-        return self._split(split)
-
     def load_val_split(self) -> Split | None:
-        val = self._split("val")
+        val = self.load_split("val")
         return None if self.hparams.num_folds is not None and len(val[1]) == 0 else val
 
     def setup(self, stage: str | None = None) -> None:
@@ -155,10 +137,10 @@ class FolderDataModule(ImageDataModule):
         self._decoded = None  # the splits now hold the images
         if self._stats_pending:
             key = self._stats_key()
-            stats = folder_stats.read_cached(self.root, key)
+            stats = read.read_cached(self.root, key)
             if stats is None:
-                stats = folder_stats.compute_stats(self.splits["train"][0])
-                folder_stats.write_cached(self.root, key, stats)
+                stats = read.compute_stats(self.splits["train"][0])
+                read.write_cached(self.root, key, stats)
             self._apply_stats(stats)
 
     def _stats_key(self) -> str:
@@ -174,9 +156,9 @@ class FolderDataModule(ImageDataModule):
             "fold": hp.fold,
             "on_bad_image": self.on_bad_image,
         }
-        return folder_stats.stats_key(self.index, settings)
+        return read.stats_key(self.index, settings)
 
-    def _apply_stats(self, stats: folder_stats.Stats) -> None:
+    def _apply_stats(self, stats: read.Stats) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
         self._stats_pending = False
         log.info(
@@ -187,7 +169,7 @@ class FolderDataModule(ImageDataModule):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if self._stats_pending:  # normalize=auto before setup: the cache, else the images
             try:
-                cached = folder_stats.read_cached(self.root, self._stats_key())
+                cached = read.read_cached(self.root, self._stats_key())
             except UserError:
                 cached = None
             if cached is not None:
@@ -195,7 +177,7 @@ class FolderDataModule(ImageDataModule):
             elif not self.root.is_dir():
                 raise UserError(
                     f"data.normalize=auto needs the training images in data.root={self.root} (or "
-                    f"their statistics in {self.root / folder_stats.STATS_CACHE}) to normalise "
+                    f"their statistics in {self.root / read.STATS_CACHE}) to normalise "
                     "like training did; restore them, or pass data.mean=[...] data.std=[...]"
                 )
             else:
@@ -203,7 +185,7 @@ class FolderDataModule(ImageDataModule):
         return super().preprocess(images)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved into checkpoints by Lightning: the loader's position and the statistics used."""
+        # the statistics used travel in checkpoints (eval/predict normalise like training)
         state, normalize = super().state_dict(), self.pipeline.normalize
         if self._stats_pending:
             return state
