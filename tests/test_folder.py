@@ -103,7 +103,7 @@ def test_split_layout_used_as_given_and_missing_val_carved(tmp_path):
         write_class_images(root / "train" / name, channel, 8, seed=k)
         write_class_images(root / "test" / name, channel, 3, seed=10 + k)
     dm = make(root, split=[0.75, 0.25, 0.0])
-    assert dm.summary()["layout"] == "splits"
+    assert dm.layout.kind == "splits"
     dm.setup()
     assert len(dm.splits["test"][1]) == 9  # the test folder as given
     assert len(dm.splits["val"][1]) == 6  # 25 % of each train class

@@ -199,14 +199,3 @@ class FolderDataModule(ImageDataModule):
         super().load_state_dict(state_dict)
         if "mean" in state_dict and "std" in state_dict:
             self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
-
-    def summary(self) -> dict[str, Any]:
-        """Layout, classes and file counts per split (scanning only)."""
-        index = self.index
-        return {
-            "root": str(self.root),
-            "layout": index.layout.kind,
-            "classes": list(index.layout.class_names),
-            "files": {split: len(items) for split, items in index.files.items()},
-            "ignored_files": index.ignored,
-        }
