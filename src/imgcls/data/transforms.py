@@ -83,8 +83,6 @@ class RandomResizedCrop(nn.Module):
 
     def __init__(self, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
         super().__init__()
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise UserError(f"RandomResizedCrop scale must satisfy 0 < lo <= hi <= 1, got {scale}")
         self.scale, self.ratio = tuple(scale), tuple(ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,8 +150,6 @@ class RandomErasing(nn.Module):
 
     def __init__(self, p: float = 0.25, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> None:
         super().__init__()
-        if not 0 <= p <= 1:
-            raise UserError(f"random erasing probability must be in [0, 1], got {p}")
         self.p, self.scale, self.ratio = p, tuple(scale), tuple(ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

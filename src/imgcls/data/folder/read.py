@@ -25,17 +25,12 @@ MAX_LISTED = 20
 
 
 def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -> torch.Tensor:
-    """One image file as uint8 ``[channels, size, size]``; unreadable files raise ``UserError``."""
     return resize_uint8(load_image_tensor(path, channels=channels)[None], size, resize)[0]
 
 
 class FileImages:
-    """A folder's images read from disk on access, standing in for a uint8 ``[N, C, S, S]`` tensor.
-
-    The streaming path (``in_memory=false``): an int gives one decoded image, a slice a stacked
-    batch, a bool mask or an index tensor a (still lazy) subset. Pickled for DataLoader workers,
-    it sends only the paths.
-    """
+    """Streaming (``in_memory=false``): a uint8 ``[N, C, S, S]`` stand-in decoding on access (an
+    int: one image, a slice: a batch, a mask or index tensor: a lazy subset); pickles as paths."""
 
     dtype = torch.uint8
 
@@ -80,16 +75,11 @@ def read_splits(
     k_fold: bool,
     resize: str = "squash",
 ) -> dict[str, Split]:
-    """Every split as (images, labels): decoded tensors, or ``FileImages`` when streaming.
-
-    Unreadable images are reported all together, then skipped (``on_bad_image="skip"``) or fatal.
-    Streaming checks only each file's header here; a file that breaks later stops training with
-    its path. With ``k_fold`` an empty validation split is allowed (the folds carve it).
-    """
+    """Every split as (images, labels): decoded, or ``FileImages`` (headers checked) streaming.
+    Unreadable images are listed once, then skipped or fatal (``on_bad_image``)."""
     root = index.layout.root
 
     def read_one(path: Path) -> torch.Tensor | Path | str:
-        """The decoded image (in memory) or the checked path (streaming); else why it failed."""
         try:
             if in_memory:
                 return decode_image(path, channels, size, resize)
@@ -168,29 +158,28 @@ def stats_key(index: FolderIndex, settings: dict[str, Any]) -> str:
     return hashlib.sha1(encoded).hexdigest()[:16]
 
 
+def _cache(root: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads((root / STATS_CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
 def read_cached(root: Path, key: str) -> Stats | None:
     """The cached statistics under ``key``, or ``None`` (no cache, no entry, unreadable)."""
     try:
-        entry = json.loads((root / STATS_CACHE).read_text())[key]
-        return {
-            "mean": [float(v) for v in entry["mean"]],
-            "std": [float(v) for v in entry["std"]],
-        }
-    except (OSError, ValueError, KeyError, TypeError):
+        entry = _cache(root)[key]
+        return {name: [float(v) for v in entry[name]] for name in ("mean", "std")}
+    except (ValueError, KeyError, TypeError):
         return None
 
 
 def write_cached(root: Path, key: str, stats: Stats) -> None:
     """Add ``stats`` under ``key`` to the cache (atomically); a read-only folder only logs."""
-    path = root / STATS_CACHE
+    path, cache = root / STATS_CACHE, _cache(root)
+    cache[key] = stats
     try:
-        try:
-            cache = json.loads(path.read_text())
-            if not isinstance(cache, dict):
-                cache = {}
-        except (OSError, ValueError):
-            cache = {}
-        cache[key] = stats
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, path)
