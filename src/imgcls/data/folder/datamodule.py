@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,6 @@ class FolderDataModule(ImageDataModule):
         self.on_bad_image = on_bad_image
         self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
         super().__init__(image_size=image_size, **kwargs)
-        self._layout: FolderLayout | None = None
-        self._index: FolderIndex | None = None
         self._decoded: dict[str, Split] | None = None
         # normalize=auto: statistics known once computed, read from the cache or a checkpoint
         self._stats_pending = normalize == "auto" and self.hparams.mean is None
@@ -94,22 +93,17 @@ class FolderDataModule(ImageDataModule):
     def all_class_names(self) -> list[str]:  # type: ignore[override]
         return self.layout.class_names
 
-    @property
+    @cached_property
     def layout(self) -> FolderLayout:
         """Layout and class names: lists two folders at most (shape facts stay cheap)."""
-        if self._layout is None:
-            self._layout = find_layout(self.root)
-        return self._layout
+        return find_layout(self.root)
 
-    @property
+    @cached_property
     def index(self) -> FolderIndex:
         """The files of every split (scanned once, nothing decoded)."""
-        if self._index is None:
-            hp = self.hparams
-            self._index = scan_files(self.layout)
-            k_fold = hp.num_folds is not None
-            carve_missing_splits(self._index, self.split_fractions, hp.seed, k_fold)
-        return self._index
+        index, hp = scan_files(self.layout), self.hparams
+        carve_missing_splits(index, self.split_fractions, hp.seed, hp.num_folds is not None)
+        return index
 
     def load_split(self, split: str) -> Split:
         if self._decoded is None:
