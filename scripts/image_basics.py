@@ -16,22 +16,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import ImageOps
+from torchvision.transforms import v2
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import ImageOps  # noqa: E402
-from torch import nn  # noqa: E402
-
-from imgcls.data.transforms import to_float, to_uint8  # noqa: E402
-from imgcls.imaging import open_image  # noqa: E402
-from imgcls.utils.errors import UserError  # noqa: E402
+from imgcls.data.transforms import to_float, to_uint8
+from imgcls.imaging import open_image
+from imgcls.utils.errors import UserError
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
@@ -86,17 +83,15 @@ def adjust_brightness(image: Array, delta: float = 0.0, factor: float = 1.0) -> 
     the image's units (0..255 for uint8, 0..1 for floats); ``factor`` scales around black."""
     if factor < 0:
         raise ValueError(f"brightness factor must be >= 0, got {factor}")
-    if isinstance(image, torch.Tensor):
-        if image.is_floating_point():
-            return (image * factor + delta).clamp(0.0, 1.0).to(image.dtype)
-        if image.dtype != torch.uint8:
-            raise ValueError(f"expected a uint8 or float tensor, got {image.dtype}")
-        return (image.double() * factor + delta).round().clamp(0, 255).to(torch.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        return np.clip(image * factor + delta, 0.0, 1.0).astype(image.dtype)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 or float array, got {image.dtype}")
-    return np.clip(np.round(image.astype(np.float64) * factor + delta), 0, 255).astype(np.uint8)
+
+    def adjust(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            return (t * factor + delta).clamp(0.0, 1.0).to(t.dtype)
+        if t.dtype != torch.uint8:
+            raise ValueError(f"expected a uint8 or float image, got {t.dtype}")
+        return (t.double() * factor + delta).round().clamp(0, 255).to(torch.uint8)
+
+    return _via_torch(image, adjust)
 
 
 def darken_region(image: Array, box: Sequence[int], factor: float = 0.5) -> Array:
@@ -119,40 +114,16 @@ def darken_region(image: Array, box: Sequence[int], factor: float = 0.5) -> Arra
     return out
 
 
-class ToFloat(nn.Module):
-    """:func:`as_float` as a transform."""
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return as_float(image)
+# the operations as transforms (``nn.Sequential``/``v2.Compose`` chain them), arguments fixed
+ToFloat, ToUint8 = partial(v2.Lambda, as_float), partial(v2.Lambda, as_uint8)
 
 
-class ToUint8(nn.Module):
-    """:func:`as_uint8` as a transform."""
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return as_uint8(image)
+def Brightness(delta: float = 0.0, factor: float = 1.0) -> v2.Lambda:  # noqa: N802
+    return v2.Lambda(partial(adjust_brightness, delta=delta, factor=factor))
 
 
-class Brightness(nn.Module):
-    """:func:`adjust_brightness` as a transform."""
-
-    def __init__(self, delta: float = 0.0, factor: float = 1.0) -> None:
-        super().__init__()
-        self.delta, self.factor = delta, factor
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return adjust_brightness(image, self.delta, self.factor)
-
-
-class DarkenRegion(nn.Module):
-    """:func:`darken_region` as a transform (one fixed rectangle)."""
-
-    def __init__(self, box: Sequence[int], factor: float = 0.5) -> None:
-        super().__init__()
-        self.box, self.factor = tuple(box), factor
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return darken_region(image, self.box, self.factor)
+def DarkenRegion(box: Sequence[int], factor: float = 0.5) -> v2.Lambda:  # noqa: N802
+    return v2.Lambda(partial(darken_region, box=tuple(box), factor=factor))
 
 
 def digit_sample(data_dir: Path) -> tuple[np.ndarray, str]:
@@ -182,7 +153,8 @@ def render(image: np.ndarray, title: str, out_path: Path) -> Path:
         ("float +0.3, clipped", adjust_brightness(as_float(image), 0.3)),
         (f"darken_region {box} x0.2", darken_region(image, box, 0.2)),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4))
+    fig = Figure(figsize=(3 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels))
     for ax, (name, panel) in zip(axes, panels, strict=True):
         info, shown = describe(panel), as_float(panel)
         gray = shown.ndim == 2 or shown.shape[-1] == 1
@@ -193,7 +165,6 @@ def render(image: np.ndarray, title: str, out_path: Path) -> Path:
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path
 
 

@@ -1,10 +1,6 @@
-"""Image files as users have them -> uint8 tensors (image folders, ``predict.py``).
-
-One decoder for every file: EXIF orientation is honoured; animated images give their first frame;
-palette, grayscale, grayscale+alpha, CMYK and RGBA images become 1-channel grayscale or 3-channel
-RGB; 16-bit images (``I;16`` PNGs) are scaled down from 0..65535 instead of clipped to white (PIL's
-own ``convert("L")`` clips them); transparent pixels are composited on black. Files over PIL's
-pixel limit (decompression bombs) are refused. Any unreadable file raises ``UserError`` naming it.
+"""Image files as users have them -> uint8 tensors: one decoder for image folders, ``predict.py``
+and the API (what it handles: docs/data.md). 16-bit images are scaled down, not clipped to white as
+PIL's ``convert("L")`` does; transparent pixels become black; an unreadable file a ``UserError``.
 """
 
 from __future__ import annotations
@@ -15,23 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from imgcls.utils.errors import UserError
 
 #: file suffixes read as images (compared in lower case: ``.JPG`` counts)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
-#: what PIL raises for missing, truncated, corrupt or oversized files (broken PNG chunks raise
-#: SyntaxError)
-DECODE_ERRORS = (
-    UnidentifiedImageError,
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    Image.DecompressionBombError,
-)
+#: what PIL raises for missing, truncated, corrupt or oversized files (UnidentifiedImageError is
+#: an OSError, a broken PNG chunk a SyntaxError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 #: PIL modes holding more than 8 bits per pixel in one channel (16-bit PNG and TIFF)
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -39,10 +28,8 @@ _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 @contextmanager
 def open_image(path: str | Path) -> Iterator[Image.Image]:
-    """``Image.open`` that refuses decompression bombs; a PIL error while the file is open (in
-    the ``with`` body too: broken pixel data behind a valid header) becomes a ``UserError``
-    naming ``path``. The image is at its first frame (animated GIF/WebP/TIFF), not yet oriented.
-    """
+    """``Image.open`` at the first frame, refusing decompression bombs; a PIL error (in the
+    ``with`` body too) becomes a ``UserError`` naming ``path``."""
     try:
         with Image.open(path) as image:
             limit = Image.MAX_IMAGE_PIXELS

@@ -1,9 +1,7 @@
 """The base LightningDataModule: splits, class subsets, k-fold, loaders and shape metadata.
 
-A dataset subclass says what its classes are and how to load its raw train/test splits as uint8
-tensors; everything else (validation carving, folds, resizing, fast or standard loaders,
-augmentation) lives here once. Splits use their own generators seeded from ``data.seed`` (the same
-on every DDP rank); augmentation draws from the global RNG (seeded per rank).
+A subclass names its classes and loads its raw splits as uint8 tensors (``load_split``). Splits
+use generators seeded from ``data.seed`` (the same on every DDP rank), augmentation the global RNG.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 la
 
 
 def missing_data(name: str, data_dir: str, folder: object, files: list[str], reason: object):
-    """The one-line error for a dataset that is neither on disk nor downloadable."""
     return UserError(
         f"{name} is not in data.data_dir={data_dir} and could not be downloaded ({reason}); "
         f"copy {', '.join(files)} into {folder}/ or train offline with data=digits"
@@ -31,7 +28,6 @@ def missing_data(name: str, data_dir: str, folder: object, files: list[str], rea
 
 
 def device_free_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA ``device`` (``None`` where torch cannot tell)."""
     return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
 
 
@@ -86,8 +82,7 @@ class ImageDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def load_val_split(self) -> Split | None:
-        """A validation split the dataset defines (it joins the pool with ``num_folds``); ``None``
-        (default): carved from train."""
+        """The dataset's own validation split (``None``: carved from train)."""
         return None
 
     @property
@@ -196,16 +191,13 @@ class ImageDataModule(pl.LightningDataModule):
         self.splits = {name: (self.resize(x), y) for name, (x, y) in splits.items()}
 
     def class_counts(self) -> torch.Tensor:
-        """Images per class in the training split (int64 ``[num_classes]``; sets up if needed),
-        e.g. for cross-entropy weights ``counts.sum() / (num_classes * counts)``."""
+        """Images per class in the training split (int64 ``[num_classes]``)."""
         if not self.splits:
             self.setup("fit")
         return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
 
     def _use_device_copies(self, device: torch.device) -> bool:
-        """Whether the in-memory splits go to ``device`` once (``data.on_device``; ``None``: on a
-        GPU when they take at most a quarter of its free memory; ``True`` without room: an error).
-        """
+        """Whether the in-memory splits are copied to ``device`` (``data.on_device``)."""
         on_device = self.hparams.on_device
         if device.type == "cpu" or on_device is False:
             return False
@@ -227,7 +219,6 @@ class ImageDataModule(pl.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _split_tensors(self, split: str) -> Split:
-        """The split's (images, labels): the ``data.on_device`` copy when there is one."""
         device = self._training_device()
         if not self.hparams.in_memory or not self._use_device_copies(device):
             return self.splits[split]
@@ -257,9 +248,8 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def state_dict(self) -> dict[str, Any]:
-        """The in-memory training loader's position, saved in checkpoints by Lightning. Lightning
-        saves stateful loaders itself but drops them on resume when ``configure_optimizers`` reads
-        ``estimated_stepping_batches`` (Lightning issue 20550): the datamodule is restored first."""
+        # the loader's position: Lightning drops stateful loaders' state on resume when
+        # configure_optimizers reads estimated_stepping_batches (Lightning issue 20550)
         loader = self._train_loader
         return {"train_loader": loader.state_dict()} if hasattr(loader, "state_dict") else {}
 

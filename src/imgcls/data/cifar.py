@@ -1,8 +1,5 @@
-"""CIFAR-10 and CIFAR-100 in torchvision's format: the python pickles of ``cifar-10-batches-py/``
-(``data_batch_1..5``, ``test_batch``) and ``cifar-100-python/`` (``train``, ``test``), each a dict
-with ``data`` uint8 ``[N, 3072]`` (RGB planes) and ``labels`` / ``fine_labels``. torchvision
-downloads them (md5-checked); they are read here, so a copied-in set needs no checksum pass.
-"""
+"""CIFAR-10/100: torchvision downloads the pickles (md5-checked); read here, a copied-in set
+needs no checksum pass (file layout: docs/data.md)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,7 @@ class DigitsDataModule(ImageDataModule):
     """1,797 8x8 digits (UCI), upscaled to 1x28x28 so every MNIST model runs on them unchanged."""
 
     all_class_names = tuple(str(d) for d in range(10))
-    native_channels = 1
-    native_size = 28
-    default_mean = (0.1557,)
-    default_std = (0.2773,)
+    default_mean, default_std = (0.1557,), (0.2773,)
 
     def __init__(self, val_size: float = 0.15, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)

@@ -14,14 +14,12 @@ from imgcls.data.transforms import BatchPipeline
 
 
 class TensorBatchLoader:
-    """Serves whole batches by indexing an in-memory uint8 tensor: no per-sample work, no workers.
+    """Whole batches sliced from an in-memory uint8 tensor (on the training device with
+    ``data.on_device``): no per-sample work, no workers (benchmarks/throughput.py shows why).
 
-    The tensors may live on the training device (``data.on_device``): batches are then cut there
-    and nothing crosses PCIe. Shuffles with its own seeded generator (the same order on every DDP
-    rank) and shards by rank: training shards are cut to equal length so every rank takes the
-    same number of steps; evaluation shards keep every sample once, so synced metrics equal the
-    single-process value. Stateful for Lightning: the order is a function of (seed, epoch), and
-    ``state_dict`` (epoch, batches served) lets a mid-epoch resume continue where it stopped.
+    The order is a function of (seed, epoch), the same on every DDP rank; training shards are cut
+    to equal length, evaluation shards keep every sample once (synced metrics equal one
+    process's). ``state_dict`` (epoch, batches served) lets a mid-epoch resume continue.
     """
 
     def __init__(

@@ -1,8 +1,5 @@
-"""SVHN (Street View House Numbers) in torchvision's format: ``<data_dir>/svhn/train_32x32.mat``,
-``test_32x32.mat`` and, with ``use_extra=true``, ``extra_32x32.mat``, each holding ``X`` uint8
-``[32, 32, 3, N]`` and ``y`` ``[N, 1]`` with 10 for the digit zero (read here as 0). torchvision
-downloads them (md5-checked); they are read here, without its md5 pass over 1.3 GB of ``extra``.
-"""
+"""SVHN: torchvision downloads the ``.mat`` files (md5-checked); read here without its md5 pass
+over 1.3 GB of ``extra`` (``X`` uint8 ``[32, 32, 3, N]``, ``y`` ``[N, 1]``, 10 for the digit 0)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,7 @@
-"""Batched tensor transforms shared by the in-memory and the standard data paths.
+"""Batched augmentation on float batches ``[B, C, H, W]`` in ``[0, 1]`` (presets: docs/data.md).
 
-Every transform takes a float batch ``[B, C, H, W]`` in ``[0, 1]`` and draws its random parameters
-per sample (torchvision's v2 transforms draw one set per call, i.e. per batch), so augmenting a
-whole batch on the training device and one sample at a time in loader workers mean the same thing.
-Random draws use the global RNG, seeded per DDP rank.
-
-Augmentation presets (``data.augment``; a list of names is applied in order):
-
-- ``none``: nothing.
-- ``digits``: small rotation, scale and shift (one affine warp); no flips, digits are not symmetric.
-- ``crop_flip``: 4-pixel zero padding, random crop back to size, horizontal flip (CIFAR's).
-- ``natural``: random resized crop, horizontal flip, brightness/contrast/saturation jitter.
-- ``randaugment`` / ``trivialaugment``: torchvision's v2 RandAugment / TrivialAugmentWide, per
-  sample on uint8 images (rounding the float batch back to uint8 is exact for uint8 images).
-- ``erasing``: random erasing (p=0.25); ``natural_erasing`` is ``natural`` followed by it.
-
-``data.random_erasing=P`` appends random erasing with probability ``P`` to any preset.
+Random parameters are drawn per sample from the global (per-rank) RNG: torchvision's v2 transforms
+draw one set per call, i.e. per batch, so the batch path and the per-sample path would differ.
 """
 
 from __future__ import annotations
@@ -37,12 +23,8 @@ RESIZE_MODES = ("squash", "crop")
 
 
 def resize_uint8(images: torch.Tensor, size: int, mode: str = "squash") -> torch.Tensor:
-    """A uint8 batch ``[N, C, H, W]`` at ``size x size`` (bilinear, antialiased), staying uint8.
-
-    ``squash``: both sides to ``size`` (the aspect ratio is lost); ``crop``: the shorter side to
-    ``size``, then the centre ``size x size`` (how torchvision's pretrained weights were
-    evaluated). Training, evaluation, prediction and export all resize through this function.
-    """
+    """A uint8 batch at ``size x size`` (antialiased): ``squash`` both sides, or ``crop`` the
+    shorter side to ``size`` then the centre. Every task resizes through this function."""
     if images.shape[-2:] == (size, size):
         return images
     if mode == "crop":
@@ -97,13 +79,10 @@ class RandomAffine(nn.Module):
 
 
 class RandomResizedCrop(nn.Module):
-    """Per-sample crop of a random area fraction and aspect ratio, resized back to the input size
-    (torchvision's ``RandomResizedCrop``, batched: one affine grid per sample)."""
+    """torchvision's ``RandomResizedCrop`` per sample, back to the input size (one affine grid)."""
 
     def __init__(self, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
         super().__init__()
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise UserError(f"RandomResizedCrop scale must satisfy 0 < lo <= hi <= 1, got {scale}")
         self.scale, self.ratio = tuple(scale), tuple(ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -167,13 +146,10 @@ class ColorJitter(nn.Module):
 
 
 class RandomErasing(nn.Module):
-    """With probability ``p`` per sample, fill one random rectangle (area fraction in ``scale``,
-    aspect ratio in ``ratio``: torchvision's defaults) with uniform noise; all drawn at once."""
+    """torchvision's ``RandomErasing`` per sample (its defaults), filled with uniform noise."""
 
     def __init__(self, p: float = 0.25, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> None:
         super().__init__()
-        if not 0 <= p <= 1:
-            raise UserError(f"random erasing probability must be in [0, 1], got {p}")
         self.p, self.scale, self.ratio = p, tuple(scale), tuple(ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -192,8 +168,7 @@ class RandomErasing(nn.Module):
 
 
 class PerSampleUInt8(nn.Module):
-    """A torchvision (v2) transform on each sample as uint8 ``[C, H, W]`` (for policies defined
-    on uint8: posterize, solarize, equalize ...); returns float ``[0, 1]`` again."""
+    """A v2 transform on each sample as uint8 (RandAugment's posterize, solarize ...) -> float."""
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()

@@ -1,8 +1,4 @@
-"""``FolderDataModule``: arguments, shape facts, normalisation and checkpoint state of a folder.
-
-Scanning (``scan``), reading (``read``) and the ``normalize=auto`` statistics (``stats``) live in
-their own modules of this package.
-"""
+"""``FolderDataModule``: a folder of class folders (scanning in ``scan``, reading in ``read``)."""
 
 from __future__ import annotations
 
@@ -10,14 +6,14 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from imgcls.data.base import ImageDataModule, Split
-from imgcls.data.folder import stats as folder_stats
-from imgcls.data.folder.read import read_splits
+from imgcls.data.folder import read
 from imgcls.data.folder.scan import (
     FolderIndex,
     FolderLayout,
@@ -78,58 +74,41 @@ class FolderDataModule(ImageDataModule):
                 f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
             )
         self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
+        self.native_channels = channels = 1 if grayscale else 3
+        if normalize == "none":
+            self.default_mean, self.default_std = (0.0,) * channels, (1.0,) * channels
+        elif grayscale:
+            self.default_mean, self.default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
+        else:
+            self.default_mean, self.default_std = IMAGENET_MEAN, IMAGENET_STD
         self.split_fractions, self.normalize_mode = fractions, normalize
         self.on_bad_image = on_bad_image
         self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
         super().__init__(image_size=image_size, **kwargs)
-        self._layout: FolderLayout | None = None
-        self._index: FolderIndex | None = None
         self._decoded: dict[str, Split] | None = None
         # normalize=auto: statistics known once computed, read from the cache or a checkpoint
         self._stats_pending = normalize == "auto" and self.hparams.mean is None
 
     @property
-    def native_channels(self) -> int:  # type: ignore[override]
-        return 1 if self.grayscale else 3
-
-    @property
     def all_class_names(self) -> list[str]:  # type: ignore[override]
         return self.layout.class_names
 
-    @property
-    def default_mean(self) -> tuple[float, ...]:  # type: ignore[override]
-        if self.normalize_mode == "none":
-            return (0.0,) * self.native_channels
-        return IMAGENET_GRAY_MEAN if self.grayscale else IMAGENET_MEAN
-
-    @property
-    def default_std(self) -> tuple[float, ...]:  # type: ignore[override]
-        if self.normalize_mode == "none":
-            return (1.0,) * self.native_channels
-        return IMAGENET_GRAY_STD if self.grayscale else IMAGENET_STD
-
-    @property
+    @cached_property
     def layout(self) -> FolderLayout:
-        """Layout and class names (lists ``root`` and ``root/train`` only, once): the shape facts
-        need no more, so ``${datamodule:num_classes}`` stays cheap on large folders."""
-        if self._layout is None:
-            self._layout = find_layout(self.root)
-        return self._layout
+        """Layout and class names: lists two folders at most (shape facts stay cheap)."""
+        return find_layout(self.root)
 
-    @property
+    @cached_property
     def index(self) -> FolderIndex:
-        """The files of every split (scanned once, on first use: no image is decoded)."""
-        if self._index is None:
-            hp = self.hparams
-            self._index = scan_files(self.layout)
-            k_fold = hp.num_folds is not None
-            carve_missing_splits(self._index, self.split_fractions, hp.seed, k_fold)
-        return self._index
+        """The files of every split (scanned once, nothing decoded)."""
+        index, hp = scan_files(self.layout), self.hparams
+        carve_missing_splits(index, self.split_fractions, hp.seed, hp.num_folds is not None)
+        return index
 
-    def _split(self, split: str) -> Split:
+    def load_split(self, split: str) -> Split:
         if self._decoded is None:
             hp = self.hparams
-            self._decoded = read_splits(
+            self._decoded = read.read_splits(
                 self.index,
                 self.in_channels,
                 self.image_size,
@@ -141,11 +120,8 @@ class FolderDataModule(ImageDataModule):
             )
         return self._decoded[split]
 
-    def load_split(self, split: str) -> Split:
-        return self._split(split)
-
     def load_val_split(self) -> Split | None:
-        val = self._split("val")
+        val = self.load_split("val")
         return None if self.hparams.num_folds is not None and len(val[1]) == 0 else val
 
     def setup(self, stage: str | None = None) -> None:
@@ -155,10 +131,10 @@ class FolderDataModule(ImageDataModule):
         self._decoded = None  # the splits now hold the images
         if self._stats_pending:
             key = self._stats_key()
-            stats = folder_stats.read_cached(self.root, key)
+            stats = read.read_cached(self.root, key)
             if stats is None:
-                stats = folder_stats.compute_stats(self.splits["train"][0])
-                folder_stats.write_cached(self.root, key, stats)
+                stats = read.compute_stats(self.splits["train"][0])
+                read.write_cached(self.root, key, stats)
             self._apply_stats(stats)
 
     def _stats_key(self) -> str:
@@ -174,9 +150,9 @@ class FolderDataModule(ImageDataModule):
             "fold": hp.fold,
             "on_bad_image": self.on_bad_image,
         }
-        return folder_stats.stats_key(self.index, settings)
+        return read.stats_key(self.index, settings)
 
-    def _apply_stats(self, stats: folder_stats.Stats) -> None:
+    def _apply_stats(self, stats: read.Stats) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
         self._stats_pending = False
         log.info(
@@ -187,7 +163,7 @@ class FolderDataModule(ImageDataModule):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if self._stats_pending:  # normalize=auto before setup: the cache, else the images
             try:
-                cached = folder_stats.read_cached(self.root, self._stats_key())
+                cached = read.read_cached(self.root, self._stats_key())
             except UserError:
                 cached = None
             if cached is not None:
@@ -195,7 +171,7 @@ class FolderDataModule(ImageDataModule):
             elif not self.root.is_dir():
                 raise UserError(
                     f"data.normalize=auto needs the training images in data.root={self.root} (or "
-                    f"their statistics in {self.root / folder_stats.STATS_CACHE}) to normalise "
+                    f"their statistics in {self.root / read.STATS_CACHE}) to normalise "
                     "like training did; restore them, or pass data.mean=[...] data.std=[...]"
                 )
             else:
@@ -203,7 +179,7 @@ class FolderDataModule(ImageDataModule):
         return super().preprocess(images)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved into checkpoints by Lightning: the loader's position and the statistics used."""
+        # the statistics used travel in checkpoints (eval/predict normalise like training)
         state, normalize = super().state_dict(), self.pipeline.normalize
         if self._stats_pending:
             return state
@@ -217,14 +193,3 @@ class FolderDataModule(ImageDataModule):
         super().load_state_dict(state_dict)
         if "mean" in state_dict and "std" in state_dict:
             self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
-
-    def summary(self) -> dict[str, Any]:
-        """Layout, classes and file counts per split (scanning only)."""
-        index = self.index
-        return {
-            "root": str(self.root),
-            "layout": index.layout.kind,
-            "classes": list(index.layout.class_names),
-            "files": {split: len(items) for split, items in index.files.items()},
-            "ignored_files": index.ignored,
-        }

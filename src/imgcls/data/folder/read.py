@@ -1,11 +1,15 @@
-"""Reading a folder's image files: decoded into memory, or checked and left on disk (streaming)."""
+"""Reading a folder's images (decoded into memory, or checked and streamed) and their statistics."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,17 +25,12 @@ MAX_LISTED = 20
 
 
 def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -> torch.Tensor:
-    """One image file as uint8 ``[channels, size, size]``; unreadable files raise ``UserError``."""
     return resize_uint8(load_image_tensor(path, channels=channels)[None], size, resize)[0]
 
 
 class FileImages:
-    """A folder's images read from disk on access, standing in for a uint8 ``[N, C, S, S]`` tensor.
-
-    The streaming path (``in_memory=false``): an int gives one decoded image, a slice a stacked
-    batch, a bool mask or an index tensor a (still lazy) subset. Pickled for DataLoader workers,
-    it sends only the paths.
-    """
+    """Streaming (``in_memory=false``): a uint8 ``[N, C, S, S]`` stand-in decoding on access (an
+    int: one image, a slice: a batch, a mask or index tensor: a lazy subset); pickles as paths."""
 
     dtype = torch.uint8
 
@@ -76,16 +75,11 @@ def read_splits(
     k_fold: bool,
     resize: str = "squash",
 ) -> dict[str, Split]:
-    """Every split as (images, labels): decoded tensors, or ``FileImages`` when streaming.
-
-    Unreadable images are reported all together, then skipped (``on_bad_image="skip"``) or fatal.
-    Streaming checks only each file's header here; a file that breaks later stops training with
-    its path. With ``k_fold`` an empty validation split is allowed (the folds carve it).
-    """
+    """Every split as (images, labels): decoded, or ``FileImages`` (headers checked) streaming.
+    Unreadable images are listed once, then skipped or fatal (``on_bad_image``)."""
     root = index.layout.root
 
     def read_one(path: Path) -> torch.Tensor | Path | str:
-        """The decoded image (in memory) or the checked path (streaming); else why it failed."""
         try:
             if in_memory:
                 return decode_image(path, channels, size, resize)
@@ -143,3 +137,67 @@ def read_splits(
             f"({total / 1e6:.0f} MB in memory)"
         )
     return splits
+
+
+# normalize=auto: the training split's per-channel mean/std, cached in root under a key of its
+# files and every split setting, so later runs, eval.py and predict.py normalise like training
+STATS_CACHE = "imgcls_stats.json"
+
+Stats = dict[str, list[float]]  # {"mean": [...], "std": [...]}
+
+
+def stats_key(index: FolderIndex, settings: dict[str, Any]) -> str:
+    """Identifies a training split: the files (paths, sizes, labels) and the split ``settings``."""
+    root = index.layout.root
+    files = [
+        [split, str(path.relative_to(root)), path.stat().st_size, label]
+        for split, items in sorted(index.files.items())
+        for path, label in items
+    ]
+    encoded = json.dumps({"files": files, **settings}, sort_keys=True, default=str).encode()
+    return hashlib.sha1(encoded).hexdigest()[:16]
+
+
+def _cache(root: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads((root / STATS_CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def read_cached(root: Path, key: str) -> Stats | None:
+    """The cached statistics under ``key``, or ``None`` (no cache, no entry, unreadable)."""
+    try:
+        entry = _cache(root)[key]
+        return {name: [float(v) for v in entry[name]] for name in ("mean", "std")}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cached(root: Path, key: str, stats: Stats) -> None:
+    """Add ``stats`` under ``key`` to the cache (atomically); a read-only folder only logs."""
+    path, cache = root / STATS_CACHE, _cache(root)
+    cache[key] = stats
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:  # read-only data: recompute next time
+        log.info(f"normalisation statistics not cached ({path}: {err.strerror or err})")
+
+
+def compute_stats(images: Any) -> Stats:
+    """Per-channel mean and std (in [0, 1] units) of uint8 images ``[N, C, H, W]``, in float64
+    chunks (``images`` may be ``FileImages``: each chunk is decoded when it is needed)."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), 1024):
+        chunk = images[start : start + 1024].double().div_(255.0)
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp(min=0).sqrt().clamp(min=1 / 255)
+    return {"mean": mean.tolist(), "std": std.tolist()}

@@ -1,5 +1,4 @@
-"""A folder's classes (:func:`find_layout`: lists ``root`` and ``root/train`` only, all the shape
-facts need), its image files (:func:`scan_files`, once, at setup) and the splits it lacks."""
+"""A folder's layout and classes, its image files and the splits it lacks (carved from train)."""
 
 from __future__ import annotations
 
@@ -23,8 +22,6 @@ Item = tuple[Path, int]  # image file, label
 
 @dataclass
 class FolderLayout:
-    """Where a folder's classes are: found by listing ``root`` (and ``root/train``) only."""
-
     root: Path
     kind: str  # "classes" (root/<class>) or "splits" (root/train/<class> ...)
     class_names: list[str]
@@ -33,8 +30,6 @@ class FolderLayout:
 
 @dataclass
 class FolderIndex:
-    """The image files of every split (nothing decoded yet)."""
-
     layout: FolderLayout
     files: dict[str, list[Item]] = field(default_factory=dict)  # train, val, test
     ignored: int = 0  # non-image files
@@ -45,7 +40,7 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def find_layout(root: Path) -> FolderLayout:
-    """The layout and class names of ``root``, listing at most two directories."""
+    """The layout and class names of ``root`` (lists ``root`` and ``root/train`` only)."""
     if not root.is_dir():
         raise UserError(
             f"data.root={root} does not exist or is not a folder; point data.root at a folder "
@@ -96,7 +91,6 @@ def _image_files(class_dir: Path) -> tuple[list[Path], int]:
 
 
 def scan_files(layout: FolderLayout) -> FolderIndex:
-    """Every image file of the splits the folder gives (each class folder listed recursively)."""
     index = FolderIndex(layout)
     class_names, class_root = layout.class_names, layout.split_dirs["train"]
     for split, folder in layout.split_dirs.items():
@@ -123,12 +117,8 @@ def scan_files(layout: FolderLayout) -> FolderIndex:
 
 
 def take_stratified(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Split ``items`` into (rest, taken): ``fraction`` of the images taken, stratified, seeded.
-
-    Every class gives ``floor(fraction * n_class)`` images; the remainder up to
-    ``round(fraction * n)`` comes from the classes with the largest fractional parts (so small
-    classes still add up to the requested total). At least one image per class stays in ``rest``.
-    """
+    """(rest, taken): ``round(fraction * n)`` items taken, stratified by largest remainders,
+    seeded; at least one item per class stays in ``rest``."""
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[Item]] = {}
     for item in items:
@@ -154,11 +144,8 @@ def take_stratified(items: list[Item], fraction: float, seed: int) -> tuple[list
 def carve_missing_splits(
     index: FolderIndex, fractions: tuple[float, float, float], seed: int, k_fold: bool
 ) -> None:
-    """Draw the missing test and validation splits from train, stratified by class.
-
-    The test images with a fixed seed, the validation images with ``seed``; with ``k_fold`` the
-    validation split is left empty (the folds carve it from the pool). Says so in the log.
-    """
+    """Carve the missing test (fixed seed) and validation (``seed``; empty with ``k_fold``: the
+    folds carve it) splits from train, stratified by class."""
     root, given = index.layout.root, index.layout.kind == "splits"
     train_frac, val_frac, test_frac = fractions
     pool = index.files["train"]
