@@ -234,7 +234,6 @@ def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int =
     from hydra import compose, initialize_config_dir
 
     from imgcls.config import CONFIG_DIR
-    from imgcls.utils.devices import move_gpus_argument
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -253,7 +252,7 @@ def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int =
                 "hydra/launcher=slurm",
                 "hydra.job.name=train",
                 f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                *move_gpus_argument(overrides),  # as the command line does
+                *overrides,
             ],
             return_hydra_config=True,
         )
@@ -410,7 +409,7 @@ def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
 
 
 def test_only_a_lost_process_is_reported_as_one(monkeypatch) -> None:
-    from imgcls.utils import cluster_training as cluster
+    from imgcls.utils import runs as cluster
 
     gloo = (
         "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "

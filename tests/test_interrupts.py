@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from imgcls.config import REPO_ROOT
-from imgcls.utils.interrupts import TRAINING_STARTED
+from imgcls.lifecycle import TRAINING_STARTED
 
 from .conftest import run_cli
 
@@ -87,8 +87,8 @@ def test_a_plain_ctrl_c_still_marks_the_run_interrupted(tmp_path: Path) -> None:
     """Ctrl-C outside a trainer call (data loading) or a second one: not left 'running'."""
     from omegaconf import OmegaConf
 
+    from imgcls.lifecycle import interruptible
     from imgcls.run_dir import RunDir
-    from imgcls.utils.interrupts import interruptible
 
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
     RunDir(tmp_path).write_status("running")
@@ -101,36 +101,23 @@ def test_the_interrupt_checkpoint_never_holds_unchecked_losses(tmp_path: Path) -
     """The non-finite loss watch reads its window before the mid-epoch checkpoint is saved."""
     from types import SimpleNamespace
 
-    from imgcls.utils.interrupts import InterruptCheckpoint, RunInterrupted
+    from pytorch_lightning.trainer.states import TrainerFn
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from imgcls.lifecycle import StopOnSignal
 
     calls = []
-    callback = InterruptCheckpoint(tmp_path / "last.ckpt")
-    callback.requested = "SIGTERM"
+    callback = StopOnSignal(tmp_path)
     trainer = SimpleNamespace(
-        world_size=1,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
         current_epoch=0,
         global_step=3,
-        save_checkpoint=lambda path: calls.append("save"),
+        save_checkpoint=lambda path: calls.append(("save", Path(path))),
     )
     module = SimpleNamespace(stop_if_nonfinite=lambda: calls.append("check"))
-    with pytest.raises(RunInterrupted):
-        callback.on_train_batch_end(trainer, module, None, None, 0)
-    assert calls == ["check", "save"]
-
-
-def test_ddp_processes_ask_each_other_on_the_check_cadence_not_every_step(tmp_path: Path) -> None:
-    """An all-reduce per training step would undo the sync-free step: every log_every_n_steps
-    batches and at the epoch's last one, the same batches in every process."""
-    from types import SimpleNamespace
-
-    from imgcls.utils.interrupts import InterruptCheckpoint
-
-    asked = []
-    strategy = SimpleNamespace(reduce_boolean_decision=lambda flag, all: asked.append(flag))
-    trainer = SimpleNamespace(
-        world_size=2, log_every_n_steps=5, num_training_batches=12, strategy=strategy
-    )
-    callback = InterruptCheckpoint(tmp_path / "last.ckpt")
-    for batch_idx in range(12):
-        callback.on_train_batch_end(trainer, None, None, None, batch_idx)
-    assert len(asked) == 3  # after batches 5, 10 and 12
+    callback.on_exception(trainer, module, SIGTERMException())
+    assert calls == ["check", ("save", tmp_path / "checkpoints" / "last.ckpt")]
+    assert callback.where == "at epoch 0, step 3" and callback.signal_name == "SIGTERM"
+    trainer.state.fn = TrainerFn.TESTING  # the module holds the best weights: last.ckpt stays
+    callback.on_exception(trainer, module, SIGTERMException())
+    assert len(calls) == 2 and callback.where == "while testing"

@@ -47,12 +47,11 @@ def train() -> None:
     """``python train.py``: fit, then test the best checkpoint (``resume=<run dir>``: continue)."""
     from imgcls.run_dir import resume_arguments
     from imgcls.utils.cluster import check_shared_run_dir
-    from imgcls.utils.devices import move_gpus_argument
     from imgcls.utils.errors import UserError
 
     try:
         check_shared_run_dir(sys.argv[1:])
-        args = resume_arguments(move_gpus_argument(sys.argv[1:]))
+        args = resume_arguments(sys.argv[1:])
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -61,9 +60,7 @@ def train() -> None:
 
 def evaluate() -> None:
     """``python eval.py ckpt_path=PATH``."""
-    from imgcls.utils.devices import move_gpus_argument
-
-    launch("eval", "imgcls.eval", move_gpus_argument(sys.argv[1:]))
+    launch("eval", "imgcls.eval", sys.argv[1:])
 
 
 def predict() -> None:

@@ -70,12 +70,10 @@ def compose(
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from imgcls.utils.devices import move_gpus_argument
     from imgcls.utils.errors import UserError
     from imgcls.utils.preflight import config_mistake
 
     setup_config_environment()
-    overrides = move_gpus_argument(overrides)  # trainer.gpus=N, as on the command line
     mistake = config_mistake(list(overrides), CONFIG_DIR, config_name)
     if mistake:
         raise UserError(mistake)

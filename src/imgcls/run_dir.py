@@ -10,7 +10,7 @@ Every run (single or a sweep job) leaves one dir::
     checkpoints/last.ckpt   written after every epoch: what ``resume=`` continues from
 
 This module is the only code that knows these names; ``train.py``, the checkpoint callback
-(``imgcls.callbacks.last_checkpoint``), the sweeps and ``imgcls-report`` go through it. It imports
+(``imgcls.lifecycle``), the sweeps and ``imgcls-report`` go through it. It imports
 neither torch nor Lightning, so the report stays quick to start.
 """
 

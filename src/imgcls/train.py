@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.callbacks.run_info import RunInfo
+from imgcls.lifecycle import RequeueStatus, RunInfo, StopOnSignal, build_trainer, interruptible
 from imgcls.loggers import finish_loggers
 from imgcls.run_dir import REQUEUED, finished_metrics, log_start, parse_overrides
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
-from imgcls.utils.cluster_training import RequeueStatus
-from imgcls.utils.devices import apply_gpus, apply_matmul_precision
 from imgcls.utils.errors import UserError
-from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
-    explicit_overrides,
     instantiate_list,
     quiet_other_ranks,
     report_errors,
@@ -36,19 +30,7 @@ from imgcls.utils.runs import (
 
 log = logging.getLogger(__name__)
 
-#: callbacks a trainer switch turns off: ``trainer.enable_progress_bar=false`` leaves out the
-#: progress bar callback instead of failing on it
-SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary": ModelSummary}
-
-
-def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``, on the devices ``cfg.gpus`` asks for, after
-    ``float32_matmul_precision`` is applied."""
-    apply_matmul_precision(cfg.get("float32_matmul_precision"))
-    apply_gpus(cfg.trainer, cfg.get("gpus"), explicit_overrides("trainer"))
-    switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if cfg.trainer.get(k) is False)
-    kept = [c for c in callbacks if not isinstance(c, switched_off)]
-    return instantiate(cfg.trainer, callbacks=kept, **kwargs)
+__all__ = ["build_trainer", "run", "train"]  # build_trainer: imgcls.lifecycle's
 
 
 #: overrides that say where a run is, not how it trains: never hyperparameters
@@ -133,7 +115,7 @@ class ForgetRestoredBest(pl.Callback):
             best.reset()
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
     run = run_dir(cfg)
@@ -156,11 +138,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    interrupt = InterruptCheckpoint(run.last_checkpoint)
     callbacks = [
         *instantiate_list(cfg.get("callbacks")),
         RunInfo(resolved),
-        interrupt,
+        stop or StopOnSignal(run.path),
         RequeueStatus(run),
         *extra_callbacks,
     ]
@@ -172,7 +153,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = to_floats(trainer.callback_metrics)
-    interrupt.raise_if_requested()
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -208,8 +188,9 @@ def run(cfg: DictConfig) -> float | None:
         tags = list(cfg.get("tags") or [])
         if rank_zero_only.rank == 0:
             run_here.write_status("running", tags=tags)
-        with interruptible(cfg):
-            metrics = train(cfg)
+        stop = StopOnSignal(run_here.path)
+        with interruptible(cfg, stop):
+            metrics = train(cfg, stop)
         if rank_zero_only.rank == 0:
             run_here.write_status("completed", metrics=metrics, tags=tags)
     for name in ("val/acc_best", "test/acc", "test/loss"):
