@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -115,6 +116,14 @@ class ForgetRestoredBest(pl.Callback):
             best.reset()
 
 
+def best_checkpoint(trainer: pl.Trainer) -> str:
+    """The best model checkpoint of this fit (a ``ModelCheckpoint`` with a ``monitor``), or ""."""
+    monitored = [
+        c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor
+    ]
+    return monitored[0].best_model_path if monitored else ""
+
+
 def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
@@ -155,7 +164,7 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
     metrics = to_floats(trainer.callback_metrics)
 
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best_checkpoint(trainer)
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
