@@ -40,8 +40,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, REQUEUED, RunDir
-from imgcls.utils.checkpoint import RUN_INFO_KEY
+from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint
 from imgcls.utils.devices import apply_gpus, apply_matmul_precision
+from imgcls.utils.errors import UserError
 from imgcls.utils.runs import explicit_overrides, is_multirun, run_dir
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,50 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any)
         plugins = list(instantiate(trainer_cfg.pop("plugins", None) or []))
         kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=True)]
     return instantiate(trainer_cfg, callbacks=kept, **kwargs)
+
+
+def epochs_done(checkpoint: Mapping[str, Any]) -> int:
+    """Epochs a Lightning checkpoint finished training (its fit loop's processed epochs)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
+
+
+def check_something_to_train(ckpt_path: str | Path, max_epochs: int | None) -> None:
+    """``ckpt_path=`` restores a whole training state: refuse one that has nothing left to do."""
+    done = epochs_done(read_checkpoint(ckpt_path, mmap=True))
+    if max_epochs is not None and 0 <= max_epochs <= done:
+        raise UserError(
+            f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
+            f"{max_epochs}: nothing left to train; raise trainer.max_epochs to continue it, or "
+            f"use init_from={ckpt_path} to start a new run from its weights"
+        )
+
+
+def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> None:
+    """``init_from=<ckpt or run dir>``: the network's weights only (no optimizer, schedule or
+    epoch). Tensors whose shape differs (a head for another number of classes) are refused, or
+    left freshly initialised with ``init_from_reset_head=true``."""
+    state = read_checkpoint(source)["state_dict"]
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    own = model.net.state_dict()
+    if missing := sorted(own.keys() - weights.keys()) + sorted(weights.keys() - own.keys()):
+        raise UserError(
+            f"init_from={source} holds another network (e.g. {missing[0]} is only in one of "
+            "them); start from a checkpoint of the same model=..."
+        )
+    differ = [k for k, v in weights.items() if v.shape != own[k].shape]
+    if differ and not reset_head:
+        name = differ[0]
+        raise UserError(
+            f"init_from={source}: {name} has shape {tuple(weights[name].shape)} there and "
+            f"{tuple(own[name].shape)} here (another number of classes?); add "
+            "init_from_reset_head=true to start those layers afresh"
+        )
+    for name in differ:
+        log.info(f"init_from: {name} re-initialised (shape {tuple(own[name].shape)})")
+        weights[name] = own[name]
+    model.net.load_state_dict(weights)
+    log.info(f"init_from={source}: weights loaded; optimizer, schedule and epochs are this run's")
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -13,7 +13,15 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.lifecycle import RequeueStatus, RunInfo, StopOnSignal, build_trainer, interruptible
+from imgcls.lifecycle import (
+    RequeueStatus,
+    RunInfo,
+    StopOnSignal,
+    build_trainer,
+    check_something_to_train,
+    init_weights,
+    interruptible,
+)
 from imgcls.loggers import finish_loggers
 from imgcls.run_dir import REQUEUED, finished_metrics, log_start, parse_overrides
 from imgcls.tune import run_tuner, tunes_only
@@ -135,7 +143,10 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
         read_checkpoint(cfg.ckpt_path, mmap=True)
         if not log_start(cfg.ckpt_path, run):
+            check_something_to_train(cfg.ckpt_path, cfg.trainer.get("max_epochs"))
             extra_callbacks.append(ForgetRestoredBest())
+    if cfg.get("init_from") and cfg.get("ckpt_path"):
+        raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
     if not tunes_only(cfg):
@@ -146,6 +157,8 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
         *instantiate_list(cfg.get("callbacks")),
@@ -161,6 +174,9 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if cfg.get("ckpt_path") and not trainer.callback_metrics:
+            # a resumed run stopped after its last epoch (while testing): its val metrics again
+            trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = to_floats(trainer.callback_metrics)
 
     if cfg.test:
