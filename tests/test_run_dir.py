@@ -210,3 +210,22 @@ def test_ckpt_path_with_nothing_left_to_train_is_refused(make_cfg, two_epoch_run
     cfg = make_cfg("train", [*TINY, "trainer.max_epochs=2", f"ckpt_path={last}"])
     with pytest.raises(UserError, match="already trained 2 epochs and trainer.max_epochs=2: no"):
         train(cfg)
+
+
+def test_a_run_stopped_while_testing_resumes_tests_and_completes(make_cfg, two_epoch_run, tmp_path):
+    """Ctrl-C after the last epoch (final validation or test), then resume=: nothing is left
+    to train, so the run validates its weights again, tests, and completes (issue 20, item 11)."""
+    import shutil
+
+    from imgcls.train import run
+
+    copy = tmp_path / "stopped"
+    shutil.copytree(two_epoch_run, copy)
+    RunDir(copy).write_status("interrupted", signal="SIGINT")
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=2", "callbacks=lean", "resume=true"])
+    cfg.paths.output_dir = str(copy)
+    best = run(cfg)
+    status = RunDir(copy).status()
+    assert status["status"] == "completed"
+    assert best == status["metrics"]["val/acc_best"] and "test/acc" in status["metrics"]
+    assert best == RunDir(two_epoch_run).metrics()["val/acc_best"]  # the best it had reached

@@ -174,8 +174,9 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        if cfg.get("ckpt_path") and not trainer.callback_metrics:
-            # a resumed run stopped after its last epoch (while testing): its val metrics again
+        if not trainer.callback_metrics:
+            # nothing trained (max_epochs=0, or resumed after its last epoch, say Ctrl-C while
+            # testing): the val metrics of the weights it has
             trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = to_floats(trainer.callback_metrics)
 
