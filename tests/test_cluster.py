@@ -351,7 +351,7 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     done, failed = (read_json(job / "status.json") for job in jobs)
     assert done["status"] == "completed" and 0 <= done["metrics"]["val/acc_best"] <= 1
     assert failed["status"] == "failed" and "lr must be > 0" in failed["error"]
-    assert "Traceback" in (jobs[1] / "error.txt").read_text()
+    assert "Traceback" in (jobs[1] / "traceback.txt").read_text()
 
     assert report_main([str(sweep_dir), "--no-plot"]) == 0
     rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
@@ -361,13 +361,13 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     assert by_lr["-1"]["status"] == "failed" and "lr must be > 0" in by_lr["-1"]["error"]
 
     finished = (jobs[0] / "metrics.json").stat().st_mtime_ns
-    failed_at = (jobs[1] / "error.txt").stat().st_mtime_ns
+    failed_at = (jobs[1] / "traceback.txt").stat().st_mtime_ns
     again = run_cli("train.py", *sweep, "resume=true", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert again.returncode == 1, again.stderr[-3000:]
     assert "sweep: 2 jobs: 0 completed, 1 failed, 1 skipped" in again.stdout
     assert "already completed: skipped (resume=true)" in (jobs[0] / "train.log").read_text()
     assert (jobs[0] / "metrics.json").stat().st_mtime_ns == finished  # not trained again
-    assert (jobs[1] / "error.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
+    assert (jobs[1] / "traceback.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
     assert read_json(jobs[0] / "status.json")["status"] == "completed"
 
 

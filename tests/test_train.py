@@ -77,6 +77,12 @@ def test_one_epoch_on_digits_learns(digits_run) -> None:
     assert metrics["test/acc"] > 0.5  # chance is 0.1
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+    # where each value comes from: the last epoch, the best epoch, the checkpoint tested
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    assert saved["sources"]["val/acc"] == {"from": "last epoch", "epoch": 0}
+    tested = {"from": "best checkpoint", "checkpoint": f"checkpoints/{best.name}"}
+    assert saved["sources"]["test/acc"] == tested
+    assert saved["sources"]["val/acc_best"] == {**tested, "from": "best epoch"}
     assert (run_dir / "config.yaml").read_text().count("num_classes: 10") >= 2  # resolved
 
 

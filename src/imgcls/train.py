@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +181,8 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
             trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = to_floats(trainer.callback_metrics)
 
+    best = best_checkpoint(trainer)
     if cfg.test:
-        best = best_checkpoint(trainer)
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
@@ -190,8 +191,27 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
     if trainer.is_global_zero:
-        run.write_metrics(metrics)
+        sources = metric_sources(metrics, trainer.current_epoch - 1, best, run.path)
+        run.write_metrics({**metrics, "sources": sources})
     return metrics
+
+
+def metric_sources(
+    metrics: dict[str, float], last_epoch: int, best: str, run_path: Path
+) -> dict[str, dict[str, Any]]:
+    """Where each final metric comes from: the last epoch (train/val), the best epoch
+    (``val/acc_best``) or the checkpoint that was tested (``test/*``)."""
+    best_file = {"checkpoint": os.path.relpath(best, run_path)} if best else {}
+    last = {"from": "last epoch", "epoch": last_epoch}
+    sources = {}
+    for name in metrics:
+        if name == "val/acc_best":
+            sources[name] = {"from": "best epoch", **best_file}
+        elif name.startswith("test/"):
+            sources[name] = {"from": "best checkpoint", **best_file} if best else last
+        else:
+            sources[name] = last
+    return sources
 
 
 @report_errors
