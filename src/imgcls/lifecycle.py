@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shlex
 import signal
 import sys
@@ -25,7 +26,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -139,6 +142,49 @@ class RunInfo(pl.Callback):
     ) -> None:
         names = getattr(trainer.datamodule, "class_names", None) or []
         checkpoint[RUN_INFO_KEY] = {"config": self.config, "class_names": [str(c) for c in names]}
+
+
+class Randomness(pl.Callback):
+    """Per-process randomness, and the random state in every checkpoint.
+
+    Under DDP each process reseeds with ``seed + rank`` once the datamodule has split the data
+    (the same split everywhere), so ranks draw different augmentation, mixup and dropout. The
+    torch, numpy and Python RNG states are saved with each checkpoint and restored when training
+    starts again: a resumed single-process run continues the random stream it stopped in.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.restored: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        _, keys, position, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": (torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, self.restored = self.restored, None
+        if state is None:
+            return
+        if trainer.world_size > 1:  # rank 0's state was saved: every rank continues apart
+            step = self.seed + trainer.global_rank + trainer.world_size * trainer.global_step
+            pl.seed_everything(step, workers=True, verbose=False)
+            return
+        torch.set_rng_state(state["torch"])
+        keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 class StopOnSignal(OnExceptionCheckpoint):

@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.lifecycle import (
+    Randomness,
     RequeueStatus,
     RunInfo,
     StopOnSignal,
@@ -166,6 +167,7 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         RunInfo(resolved),
         stop or StopOnSignal(run.path),
         RequeueStatus(run),
+        Randomness(cfg.seed),
         *extra_callbacks,
     ]
     loggers = instantiate_list(cfg.get("logger"))
