@@ -434,3 +434,48 @@ def test_class_weights_are_a_buffer_that_follows_the_module() -> None:
     assert "loss_weights" not in model.state_dict()  # resolved again by setup, not saved
     model.to("meta")  # stands in for a GPU: every buffer moves, plain attributes stay behind
     assert model.loss_weights.device.type == "meta"
+
+
+class RankProbe(pl.Callback):
+    """Test helper: each DDP process writes its random draws, its train split and how many test
+    batches it ran to ``<out>/rank<N>.json``."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.record = Path(out), {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = trainer.datamodule.splits["train"][1]
+        self.record = {"rand": torch.rand(4).tolist(), "train_labels": labels.tolist()}
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.record["test_batches"] = trainer.num_test_batches[0]
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
+
+
+def test_ddp_ranks_draw_apart_split_alike_and_test_unequal_shards(tmp_path: Path) -> None:
+    """Under DDP each rank reseeds with seed + rank after the split (different augmentation,
+    mixup, dropout; the same train split), and ranks with different numbers of test batches
+    finish testing (no collective paced by a rank's shard length)."""
+    probe = [f"+callbacks.probe._target_={__name__}.RankProbe", f"+callbacks.probe.out={tmp_path}"]
+    # 325 test images (no class 2), batches of 162: rank 0 tests 2 batches, rank 1 one
+    shards = ["data.classes=[0,1,3,4,5,6,7,8,9]", "data.batch_size=162", "data.num_workers=0"]
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    ddp = run_cli(
+        "train.py",
+        "data=digits",
+        *shards,
+        *tiny,
+        *probe,
+        "trainer=ddp_cpu",
+        "callbacks=lean",
+        "logger=csv",
+        "extras.print_config=false",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO_ROOT)},
+        timeout=200,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["rand"] != ranks[1]["rand"]
+    assert ranks[0]["train_labels"] == ranks[1]["train_labels"]
+    assert sorted(r["test_batches"] for r in ranks) == [1, 2]
