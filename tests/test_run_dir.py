@@ -229,3 +229,21 @@ def test_a_run_stopped_while_testing_resumes_tests_and_completes(make_cfg, two_e
     assert status["status"] == "completed"
     assert best == status["metrics"]["val/acc_best"] and "test/acc" in status["metrics"]
     assert best == RunDir(two_epoch_run).metrics()["val/acc_best"]  # the best it had reached
+
+
+def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg) -> None:
+    """rerun=<run dir>: exactly that run's config, in a new dir; deterministic on the CPU, the
+    same numbers (issue 22, item 4)."""
+    from pathlib import Path
+
+    from imgcls.train import run
+
+    first = make_cfg("train", [*TINY, "trainer.max_epochs=1", "trainer.deterministic=true"], "a")
+    metrics = train(first)
+    again = make_cfg("train", [f"rerun={first.paths.output_dir}"], subdir="b")
+    run(again)
+    new = RunDir(again.paths.output_dir)
+    assert new.status()["metrics"] == metrics
+    assert new.config()["trainer"]["deterministic"] is True
+    assert Path(new.config()["paths"]["output_dir"]) == Path(again.paths.output_dir)
+    assert (new.path / "checkpoints" / "last.ckpt").is_file()

@@ -144,7 +144,8 @@ def test_report_of_the_grid_shows_four_runs(grid_sweep) -> None:
 def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
     sweep_dir, _ = grid_sweep
     finished = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in job_dirs(sweep_dir)[:2]}
-    failed_before = {d.name: (d / "traceback.txt").stat().st_mtime_ns for d in job_dirs(sweep_dir)[2:]}
+    failed = job_dirs(sweep_dir)[2:]
+    failed_before = {d.name: (d / "traceback.txt").stat().st_mtime_ns for d in failed}
     result = run_cli(
         "train.py", "-m", *FAST, *GRID, "resume=true", f"hydra.sweep.dir={sweep_dir}",
         cwd=sweep_dir.parents[3],

@@ -1,16 +1,6 @@
-"""A run's life cycle while it trains: its Trainer, checkpoints, interrupts and SLURM requeues.
-
-The run dir's files are named and read in ``imgcls.run_dir`` (torch-free, for the report);
-everything that needs Lightning is here:
-
-- ``build_trainer``: ``cfg.trainer`` with ``trainer.gpus`` mapped onto accelerator/devices and
-  Lightning's SLURM environment (auto-requeue on SIGUSR1) when the job runs under SLURM;
-- ``StopOnSignal``: Ctrl-C and SIGTERM stop through Lightning's own SIGTERM handling (the batch
-  finishes, ``SIGTERMException``) and ``OnExceptionCheckpoint`` saves ``checkpoints/last.ckpt``;
-- ``RequeueStatus``: ``status.json`` says ``requeued`` after Lightning's requeue handler ran;
-- ``interruptible``: the status ``interrupted`` and the command that continues the run;
-- ``LastCheckpoint`` and ``RunInfo``: what every checkpoint is and carries.
-"""
+"""A run's life cycle while it trains (the run dir's files are ``imgcls.run_dir``'s): the
+Trainer (``build_trainer``), what checkpoints are and carry, reuse (``init_from``, ``ckpt_path``),
+randomness per rank and across resumes, Ctrl-C/SIGTERM, SLURM requeues and the run's status."""
 
 from __future__ import annotations
 
@@ -70,23 +60,6 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any)
         plugins = list(instantiate(trainer_cfg.pop("plugins", None) or []))
         kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=True)]
     return instantiate(trainer_cfg, callbacks=kept, **kwargs)
-
-
-def epochs_done(checkpoint: Mapping[str, Any]) -> int:
-    """Epochs a Lightning checkpoint finished training (its fit loop's processed epochs)."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    return int(progress.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
-
-
-def check_something_to_train(ckpt_path: str | Path, max_epochs: int | None) -> None:
-    """``ckpt_path=`` restores a whole training state: refuse one that has nothing left to do."""
-    done = epochs_done(read_checkpoint(ckpt_path, mmap=True))
-    if max_epochs is not None and 0 <= max_epochs <= done:
-        raise UserError(
-            f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
-            f"{max_epochs}: nothing left to train; raise trainer.max_epochs to continue it, or "
-            f"use init_from={ckpt_path} to start a new run from its weights"
-        )
 
 
 def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,13 @@ from imgcls.lifecycle import (
     RunInfo,
     StopOnSignal,
     build_trainer,
-    check_something_to_train,
     init_weights,
     interruptible,
 )
 from imgcls.loggers import finish_loggers
-from imgcls.run_dir import REQUEUED, finished_metrics, log_start, parse_overrides
+from imgcls.run_dir import REQUEUED, RunDir, finished_metrics, log_start, parse_overrides
 from imgcls.tune import run_tuner, tunes_only
-from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
+from imgcls.utils.checkpoint import check_something_to_train, find_checkpoint, read_checkpoint
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import (
     apply_extras,
@@ -42,10 +42,10 @@ from imgcls.utils.runs import (
 log = logging.getLogger(__name__)
 
 __all__ = ["build_trainer", "run", "train"]  # build_trainer: imgcls.lifecycle's
-
-
 #: overrides that say where a run is, not how it trains: never hyperparameters
-NOT_HYPERPARAMETERS = ("hydra", "paths", "resume", "ckpt_path", "extras", "tags", "task_name")
+NOT_HYPERPARAMETERS = (
+    *("hydra", "paths", "resume", "rerun", "ckpt_path", "extras", "tags", "task_name"),
+)
 
 
 def run_overrides() -> list[str]:
@@ -99,10 +99,8 @@ def log_hparams_with_metrics(
 
 
 def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
-    """Before any training: ``optimized_metric`` must be a metric this run's module will log.
-
-    A module that does not declare ``logged_metrics`` is checked after the run only.
-    """
+    """Before any training: ``optimized_metric`` must be a metric this run's module will log
+    (a module that does not declare ``logged_metrics`` is checked after the run only)."""
     name = cfg.get("optimized_metric")
     declared = getattr(model, "logged_metrics", None)
     if not name or not declared:
@@ -168,6 +166,8 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         stop or StopOnSignal(run.path),
         RequeueStatus(run),
         Randomness(cfg.seed),
+        # TODO(coordinator): drop the find_spec guard once h6's imgcls.provenance is merged
+        *([WriteProvenance()] if find_spec("imgcls.provenance") else []),
         *extra_callbacks,
     ]
     loggers = instantiate_list(cfg.get("logger"))
@@ -216,6 +216,36 @@ def metric_sources(
     return sources
 
 
+def rerun_config(old: Path, output_dir: str) -> DictConfig:
+    """``rerun=<run dir>``: that run's saved, resolved config, writing to this new run dir."""
+    saved = RunDir(old).config()
+    if not saved:
+        raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
+    old_dir = str(saved["paths"]["output_dir"])
+
+    def moved(value: Any) -> Any:  # the old run's paths (checkpoints, logs) move to the new dir
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and value.startswith(old_dir):
+            return output_dir + value[len(old_dir) :]
+        return value
+
+    log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
+    return OmegaConf.create({**moved(saved), "rerun": None, "resume": False, "ckpt_path": None})
+
+
+class WriteProvenance(pl.Callback):
+    """Rank 0 writes the run's provenance when fit starts (the data is set up: its fingerprint)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from imgcls import provenance
+
+            provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
+
+
 @report_errors
 def run(cfg: DictConfig) -> float | None:
     """Hydra task: train, print the results and return ``optimized_metric`` for sweepers.
@@ -226,6 +256,9 @@ def run(cfg: DictConfig) -> float | None:
     """
     quiet_other_ranks()
     apply_extras(cfg)
+    rerun_of = Path(cfg.rerun).resolve() if cfg.get("rerun") else None
+    if rerun_of is not None:
+        cfg = rerun_config(rerun_of, cfg.paths.output_dir)
     run_here = run_dir(cfg)
     resuming = cfg.get("resume") is True or run_here.status().get("status") == REQUEUED
     metrics = finished_metrics(run_here) if resuming else None
@@ -245,6 +278,11 @@ def run(cfg: DictConfig) -> float | None:
         if name in metrics:
             log.info(f"{name}: {metrics[name]:.4f}")
     log.info(f"run dir: {run_here.path}")
+    # TODO(coordinator): drop the find_spec guard once h6's imgcls.provenance is merged
+    if rerun_of is not None and find_spec("imgcls.provenance") and rank_zero_only.rank == 0:
+        from imgcls import provenance
+
+        print(provenance.compare(rerun_of, run_here.path))
     name = cfg.get("optimized_metric")
     if not name or tunes_only(cfg):
         return None
