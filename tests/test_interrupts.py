@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,10 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(make_cfg, 
         train(stopped)
     last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == (4 if stop == "SIGINT" else 6)
-    train(make_cfg("train", [*EXACT, f"ckpt_path={last}"], subdir="part"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(make_cfg("train", [*EXACT, f"ckpt_path={last}"], subdir="part"))
+    assert not [str(w.message) for w in seen if "Checkpoint directory" in str(w.message)]
     whole = torch.load(make_cfg(subdir="whole").paths.output_dir + "/checkpoints/last.ckpt")
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == whole["global_step"] == 12

@@ -89,6 +89,14 @@ def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> No
     log.info(f"init_from={source}: weights loaded; optimizer, schedule and epochs are this run's")
 
 
+def best_checkpoint(trainer: pl.Trainer) -> str:
+    """The best model checkpoint of this fit (a ``ModelCheckpoint`` with a ``monitor``), or ""."""
+    monitored = [
+        c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor
+    ]
+    return monitored[0].best_model_path if monitored else ""
+
+
 class LastCheckpoint(ModelCheckpoint):
     """``<run dir>/checkpoints/last.ckpt`` after every epoch, whatever val/acc did (Lightning's
     ``save_last`` writes it only when a top-k checkpoint is saved): what ``resume=`` reads."""
@@ -118,13 +126,9 @@ class RunInfo(pl.Callback):
 
 
 class Randomness(pl.Callback):
-    """Per-process randomness, and the random state in every checkpoint.
-
-    Under DDP each process reseeds with ``seed + rank`` once the datamodule has split the data
-    (the same split everywhere), so ranks draw different augmentation, mixup and dropout. The
-    torch, numpy and Python RNG states are saved with each checkpoint and restored when training
-    starts again: a resumed single-process run continues the random stream it stopped in.
-    """
+    """Under DDP each process reseeds with ``seed + rank`` after the data split (the same on every
+    rank): ranks draw different augmentation, mixup, dropout. The torch, numpy and Python RNG
+    states go into each checkpoint; a resumed run continues the random stream it stopped in."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,6 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -20,6 +20,7 @@ from imgcls.lifecycle import (
     RequeueStatus,
     RunInfo,
     StopOnSignal,
+    best_checkpoint,
     build_trainer,
     init_weights,
     interruptible,
@@ -124,25 +125,19 @@ class ForgetRestoredBest(pl.Callback):
             best.reset()
 
 
-def best_checkpoint(trainer: pl.Trainer) -> str:
-    """The best model checkpoint of this fit (a ``ModelCheckpoint`` with a ``monitor``), or ""."""
-    monitored = [
-        c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor
-    ]
-    return monitored[0].best_model_path if monitored else ""
-
-
 def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
     run = run_dir(cfg)
     extra_callbacks: list[pl.Callback] = []
+    continuing = False
     if cfg.get("ckpt_path"):
         if Path(cfg.ckpt_path).is_dir():  # a run dir: a new run from its last checkpoint
             cfg.ckpt_path = str(find_checkpoint(Path(cfg.ckpt_path), prefer="last"))
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
         read_checkpoint(cfg.ckpt_path, mmap=True)
-        if not log_start(cfg.ckpt_path, run):
+        continuing = log_start(cfg.ckpt_path, run)
+        if not continuing:
             check_something_to_train(cfg.ckpt_path, cfg.trainer.get("max_epochs"))
             extra_callbacks.append(ForgetRestoredBest())
     if cfg.get("init_from") and cfg.get("ckpt_path"):
@@ -176,7 +171,10 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         run.write_config(resolved)
 
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with warnings.catch_warnings():
+            if continuing:  # in its own dir: the run's checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         if not trainer.callback_metrics:
             # nothing trained (max_epochs=0, or resumed after its last epoch, say Ctrl-C while
             # testing): the val metrics of the weights it has
