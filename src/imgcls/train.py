@@ -135,10 +135,10 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         if Path(cfg.ckpt_path).is_dir():  # a run dir: a new run from its last checkpoint
             cfg.ckpt_path = str(find_checkpoint(Path(cfg.ckpt_path), prefer="last"))
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
-        read_checkpoint(cfg.ckpt_path, mmap=True)
+        checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
         continuing = log_start(cfg.ckpt_path, run)
         if not continuing:
-            check_something_to_train(cfg.ckpt_path, cfg.trainer.get("max_epochs"))
+            check_something_to_train(cfg.ckpt_path, checkpoint, cfg.trainer.get("max_epochs"))
             extra_callbacks.append(ForgetRestoredBest())
     if cfg.get("init_from") and cfg.get("ckpt_path"):
         raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")

@@ -104,9 +104,11 @@ def epochs_done(checkpoint: Mapping[str, Any]) -> int:
     return int(progress.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
 
 
-def check_something_to_train(ckpt_path: str | Path, max_epochs: int | None) -> None:
+def check_something_to_train(
+    ckpt_path: str | Path, checkpoint: Mapping[str, Any], max_epochs: int | None
+) -> None:
     """``ckpt_path=`` restores a whole training state: refuse one that has nothing left to do."""
-    done = epochs_done(read_checkpoint(ckpt_path, mmap=True))
+    done = epochs_done(checkpoint)
     if max_epochs is not None and 0 <= max_epochs <= done:
         raise UserError(
             f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
