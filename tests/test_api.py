@@ -26,7 +26,9 @@ def test_compose_needs_only_the_import_and_checks_overrides() -> None:
     assert cfg.model.num_classes == 10  # ${datamodule:...} resolves outside a run
     with pytest.raises(UserError, match="did you mean trainer.max_epochs"):
         imgcls.compose(overrides=["trainer.max_epoch=3"])
-    assert imgcls.compose(overrides=["trainer.gpus=0"]).gpus == 0  # as the command line takes it
+    assert (
+        imgcls.compose(overrides=["trainer.gpus=0"]).trainer.gpus == 0
+    )  # as the command line takes it
 
 
 def test_import_and_compose_load_no_torch() -> None:

@@ -234,7 +234,6 @@ def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int =
     from hydra import compose, initialize_config_dir
 
     from imgcls.config import CONFIG_DIR
-    from imgcls.utils.devices import move_gpus_argument
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -253,7 +252,7 @@ def sbatch_script(tmp_path: Path, monkeypatch, overrides: list[str], jobs: int =
                 "hydra/launcher=slurm",
                 "hydra.job.name=train",
                 f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                *move_gpus_argument(overrides),  # as the command line does
+                *overrides,
             ],
             return_hydra_config=True,
         )
@@ -352,7 +351,7 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     done, failed = (read_json(job / "status.json") for job in jobs)
     assert done["status"] == "completed" and 0 <= done["metrics"]["val/acc_best"] <= 1
     assert failed["status"] == "failed" and "lr must be > 0" in failed["error"]
-    assert "Traceback" in (jobs[1] / "error.txt").read_text()
+    assert "Traceback" in (jobs[1] / "traceback.txt").read_text()
 
     assert report_main([str(sweep_dir), "--no-plot"]) == 0
     rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
@@ -362,13 +361,13 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
     assert by_lr["-1"]["status"] == "failed" and "lr must be > 0" in by_lr["-1"]["error"]
 
     finished = (jobs[0] / "metrics.json").stat().st_mtime_ns
-    failed_at = (jobs[1] / "error.txt").stat().st_mtime_ns
+    failed_at = (jobs[1] / "traceback.txt").stat().st_mtime_ns
     again = run_cli("train.py", *sweep, "resume=true", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert again.returncode == 1, again.stderr[-3000:]
     assert "sweep: 2 jobs: 0 completed, 1 failed, 1 skipped" in again.stdout
     assert "already completed: skipped (resume=true)" in (jobs[0] / "train.log").read_text()
     assert (jobs[0] / "metrics.json").stat().st_mtime_ns == finished  # not trained again
-    assert (jobs[1] / "error.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
+    assert (jobs[1] / "traceback.txt").stat().st_mtime_ns > failed_at  # the failed job ran again
     assert read_json(jobs[0] / "status.json")["status"] == "completed"
 
 
@@ -410,7 +409,7 @@ def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
 
 
 def test_only_a_lost_process_is_reported_as_one(monkeypatch) -> None:
-    from imgcls.utils import cluster_training as cluster
+    from imgcls.utils import runs as cluster
 
     gloo = (
         "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "

@@ -188,23 +188,38 @@ def test_killed_run_resumes_in_its_own_dir(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "standard"])
 def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path, in_memory) -> None:
+    """One 2-process run: one run dir, the global batch, test metrics equal to one process's;
+    ranks draw different random numbers (seed + rank) from the same train split, and finish
+    testing shards of unequal length (no collective paced by a rank's shard)."""
     # without class 2 the test split holds 325 images: not divisible by 2 processes, so a
-    # padding sampler would count one image twice
+    # padding sampler would count one image twice; batches of 162: rank 0 tests 2, rank 1 one
     classes = "data.classes=[0,1,3,4,5,6,7,8,9]"
     common = ["data=digits", classes, "extras.print_config=false", "logger=csv", "callbacks=lean"]
-    data_path = [f"data.in_memory={in_memory}", "data.num_workers=0"]
+    data_path = [f"data.in_memory={in_memory}", "data.num_workers=0", "data.batch_size=162"]
+    probe = [f"+callbacks.probe._target_={__name__}.RankProbe", f"+callbacks.probe.out={tmp_path}"]
     ddp = run_cli(
-        "train.py", *common, *data_path, "trainer=ddp_cpu", "trainer.max_epochs=1", cwd=tmp_path
+        "train.py",
+        *common,
+        *data_path,
+        *probe,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO_ROOT)},  # the probe callback, in DDP's second process too
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one dir, not one per rank
     assert ddp.stdout.count("run dir:") == 1  # logged once
     ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
-    # data.batch_size is per process: 2 processes x 16 = global batch 32, half the steps
+    # data.batch_size is per process: 2 processes x 162 = global batch 324
     csv_rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     header = csv_rows[0].split(",")
     steps = [int(r.split(",")[header.index("step")]) for r in csv_rows[1:]]
-    assert max(steps) == 35  # global step after the epoch: ceil((1101 // 2) / 16) = 35
+    assert max(steps) == 4  # global step after the epoch: ceil((1101 // 2) / 162) = 4
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["rand"] != ranks[1]["rand"]
+    assert ranks[0]["train_labels"] == ranks[1]["train_labels"]
+    assert sorted(r["test_batches"] for r in ranks) == [1, 2]
 
     # test accuracy of the same checkpoint in one process equals the 2-process synced value
     # (on the CPU too, where the DDP run was: a GPU's kernels may round differently)
@@ -438,3 +453,19 @@ def test_class_weights_are_a_buffer_that_follows_the_module() -> None:
     assert "loss_weights" not in model.state_dict()  # resolved again by setup, not saved
     model.to("meta")  # stands in for a GPU: every buffer moves, plain attributes stay behind
     assert model.loss_weights.device.type == "meta"
+
+
+class RankProbe(pl.Callback):
+    """Test helper: each DDP process writes its random draws, its train split and how many test
+    batches it ran to ``<out>/rank<N>.json``."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.record = Path(out), {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = trainer.datamodule.splits["train"][1]
+        self.record = {"rand": torch.rand(4).tolist(), "train_labels": labels.tolist()}
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.record["test_batches"] = trainer.num_test_batches[0]
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))

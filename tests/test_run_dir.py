@@ -44,17 +44,6 @@ def test_optimized_metric_typo_fails_before_training(make_cfg, monkeypatch) -> N
         train(untested)
 
 
-def test_ckpt_path_inside_a_run_dir_starts_a_new_run(tmp_path) -> None:
-    run = tmp_path / "logs" / "train" / "runs" / "old"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text("- model=convnet\n- trainer.max_epochs=4\n")
-    (run / "checkpoints").mkdir()
-    ckpt = run / "checkpoints" / "epoch_003.ckpt"
-    ckpt.write_bytes(b"")
-    args = [f"ckpt_path={ckpt}", "trainer.max_epochs=8"]
-    assert resume_arguments(args) == args  # no hydra.run.dir=<old run>, nothing replayed
-
-
 def test_search_over_a_key_the_model_lacks_is_refused_in_one_line(tmp_path) -> None:
     result = run_cli(
         "train.py",
@@ -169,3 +158,92 @@ def test_a_new_run_from_a_checkpoint_reports_its_own_best(make_cfg, tmp_path) ->
     second = make_cfg("train", [*common, "trainer.max_epochs=2", f"ckpt_path={planted}"])
     metrics = train(second)
     assert metrics["val/acc_best"] == metrics["val/acc"] < 1.0
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    """One tiny finished run (2 epochs on digits), shared by the reuse tests below."""
+    from .conftest import compose_config
+
+    path = tmp_path_factory.mktemp("two_epochs")
+    cfg = compose_config("train", [*TINY, "trainer.max_epochs=2", "callbacks=lean"], path)
+    train(cfg)
+    return path
+
+
+def test_init_from_loads_the_weights_only_and_trains_its_own_epochs(make_cfg, two_epoch_run):
+    import torch
+    from hydra.utils import instantiate
+
+    from imgcls.lifecycle import init_weights
+
+    last = two_epoch_run / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)["state_dict"]
+    model = instantiate(make_cfg("train", TINY, subdir="m").model)
+    init_weights(model, last)
+    for name, value in model.net.state_dict().items():
+        assert torch.equal(value, saved[f"net.{name}"]), name
+    reused = [*TINY, "callbacks=lean", "test=false", f"init_from={two_epoch_run}"]
+    train(make_cfg("train", [*reused, "trainer.max_epochs=1"], subdir="new"))
+    new = torch.load(
+        make_cfg("train", [], subdir="new").paths.output_dir + "/checkpoints/last.ckpt"
+    )
+    assert (new["epoch"], new["global_step"]) == (0, 2)  # its own first epoch, not the third
+    assert not torch.equal(new["state_dict"]["net.head.weight"], saved["net.head.weight"])
+
+
+def test_init_from_refuses_another_head_unless_asked_to_reset_it(make_cfg, two_epoch_run):
+    from hydra.utils import instantiate
+
+    from imgcls.lifecycle import init_weights
+
+    three = instantiate(make_cfg("train", [*TINY, "model.net.num_classes=3"]).model)
+    with pytest.raises(UserError, match=r"shape \(10, .*\) there and \(3, .*init_from_reset_head"):
+        init_weights(three, two_epoch_run)
+    head = three.net.state_dict()["head.weight"].clone()
+    init_weights(three, two_epoch_run, reset_head=True)
+    assert (three.net.state_dict()["head.weight"] == head).all()  # left as initialised
+
+
+def test_ckpt_path_with_nothing_left_to_train_is_refused(make_cfg, two_epoch_run) -> None:
+    last = two_epoch_run / "checkpoints" / "last.ckpt"
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=2", f"ckpt_path={last}"])
+    with pytest.raises(UserError, match="already trained 2 epochs and trainer.max_epochs=2: no"):
+        train(cfg)
+
+
+def test_a_run_stopped_while_testing_resumes_tests_and_completes(make_cfg, two_epoch_run, tmp_path):
+    """Ctrl-C after the last epoch (final validation or test), then resume=: nothing is left
+    to train, so the run validates its weights again, tests, and completes (issue 20, item 11)."""
+    import shutil
+
+    from imgcls.train import run
+
+    copy = tmp_path / "stopped"
+    shutil.copytree(two_epoch_run, copy)
+    RunDir(copy).write_status("interrupted", signal="SIGINT")
+    cfg = make_cfg("train", [*TINY, "trainer.max_epochs=2", "callbacks=lean", "resume=true"])
+    cfg.paths.output_dir = str(copy)
+    best = run(cfg)
+    status = RunDir(copy).status()
+    assert status["status"] == "completed"
+    assert best == status["metrics"]["val/acc_best"] and "test/acc" in status["metrics"]
+    assert best == RunDir(two_epoch_run).metrics()["val/acc_best"]  # the best it had reached
+
+
+def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg) -> None:
+    """rerun=<run dir>: exactly that run's config, in a new dir; deterministic on the CPU, the
+    same numbers (issue 22, item 4)."""
+    from pathlib import Path
+
+    from imgcls.train import run
+
+    first = make_cfg("train", [*TINY, "trainer.max_epochs=1", "trainer.deterministic=true"], "a")
+    metrics = train(first)
+    again = make_cfg("train", [f"rerun={first.paths.output_dir}"], subdir="b")
+    run(again)
+    new = RunDir(again.paths.output_dir)
+    assert new.status()["metrics"] == metrics
+    assert new.config()["trainer"]["deterministic"] is True
+    assert Path(new.config()["paths"]["output_dir"]) == Path(again.paths.output_dir)
+    assert (new.path / "checkpoints" / "last.ckpt").is_file()

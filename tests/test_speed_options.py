@@ -15,10 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 
-from imgcls.callbacks.run_info import RunInfo
 from imgcls.config import CONFIG_DIR
 from imgcls.data.digits import DigitsDataModule
 from imgcls.data.loaders import TensorBatchLoader
+from imgcls.lifecycle import RunInfo
 from imgcls.models.classifier import ImageClassifier
 from imgcls.train import build_trainer, train
 from imgcls.utils.errors import UserError

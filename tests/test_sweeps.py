@@ -110,7 +110,7 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on(grid_sweep) -> None:
     assert sorted(failed) == ["2", "3"] and sorted(completed) == ["0", "1"]  # lr=-1 jobs last
     for name in failed:
         assert "lr" in statuses[name]["error"]
-        assert "Traceback" in (sweep_dir / name / "error.txt").read_text()
+        assert "Traceback" in (sweep_dir / name / "traceback.txt").read_text()
     for name in completed:
         assert 0.0 <= statuses[name]["metrics"]["val/acc_best"] <= 1.0
 
@@ -145,7 +145,8 @@ def test_report_of_the_grid_shows_four_runs(grid_sweep) -> None:
 def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
     sweep_dir, _ = grid_sweep
     finished = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in job_dirs(sweep_dir)[:2]}
-    failed_before = {d.name: (d / "error.txt").stat().st_mtime_ns for d in job_dirs(sweep_dir)[2:]}
+    failed = job_dirs(sweep_dir)[2:]
+    failed_before = {d.name: (d / "traceback.txt").stat().st_mtime_ns for d in failed}
     result = run_cli(
         "train.py", "-m", *FAST, *GRID, "resume=true", f"hydra.sweep.dir={sweep_dir}",
         cwd=sweep_dir.parents[3],
@@ -158,7 +159,7 @@ def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
     for name, mtime in finished.items():
         assert (sweep_dir / name / "metrics.json").stat().st_mtime_ns == mtime  # not retrained
     for name, mtime in failed_before.items():
-        assert (sweep_dir / name / "error.txt").stat().st_mtime_ns > mtime
+        assert (sweep_dir / name / "traceback.txt").stat().st_mtime_ns > mtime
     assert len(job_dirs(sweep_dir)) == 4
 
 

@@ -61,6 +61,8 @@ def finish_loggers(loggers: Iterable[Any]) -> None:
 
     Without this the next run of a sweep in the same process would log into the same W&B run.
     """
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
-            logger.experiment.finish()
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:  # W&B's current run (none when the logger never started one)
+            wandb.finish()

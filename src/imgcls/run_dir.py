@@ -5,12 +5,12 @@ Every run (single or a sweep job) leaves one dir::
     .hydra/overrides.yaml   the command-line overrides it was started with (Hydra writes it)
     config.yaml             the fully resolved config
     status.json             running / completed (with metrics) / failed (with the error)
-    metrics.json            the final metrics
-    error.txt               the traceback of a failed run
+    metrics.json            the final metrics, and under "sources" where each comes from
+    traceback.txt           the traceback of a failed run (status.json has its one-line error)
     checkpoints/last.ckpt   written after every epoch: what ``resume=`` continues from
 
 This module is the only code that knows these names; ``train.py``, the checkpoint callback
-(``imgcls.callbacks.last_checkpoint``), the sweeps and ``imgcls-report`` go through it. It imports
+(``imgcls.lifecycle``), the sweeps and ``imgcls-report`` go through it. It imports
 neither torch nor Lightning, so the report stays quick to start.
 """
 
@@ -34,7 +34,7 @@ OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
-ERROR_FILE = "error.txt"
+ERROR_FILE = "traceback.txt"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT_NAME = "last"  # Lightning adds ".ckpt"
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / f"{LAST_CHECKPOINT_NAME}.ckpt"

@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import warnings
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.callbacks.run_info import RunInfo
+from imgcls.lifecycle import (
+    Randomness,
+    RequeueStatus,
+    RunInfo,
+    StopOnSignal,
+    best_checkpoint,
+    build_trainer,
+    init_weights,
+    interruptible,
+)
 from imgcls.loggers import finish_loggers
-from imgcls.run_dir import REQUEUED, finished_metrics, log_start, parse_overrides
+from imgcls.run_dir import REQUEUED, RunDir, finished_metrics, log_start, parse_overrides
 from imgcls.tune import run_tuner, tunes_only
-from imgcls.utils.checkpoint import find_checkpoint, read_checkpoint
-from imgcls.utils.cluster_training import RequeueStatus
-from imgcls.utils.devices import apply_gpus, apply_matmul_precision
+from imgcls.utils.checkpoint import check_something_to_train, find_checkpoint, read_checkpoint
 from imgcls.utils.errors import UserError
-from imgcls.utils.interrupts import InterruptCheckpoint, interruptible
 from imgcls.utils.runs import (
     apply_extras,
     ensure_seed,
-    explicit_overrides,
     instantiate_list,
     quiet_other_ranks,
     report_errors,
@@ -36,23 +42,11 @@ from imgcls.utils.runs import (
 
 log = logging.getLogger(__name__)
 
-#: callbacks a trainer switch turns off: ``trainer.enable_progress_bar=false`` leaves out the
-#: progress bar callback instead of failing on it
-SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary": ModelSummary}
-
-
-def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``, on the devices ``cfg.gpus`` asks for, after
-    ``float32_matmul_precision`` is applied."""
-    apply_matmul_precision(cfg.get("float32_matmul_precision"))
-    apply_gpus(cfg.trainer, cfg.get("gpus"), explicit_overrides("trainer"))
-    switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if cfg.trainer.get(k) is False)
-    kept = [c for c in callbacks if not isinstance(c, switched_off)]
-    return instantiate(cfg.trainer, callbacks=kept, **kwargs)
-
-
+__all__ = ["build_trainer", "run", "train"]  # build_trainer: imgcls.lifecycle's
 #: overrides that say where a run is, not how it trains: never hyperparameters
-NOT_HYPERPARAMETERS = ("hydra", "paths", "resume", "ckpt_path", "extras", "tags", "task_name")
+NOT_HYPERPARAMETERS = (
+    *("hydra", "paths", "resume", "rerun", "ckpt_path", "extras", "tags", "task_name"),
+)
 
 
 def run_overrides() -> list[str]:
@@ -106,10 +100,8 @@ def log_hparams_with_metrics(
 
 
 def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
-    """Before any training: ``optimized_metric`` must be a metric this run's module will log.
-
-    A module that does not declare ``logged_metrics`` is checked after the run only.
-    """
+    """Before any training: ``optimized_metric`` must be a metric this run's module will log
+    (a module that does not declare ``logged_metrics`` is checked after the run only)."""
     name = cfg.get("optimized_metric")
     declared = getattr(model, "logged_metrics", None)
     if not name or not declared:
@@ -133,18 +125,23 @@ class ForgetRestoredBest(pl.Callback):
             best.reset()
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
     run = run_dir(cfg)
     extra_callbacks: list[pl.Callback] = []
+    continuing = False
     if cfg.get("ckpt_path"):
         if Path(cfg.ckpt_path).is_dir():  # a run dir: a new run from its last checkpoint
             cfg.ckpt_path = str(find_checkpoint(Path(cfg.ckpt_path), prefer="last"))
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
-        read_checkpoint(cfg.ckpt_path, mmap=True)
-        if not log_start(cfg.ckpt_path, run):
+        checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
+        continuing = log_start(cfg.ckpt_path, run)
+        if not continuing:
+            check_something_to_train(cfg.ckpt_path, checkpoint, cfg.trainer.get("max_epochs"))
             extra_callbacks.append(ForgetRestoredBest())
+    if cfg.get("init_from") and cfg.get("ckpt_path"):
+        raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
     if not tunes_only(cfg):
@@ -155,13 +152,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
         datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    interrupt = InterruptCheckpoint(run.last_checkpoint)
     callbacks = [
         *instantiate_list(cfg.get("callbacks")),
         RunInfo(resolved),
-        interrupt,
+        stop or StopOnSignal(run.path),
         RequeueStatus(run),
+        Randomness(cfg.seed),
+        # TODO(coordinator): drop the find_spec guard once h6's imgcls.provenance is merged
+        *([WriteProvenance()] if find_spec("imgcls.provenance") else []),
         *extra_callbacks,
     ]
     loggers = instantiate_list(cfg.get("logger"))
@@ -170,12 +171,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.write_config(resolved)
 
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with warnings.catch_warnings():
+            if continuing:  # in its own dir: the run's checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if not trainer.callback_metrics:
+            # nothing trained (max_epochs=0, or resumed after its last epoch, say Ctrl-C while
+            # testing): the val metrics of the weights it has
+            trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = to_floats(trainer.callback_metrics)
-    interrupt.raise_if_requested()
 
+    best = best_checkpoint(trainer)
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
@@ -184,8 +191,57 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
     if trainer.is_global_zero:
-        run.write_metrics(metrics)
+        sources = metric_sources(metrics, trainer.current_epoch - 1, best, run.path)
+        run.write_metrics({**metrics, "sources": sources})
     return metrics
+
+
+def metric_sources(
+    metrics: dict[str, float], last_epoch: int, best: str, run_path: Path
+) -> dict[str, dict[str, Any]]:
+    """Where each final metric comes from: the last epoch (train/val), the best epoch
+    (``val/acc_best``) or the checkpoint that was tested (``test/*``)."""
+    best_file = {"checkpoint": os.path.relpath(best, run_path)} if best else {}
+    last = {"from": "last epoch", "epoch": last_epoch}
+    sources = {}
+    for name in metrics:
+        if name == "val/acc_best":
+            sources[name] = {"from": "best epoch", **best_file}
+        elif name.startswith("test/"):
+            sources[name] = {"from": "best checkpoint", **best_file} if best else last
+        else:
+            sources[name] = last
+    return sources
+
+
+def rerun_config(old: Path, output_dir: str) -> DictConfig:
+    """``rerun=<run dir>``: that run's saved, resolved config, writing to this new run dir."""
+    saved = RunDir(old).config()
+    if not saved:
+        raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
+    old_dir = str(saved["paths"]["output_dir"])
+
+    def moved(value: Any) -> Any:  # the old run's paths (checkpoints, logs) move to the new dir
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and value.startswith(old_dir):
+            return output_dir + value[len(old_dir) :]
+        return value
+
+    log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
+    return OmegaConf.create({**moved(saved), "rerun": None, "resume": False, "ckpt_path": None})
+
+
+class WriteProvenance(pl.Callback):
+    """Rank 0 writes the run's provenance when fit starts (the data is set up: its fingerprint)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from imgcls import provenance
+
+            provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
 
 
 @report_errors
@@ -198,6 +254,9 @@ def run(cfg: DictConfig) -> float | None:
     """
     quiet_other_ranks()
     apply_extras(cfg)
+    rerun_of = Path(cfg.rerun).resolve() if cfg.get("rerun") else None
+    if rerun_of is not None:
+        cfg = rerun_config(rerun_of, cfg.paths.output_dir)
     run_here = run_dir(cfg)
     resuming = cfg.get("resume") is True or run_here.status().get("status") == REQUEUED
     metrics = finished_metrics(run_here) if resuming else None
@@ -208,14 +267,20 @@ def run(cfg: DictConfig) -> float | None:
         tags = list(cfg.get("tags") or [])
         if rank_zero_only.rank == 0:
             run_here.write_status("running", tags=tags)
-        with interruptible(cfg):
-            metrics = train(cfg)
+        stop = StopOnSignal(run_here.path)
+        with interruptible(cfg, stop):
+            metrics = train(cfg, stop)
         if rank_zero_only.rank == 0:
             run_here.write_status("completed", metrics=metrics, tags=tags)
     for name in ("val/acc_best", "test/acc", "test/loss"):
         if name in metrics:
             log.info(f"{name}: {metrics[name]:.4f}")
     log.info(f"run dir: {run_here.path}")
+    # TODO(coordinator): drop the find_spec guard once h6's imgcls.provenance is merged
+    if rerun_of is not None and find_spec("imgcls.provenance") and rank_zero_only.rank == 0:
+        from imgcls import provenance
+
+        print(provenance.compare(rerun_of, run_here.path))
     name = cfg.get("optimized_metric")
     if not name or tunes_only(cfg):
         return None

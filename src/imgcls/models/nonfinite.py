@@ -74,7 +74,8 @@ class NonfiniteLossWatch:
             else f"loss is not finite in another process in epoch {self.current_epoch}"
         )
         callbacks = trainer.checkpoint_callbacks if trainer is not None else []
-        saved = {c.monitor: c.best_model_path for c in callbacks}
+        monitored = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
+        saved = {c.monitor: c.best_model_path for c in monitored}  # not OnExceptionCheckpoint
         last_good = saved.get(None) or next((p for p in saved.values() if p), "")
         raise UserError(
             f"training stopped: {where}; last good checkpoint: {last_good or 'none yet'}; lower "

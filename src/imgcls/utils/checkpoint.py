@@ -98,6 +98,25 @@ def read_checkpoint(
     return checkpoint
 
 
+def epochs_done(checkpoint: Mapping[str, Any]) -> int:
+    """Epochs a Lightning checkpoint finished training (its fit loop's processed epochs)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
+
+
+def check_something_to_train(
+    ckpt_path: str | Path, checkpoint: Mapping[str, Any], max_epochs: int | None
+) -> None:
+    """``ckpt_path=`` restores a whole training state: refuse one that has nothing left to do."""
+    done = epochs_done(checkpoint)
+    if max_epochs is not None and 0 <= max_epochs <= done:
+        raise UserError(
+            f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
+            f"{max_epochs}: nothing left to train; raise trainer.max_epochs to continue it, or "
+            f"use init_from={ckpt_path} to start a new run from its weights"
+        )
+
+
 def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The resolved training config an imgcls checkpoint carries."""
     config = checkpoint.get(RUN_INFO_KEY, {}).get("config")

@@ -6,7 +6,7 @@
   their own; outside the submitit launcher they must be told one shared run dir.
 
 Nothing heavy is imported here (the CLI and the config resolvers use it before torch loads);
-what happens during training (requeueing, a lost process) is in ``imgcls.utils.cluster_training``.
+what happens during training (requeueing) is in ``imgcls.lifecycle``.
 """
 
 from __future__ import annotations

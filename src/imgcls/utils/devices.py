@@ -1,28 +1,13 @@
-"""``trainer.gpus=N`` as users type it, mapped onto Lightning 2's ``accelerator``/``devices``.
-
-``gpus`` is no Trainer argument, so it lives outside the ``trainer`` node (top-level ``gpus``, so
-``instantiate(cfg.trainer)`` works anywhere); ``trainer.gpus=N`` on the command line is moved
-there before Hydra composes.
-"""
+"""``trainer.gpus=N`` as users type it, mapped onto Lightning 2's ``accelerator``/``devices``
+(``imgcls.lifecycle.build_trainer`` pops ``gpus`` from the trainer config and calls this)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from omegaconf import DictConfig
 
-from imgcls.run_dir import Override
 from imgcls.utils.errors import UserError
 
 GPUS_ARGUMENT = "trainer.gpus"
-
-
-def move_gpus_argument(args: Sequence[str]) -> list[str]:
-    """``trainer.gpus=N`` (also ``+trainer.gpus=N``) becomes the top-level ``gpus=N``."""
-    return [
-        f"gpus={Override.parse(a).value}" if Override.parse(a).key == GPUS_ARGUMENT else a
-        for a in args
-    ]
 
 
 def gpus_to_devices(gpus: int) -> tuple[str, int]:
@@ -51,7 +36,7 @@ def apply_gpus(
             f"{GPUS_ARGUMENT}={gpus} conflicts with trainer.devices={trainer_cfg.get('devices')}; "
             "set only one of them"
         )
-    import torch  # here, not at import: the command line is rewritten before torch loads
+    import torch
 
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise UserError(

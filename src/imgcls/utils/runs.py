@@ -6,12 +6,14 @@ import functools
 import logging
 import os
 import random
+import re
 import sys
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -39,13 +41,11 @@ class _DropAdvertising(logging.Filter):
 
 
 def quiet_libraries() -> None:
-    """No advertising tips and no deprecation notices of the libraries underneath (idempotent)."""
+    """No advertising tips of the libraries underneath (idempotent)."""
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdvertising) for f in logger.filters):
             logger.addFilter(_DropAdvertising())
-    for category in (DeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category)
 
 
 def apply_extras(cfg: DictConfig) -> None:
@@ -129,6 +129,37 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+#: what gloo and NCCL report when another process of the run is gone or stopped answering
+_LOST_PROCESS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "Timed out waiting",
+    "collective operation timeout",
+    "communicator was aborted",
+)
+
+
+def lost_process_error(err: BaseException) -> UserError | None:
+    """In a distributed run, the error a process gets when another one died or hung, as one line.
+
+    A killed process closes its connections, so the others fail at their next collective; a node
+    that vanished or hangs is noticed after the strategy's ``timeout`` (``trainer=ddp``: 30 min).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    text = str(err)
+    from_backend = isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text
+    if not (from_backend and any(s in text for s in _LOST_PROCESS)):
+        return None
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).split(". ")[0]  # gloo's source prefix
+    return UserError(
+        f"another process of this {dist.get_world_size()}-process run is gone (its node died, "
+        f"was killed or lost the network), so rank {dist.get_rank()} stops too ({detail}); "
+        "the run dir keeps its last checkpoint: resume the run (docs/workflow.md, Clusters)"
+    )
+
+
 def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Expected failures become one clear line and exit code 2 instead of a traceback.
 
@@ -145,8 +176,6 @@ def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], A
         try:
             return task(cfg)
         except Exception as raised:
-            from imgcls.utils.cluster_training import lost_process_error  # it imports this module
-
             err = lost_process_error(raised) or user_facing(raised)
             expected = isinstance(err, (UserError, MisconfigurationException))
             message = one_line(err)
