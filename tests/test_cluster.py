@@ -372,12 +372,14 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
 
 
 def test_resume_continues_from_the_newest_checkpoint_of_a_run_dir(tmp_path: Path) -> None:
-    from imgcls.run_dir import RunDir, resume_arguments
+    from omegaconf import OmegaConf
+
+    from imgcls.run_dir import RunDir, resumed_config
 
     run_dir = tmp_path / "run"
     latest_checkpoint = RunDir(run_dir).latest_checkpoint
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "overrides.yaml").write_text("- data=digits\n")
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("data: {batch_size: 16}\nckpt_path: null\n")
     assert latest_checkpoint() is None
     last = run_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
@@ -386,11 +388,7 @@ def test_resume_continues_from_the_newest_checkpoint_of_a_run_dir(tmp_path: Path
     hpc.write_bytes(b"mid epoch 2")
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
     assert latest_checkpoint() == hpc
-    assert resume_arguments([f"resume={run_dir}"]) == [
-        "data=digits",
-        f"ckpt_path={hpc}",
-        f"hydra.run.dir={run_dir}",
-    ]
+    assert resumed_config(run_dir, OmegaConf.create(), []).ckpt_path == str(hpc)
     os.utime(hpc, ns=(500_000_000, 500_000_000))  # the resumed job went past it: last is newer
     assert latest_checkpoint() == last
 

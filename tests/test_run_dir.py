@@ -7,9 +7,10 @@ import os
 
 import pytest
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.run_dir import RunDir, log_start, resume_arguments
+from imgcls.run_dir import RunDir, log_start, resumed_config
 from imgcls.train import train
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import ensure_seed
@@ -63,28 +64,25 @@ def test_search_over_a_key_the_model_lacks_is_refused_in_one_line(tmp_path) -> N
     assert not list((tmp_path / "logs").rglob("status.json"))  # refused before any trial
 
 
-def fake_run(path, overrides: str, checkpoint: str | None = "last.ckpt"):  # noqa: ANN001, ANN201
-    """A run dir as train.py leaves it: Hydra's overrides and, optionally, a checkpoint."""
-    (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "overrides.yaml").write_text(overrides)
+def fake_run(path, config: str, checkpoint: str | None = "last.ckpt"):  # noqa: ANN001, ANN201
+    """A run dir as train.py leaves it: its resolved config and, optionally, a checkpoint."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(config)
     if checkpoint:
         (path / "checkpoints").mkdir()
         (path / "checkpoints" / checkpoint).write_bytes(b"")
     return path
 
 
-def test_resume_replays_the_run_in_its_own_dir_and_new_arguments_win(tmp_path) -> None:
-    run = fake_run(tmp_path / "old", "- model=convnet\n- trainer.max_epochs=4\n- seed=3\n")
-    args = resume_arguments([f"resume={run}", "trainer.max_epochs=8"])
-    assert args == [
-        "model=convnet",
-        "seed=3",
-        "trainer.max_epochs=8",
-        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={run}",
-    ]
+def test_resume_continues_the_saved_config_in_its_own_dir_and_new_values_win(tmp_path) -> None:
+    saved = "seed: 3\nresume: false\nckpt_path: null\ntrainer: {max_epochs: 4}\nmodel: {lr: 0.1}\n"
+    run = fake_run(tmp_path / "old", saved)
+    given = OmegaConf.create({"trainer": {"max_epochs": 8}, "resume": str(run)})
+    cfg = resumed_config(run, given, [f"resume={run}", "trainer.max_epochs=8"])
+    assert cfg.trainer.max_epochs == 8 and cfg.seed == 3 and cfg.model.lr == 0.1
+    assert cfg.ckpt_path == str(run / "checkpoints" / "last.ckpt") and cfg.resume is False
     with pytest.raises(UserError, match="is not a run dir"):
-        resume_arguments([f"resume={tmp_path / 'nothing'}"])
+        resumed_config(tmp_path / "nothing", given, [])
 
 
 def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) -> None:
@@ -95,19 +93,6 @@ def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) ->
     branched, continued = caplog.messages
     assert f"a new run in {tmp_path / 'new'}" in branched and f"resume={old}" in branched
     assert continued.startswith(f"continuing {old}")
-
-
-def test_resuming_a_search_trial_continues_that_trial_as_one_run(tmp_path) -> None:
-    """Replaying hparams_search=... would start a new search instead of the trial."""
-    trial = fake_run(
-        tmp_path / "trial", "- hparams_search=mnist_optuna\n- model.optimizer.lr=0.004\n"
-    )
-    assert resume_arguments([f"resume={trial}"]) == [
-        "model.optimizer.lr=0.004",
-        "hydra.mode=RUN",
-        f"ckpt_path={trial / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={trial}",
-    ]
 
 
 def test_a_requeue_checkpoint_is_the_run_dirs_newest_state(tmp_path) -> None:

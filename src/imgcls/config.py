@@ -40,8 +40,19 @@ def _cluster(name: str) -> Callable[..., Any]:
     return lambda *args: getattr(importlib.import_module("imgcls.utils.cluster"), name)(*args)
 
 
+def resumed_dir(resume: Any, new_dir: str) -> str:
+    """``hydra.run.dir``: the run dir ``resume=<run dir>`` names (the run continues there), else
+    a new one."""
+    if isinstance(resume, str) and resume.lower() not in ("true", "false", "null", "none", ""):
+        return str(Path(resume).expanduser().resolve())
+    return new_dir
+
+
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "run_id": lambda: secrets.token_hex(3),  # run dirs of the same second never collide
+    "resumed_dir": resumed_dir,
+    # resume=<run dir>: Hydra keeps that run's .hydra/ (its overrides) instead of writing ours
+    "hydra_subdir": lambda resume: ".hydra" if resumed_dir(resume, "") == "" else None,
     "datamodule": datamodule_attribute,
     "slurm_tasks_per_node": _cluster("slurm_tasks_per_node"),
     "slurm_gpus_per_node": _cluster("slurm_gpus_per_node"),

@@ -239,42 +239,35 @@ def find_run_dirs(roots: Iterable[Path]) -> list[RunDir]:
 
 
 # ---------------------------------------------------------------------------------- resuming
-def resume_arguments(args: Sequence[str]) -> list[str]:
-    """The command line of ``resume=<run dir>``: that run again, continued where it stopped.
+def resumed_config(target: str | Path, given: Any, overrides: Sequence[str]) -> Any:
+    """``resume=<run dir>``: that run's saved config, continued where it stopped, in its own dir.
 
-    The run's original overrides are replayed (arguments given now take precedence), it runs in
-    its own dir (``hydra.run.dir``) and continues from its ``last.ckpt`` when there is one. Only
-    ``resume=`` continues a run in place: ``ckpt_path=`` starts a new run (see ``train.py``).
+    Overrides given now (their values read from ``given``, this command's composed config) take
+    precedence (``trainer.max_epochs=8`` extends a run); the run goes
+    on from its newest checkpoint (``last.ckpt``, or a SLURM requeue's newer ``hpc_ckpt``). Only
+    ``resume=`` continues a run in place: ``init_from=`` and ``ckpt_path=`` start a new run.
     """
-    args = list(args)
-    if "-m" in args or "--multirun" in args:
-        return args  # sweeps resume job by job: resume=true hydra.sweep.dir=... (run_state)
-    target = override_value(args, "resume")
-    if target is None or target.lower() in (*NULLS, "true", "false"):
-        return args
-    run = RunDir(Path(target).expanduser().resolve())
-    if not (run.path / OVERRIDES_FILE).is_file():
-        from imgcls.utils.errors import UserError
+    from omegaconf import OmegaConf
 
+    from imgcls.utils.errors import UserError
+
+    run = RunDir(Path(target).expanduser().resolve())
+    saved = run.config()
+    if not saved:
         raise UserError(
-            f"resume={target} is not a run dir (no {OVERRIDES_FILE}); pass a dir below "
-            "logs/train/runs/, or ckpt_path=<file.ckpt> to start a new run from a checkpoint"
+            f"resume={target} is not a run dir (no {CONFIG_FILE}); pass a dir below "
+            "logs/train/runs/, or init_from=<ckpt or run dir> to start a new run from its weights"
         )
-    given = {o.key for o in parse_overrides(args)}
-    # a search's trial holds hparams_search=..., which would start a new search: the trial's own
-    # sampled values are among its overrides, so it continues as a single run
-    not_replayed = given | {*START_KEYS, "hydra.run.dir", "hparams_search"}
-    replayed = [o for o in run.overrides() if Override.parse(o).key not in not_replayed]
-    if any(Override.parse(o).key == "hparams_search" for o in run.overrides()):
-        replayed.append("hydra.mode=RUN")
-    kept = [a for a in args if "=" not in a or Override.parse(a).key not in START_KEYS]
+    cfg = OmegaConf.create(saved)
+    for override in parse_overrides(overrides):
+        if override.key.split(".")[0] in (*START_KEYS, "hydra") or override.deletes:
+            continue
+        OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
     latest = run.latest_checkpoint()
-    if latest is not None:
-        start = [f"ckpt_path={latest}"]
-    else:
+    if latest is None:
         log.warning(f"{run.path} has no checkpoint yet: starting that run again")
-        start = []
-    return [*replayed, *kept, *start, f"hydra.run.dir={run.path}"]
+    cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
+    return cfg
 
 
 def finished_metrics(run: RunDir) -> dict[str, float] | None:

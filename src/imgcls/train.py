@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,14 @@ from imgcls.lifecycle import (
     interruptible,
 )
 from imgcls.loggers import finish_loggers
-from imgcls.run_dir import REQUEUED, RunDir, finished_metrics, log_start, parse_overrides
+from imgcls.run_dir import (
+    REQUEUED,
+    RunDir,
+    finished_metrics,
+    log_start,
+    parse_overrides,
+    resumed_config,
+)
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import check_something_to_train, find_checkpoint, read_checkpoint
 from imgcls.utils.errors import UserError
@@ -161,8 +167,7 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         stop or StopOnSignal(run.path),
         RequeueStatus(run),
         Randomness(cfg.seed),
-        # TODO(coordinator): drop the find_spec guard once h6's imgcls.provenance is merged
-        *([WriteProvenance()] if find_spec("imgcls.provenance") else []),
+        WriteProvenance(),
         *extra_callbacks,
     ]
     loggers = instantiate_list(cfg.get("logger"))
@@ -254,6 +259,8 @@ def run(cfg: DictConfig) -> float | None:
     """
     quiet_other_ranks()
     apply_extras(cfg)
+    if isinstance(cfg.get("resume"), str):  # resume=<run dir>: Hydra runs in that dir already
+        cfg = resumed_config(cfg.resume, cfg, run_overrides())
     rerun_of = Path(cfg.rerun).resolve() if cfg.get("rerun") else None
     if rerun_of is not None:
         cfg = rerun_config(rerun_of, cfg.paths.output_dir)
@@ -276,8 +283,7 @@ def run(cfg: DictConfig) -> float | None:
         if name in metrics:
             log.info(f"{name}: {metrics[name]:.4f}")
     log.info(f"run dir: {run_here.path}")
-    # TODO(coordinator): drop the find_spec guard once h6's imgcls.provenance is merged
-    if rerun_of is not None and find_spec("imgcls.provenance") and rank_zero_only.rank == 0:
+    if rerun_of is not None and rank_zero_only.rank == 0:
         from imgcls import provenance
 
         print(provenance.compare(rerun_of, run_here.path))
