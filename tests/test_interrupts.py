@@ -153,12 +153,9 @@ EXACT = [
 ]
 
 
-MID_EPOCH = pytest.mark.xfail(strict=True, reason="needs h5's stateful loader (data order)")
-
-
 @pytest.mark.parametrize(
     ("stop", "at"),
-    [pytest.param("SIGINT", 4, marks=MID_EPOCH), ("kill", 1)],
+    [("SIGINT", 4), ("kill", 1)],
     ids=["mid-epoch", "kill"],
 )
 def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(make_cfg, stop, at):
