@@ -130,14 +130,6 @@ def collect(datamodule: Any, code_dir: Path = CODE_DIR) -> dict[str, Any]:
     }
 
 
-def summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The few values worth logging with the hyperparameters (``provenance/...``)."""
-    flat = {"commit": info["git"]["commit"], "dirty": info["git"]["dirty"]}
-    flat |= {f"{k}_version": v for k, v in info["versions"].items()}
-    flat |= {f"data_{k}": v["sha256"] for k, v in info["data"].items()}
-    return {f"provenance/{k}": v for k, v in flat.items()}
-
-
 def write(run_path: Path, info: dict[str, Any]) -> None:
     """``provenance.json``, and the uncommitted changes as ``code.diff`` when there are any."""
     run_path = Path(run_path)
