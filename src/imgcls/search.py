@@ -5,8 +5,6 @@ that records a failed job as a failed trial."""
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +50,11 @@ def missing_search_key(config: DictConfig) -> str | None:
     return None
 
 
-def run_search(sweeper: Any, sweep: Callable[[list[str]], None], arguments: list[str]) -> None:
-    """The plugin's ``sweep``, after ``missing_search_key``; a study in which no trial completed
-    ends normally (the plugin raises Optuna's ``ValueError`` reading its best trial), and
-    ``imgcls.sweeps.SweepSummary`` fails it when too many trials failed."""
-    message = missing_search_key(sweeper.config)
-    if message:
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        sweep(arguments)
-    except ValueError:
-        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            raise  # not the best trial of a study without one
+def completed_trials(study_name: str, storage: Any) -> int:
+    """How many trials of the study completed (none: the plugin's ``ValueError`` reading the best
+    trial ends the search normally; ``imgcls.sweeps.SweepSummary`` then fails it)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
 class FailedTrialsToOptuna(Callback):
