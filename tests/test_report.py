@@ -12,8 +12,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from imgcls.report import RESULTS_CSV, RESULTS_MD, build_report, main
-from imgcls.report_runs import find_run_dirs, fmt_value, tensorboard_curves
+from imgcls.report import (
+    RESULTS_CSV,
+    RESULTS_MD,
+    build_report,
+    find_run_dirs,
+    main,
+    tensorboard_curves,
+)
+from imgcls.report_stats import fmt_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -130,14 +130,6 @@ def collect(datamodule: Any, code_dir: Path = CODE_DIR) -> dict[str, Any]:
     }
 
 
-def summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The few values worth logging with the hyperparameters (``provenance/...``)."""
-    flat = {"commit": info["git"]["commit"], "dirty": info["git"]["dirty"]}
-    flat |= {f"{k}_version": v for k, v in info["versions"].items()}
-    flat |= {f"data_{k}": v["sha256"] for k, v in info["data"].items()}
-    return {f"provenance/{k}": v for k, v in flat.items()}
-
-
 def write(run_path: Path, info: dict[str, Any]) -> None:
     """``provenance.json``, and the uncommitted changes as ``code.diff`` when there are any."""
     run_path = Path(run_path)
@@ -160,32 +152,20 @@ def _read(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _number(value: Any) -> Any:
-    """A metric's value: metrics.json may hold a number or ``{"value": ..., "from": ...}``."""
-    return value.get("value") if isinstance(value, dict) else value
-
-
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    pairs = [("commit", "git", "commit"), ("uncommitted changes", "git", "dirty")]
+    pairs += [(f"{k} version", "versions", k) for k in ["python", "torch", *LIBRARIES, "cuda"]]
+    pairs += [(f"data {k}", "data", k) for k in old.get("data", {}) | new.get("data", {})]
     lines = []
-    pairs = [("commit", ("git", "commit")), ("uncommitted changes", ("git", "dirty"))]
-    pairs += [(f"{k} version", ("versions", k)) for k in ["python", "torch", *LIBRARIES, "cuda"]]
-    pairs += [
-        (f"data {k}", ("data", k, "sha256")) for k in old.get("data", {}) | new.get("data", {})
-    ]
-    for label, keys in pairs:
-        values = []
-        for info in (old, new):
-            for key in keys:
-                info = info.get(key) if isinstance(info, dict) else None
-            values.append(info)
-        if values[0] != values[1]:
-            lines.append(f"  {label}: {_fmt(values[0])} -> {_fmt(values[1])}")
+    for label, section, key in pairs:
+        a, b = (info.get(section, {}).get(key) for info in (old, new))
+        a, b = (v.get("sha256") if section == "data" and v else v for v in (a, b))
+        if a != b:
+            lines.append(f"  {label}: {_fmt(a)} -> {_fmt(b)}")
     if old.get("devices") != new.get("devices"):
         lines.append(f"  devices: {old.get('devices')} -> {new.get('devices')}")
     changed = sorted(set(old.get("packages", [])) ^ set(new.get("packages", [])))
@@ -201,16 +181,14 @@ def compare(old_run: Path, new_run: Path) -> str:
     width = max([len(k) for k in old_m | new_m] + [6])
     lines = [f"{'metric':<{width}}  {'old':>10}  {'new':>10}  {'new - old':>10}"]
     for key in sorted(old_m | new_m):
-        a, b = _number(old_m.get(key)), _number(new_m.get(key))
-        both = isinstance(a, (int, float)) and isinstance(b, (int, float))
-        delta = f"{b - a:+.4f}" if both else ""
+        a, b = (m.get(key) for m in (old_m, new_m))
+        # metrics.json may hold a number or {"value": ..., "from": ...}
+        a, b = (v.get("value") if isinstance(v, dict) else v for v in (a, b))
+        delta = f"{b - a:+.4f}" if all(isinstance(v, (int, float)) for v in (a, b)) else ""
         lines.append(f"{key:<{width}}  {_fmt(a):>10}  {_fmt(b):>10}  {delta:>10}")
     old_p, new_p = _read(old_run / PROVENANCE_FILE), _read(new_run / PROVENANCE_FILE)
     if not old_p or not new_p:
-        missing = old_run if not old_p else new_run
-        lines.append(f"provenance: none recorded in {missing}")
-    else:
-        diffs = _differences(old_p, new_p)
-        lines.append("provenance differs:" if diffs else "provenance: same code, versions, data")
-        lines.extend(diffs)
-    return "\n".join(lines)
+        return "\n".join([*lines, f"provenance: none recorded in {new_run if old_p else old_run}"])
+    diffs = _differences(old_p, new_p)
+    lines.append("provenance differs:" if diffs else "provenance: same code, versions, data")
+    return "\n".join(lines + diffs)

@@ -1,18 +1,17 @@
-"""``imgcls-report DIR...``: every run below the given dirs, side by side.
+"""``imgcls-report DIR...``: every run below the given dirs, side by side (docs/workflow.md).
 
-A run dir is a dir holding ``.hydra/overrides.yaml`` or ``config.yaml`` (what ``train.py``
-writes). For each run the report gives the overrides that differ between the runs, its status
-(completed / failed / running), epochs, wall time, final and best metrics and, for a failed run,
-its error. It writes ``results.csv``, ``results.md`` (markdown tables; runs that differ only by
-``seed`` or ``data.fold`` are also grouped with mean ± std and a 95% CI, ``results_grouped.csv``,
-``groups.png``; ``--baseline KEY=VALUE`` adds paired tests, ``results_compared.csv``: see
-``imgcls.report_stats``) and ``val_acc_curves.png`` into the first given dir, or ``--out``.
+Writes ``results.csv``, ``results.md`` and ``val_acc_curves.png`` into the first dir or ``--out``;
+repeats over ``seed`` / ``data.fold`` are grouped (``results_grouped.csv``, ``groups.png``) and
+``--baseline KEY=VALUE`` compares groups (``results_compared.csv``): see ``imgcls.report_stats``.
 Out of the training path: only a multirun's end (``imgcls.sweeps``) and the command call it.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,64 +19,176 @@ from pathlib import Path
 
 import yaml
 
-from imgcls.report_runs import (
+from imgcls.report_stats import (
     ABSENT,
     CURVES_PNG,
-    ReportError,
-    Run,
-    collect,
-    differing_keys,
+    GROUPS_PNG,
+    comparison_table,
+    comparisons,
     fmt_number,
     fmt_seconds,
     fmt_value,
-    md_table,
-    metric_names,
-    optimized_metric,
-    plot_val_acc_curves,
-    run_rows,
-    sort_runs,
-    write_csv,
-)
-from imgcls.report_stats import (
-    GROUPS_PNG,
-    Group,
-    comparison_tables,
-    comparisons,
     group_runs,
-    group_tables,
+    group_table,
     plot_groups,
+    plot_val_acc_curves,
+    table,
 )
+from imgcls.run_dir import CONFIG_FILE, OVERRIDES_FILE, Override, RunDir, find_run_dirs
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 #: runs differing only by these are repeats of one configuration
 REPEAT_KEYS = ("seed", "data.fold")
+#: overrides that say how a run was started, not what it computed
+IGNORED_OVERRIDES = ("resume",)
+METRIC_ORDER = (
+    "val/acc_best",
+    *(f"{s}/{m}" for s in ("val", "test", "train") for m in ("acc", "loss")),
+)
+CURVE_TAGS = ("val/acc", "train/loss")
+Curves = dict[str, list[tuple[int, float]]]
+
+
+class ReportError(Exception):
+    """A problem with the report's input, printed as one line (exit code 2)."""
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str = ""
+    overrides: dict[str, str] = field(default_factory=dict)
+    status: str = "unknown"
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: Curves = field(default_factory=dict)
+    epochs: int | None = None
+    best_epoch: int | None = None
+    wall_time_s: float | None = None
+    repeat: tuple[str, ...] = ()  # its seed / fold values
+
+
+# ---------------------------------------------------------------------------------- reading
+def csv_curves(run_dir: Path) -> Curves:
+    """Per-epoch values of ``CURVE_TAGS`` from a CSVLogger's ``metrics.csv``."""
+    curves: dict[str, dict[int, float]] = {}
+    for path in sorted(run_dir.rglob("metrics.csv")):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if not row.get("epoch"):
+                    continue
+                for tag in CURVE_TAGS:
+                    if row.get(tag):
+                        curves.setdefault(tag, {})[int(float(row["epoch"]))] = float(row[tag])
+    return {tag: sorted(values.items()) for tag, values in curves.items()}
+
+
+def tensorboard_curves(run_dir: Path) -> Curves:
+    """Per-epoch values of ``CURVE_TAGS`` from TensorBoard event files (steps mapped to epochs)."""
+    event_dirs = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")})
+    if not event_dirs:
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, dict[int, float]] = {}
+    for event_dir in event_dirs:
+        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 1})
+        events.Reload()
+        tags = set(events.Tags().get("scalars", []))
+        epoch_of_step: dict[int, int] = {}
+        for event in events.Scalars("epoch") if "epoch" in tags else ():
+            epoch_of_step.setdefault(event.step, int(event.value))
+        for tag in tags.intersection(CURVE_TAGS):
+            for i, event in enumerate(events.Scalars(tag)):
+                curves.setdefault(tag, {})[epoch_of_step.get(event.step, i)] = float(event.value)
+    return {tag: sorted(values.items()) for tag, values in curves.items()}
+
+
+def read_run(run_dir: RunDir) -> Run:
+    status, metrics = run_dir.status(), run_dir.metrics()
+    overrides = map(Override.parse, run_dir.overrides())  # ~key deletes: <deleted>
+    run = Run(
+        path=run_dir.path,
+        overrides={
+            o.key: o.value or ("<deleted>" if o.deletes else "")
+            for o in overrides
+            if o.key not in IGNORED_OVERRIDES
+        },
+        status=str(status.get("status") or ("completed" if metrics else "unknown")),
+        error=" ".join(str(status.get("error", "")).split()),
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        wall_time_s=run_dir.wall_time(),
+        curves=csv_curves(run_dir.path) or tensorboard_curves(run_dir.path),
+    )
+    epochs = {e for tag in CURVE_TAGS for e, _ in run.curves.get(tag, [])}
+    run.epochs = len(epochs) if epochs else None
+    if run.curves.get("val/acc"):
+        run.best_epoch = max(run.curves["val/acc"], key=lambda point: point[1])[0] + 1
+    return run
+
+
+def collect(roots: Sequence[Path]) -> list[Run]:
+    """Every run below ``roots``, named by its path relative to their common parent."""
+    try:
+        runs = [read_run(d) for d in find_run_dirs(roots)]
+    except NotADirectoryError as err:
+        raise ReportError(str(err)) from None
+    if not runs:
+        raise ReportError(
+            f"no run dirs found below {', '.join(map(str, roots))} (a run dir holds "
+            f"{OVERRIDES_FILE} or {CONFIG_FILE})"
+        )
+    base = Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
+    for run in runs:
+        relative = os.path.relpath(run.path, base)
+        run.name = relative if relative != "." else run.path.name
+    return runs
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """Override keys whose values are not the same in every run (all keys for one run)."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
+    if len(runs) == 1:
+        return keys
+    return [k for k in keys if len({run.overrides.get(k, ABSENT) for run in runs}) > 1]
+
+
+def metric_names(runs: Sequence[Run]) -> list[str]:
+    names = {n for run in runs for n in run.metrics if not n.startswith("lr-")}
+    first = [n for n in METRIC_ORDER if n in names]
+    return first + sorted(names - set(first))
+
+
+def sort_runs(runs: list[Run], metric: str) -> list[Run]:
+    """Best first by ``metric`` (ascending for losses); runs without it keep their order, last."""
+    if metric == "none":
+        return runs
+    sign = 1.0 if "loss" in metric else -1.0
+    scored = [r for r in runs if math.isfinite(r.metrics.get(metric, math.nan))]
+    others = [r for r in runs if r not in scored]
+    return sorted(scored, key=lambda r: sign * r.metrics[metric]) + others
+
+
+# ---------------------------------------------------------------------------------- the report
+@dataclass
+class Report:
+    runs: list[Run]
+    keys: list[str]
+    markdown: str
+    written: list[Path]
 
 
 def optuna_summary(roots: Sequence[Path]) -> list[str]:
     """The best trial of each Optuna sweep among ``roots`` (``optimization_results.yaml``)."""
     lines = []
-    for root in roots:
-        for path in sorted(Path(root).rglob("optimization_results.yaml")):
-            result = yaml.safe_load(path.read_text()) or {}
-            if "best_value" in result:
-                params = ", ".join(f"{k}={v}" for k, v in (result.get("best_params") or {}).items())
-                lines.append(
-                    f"- Optuna ({path.parent.name}): best value {fmt_number(result['best_value'])}"
-                    f" with {params}"
-                )
-    return lines
-
-
-@dataclass
-class Report:
-    runs: list[Run]
-    keys: list[str]
-    metrics: list[str]
-    groups: list[Group]
-    sort_metric: str
-    written: list[Path] = field(default_factory=list)
-    markdown: str = ""
+    for path in sorted(p for root in roots for p in root.rglob("optimization_results.yaml")):
+        result = yaml.safe_load(path.read_text()) or {}
+        if "best_value" in result:
+            params = ", ".join(f"{k}={v}" for k, v in (result.get("best_params") or {}).items())
+            best = fmt_number(result["best_value"])
+            lines.append(f"- Optuna ({path.parent.name}): best value {best} with {params}")
+    return [*lines, ""] if lines else []
 
 
 def build_report(
@@ -91,77 +202,63 @@ def build_report(
     """Collect the runs below ``roots`` and write the result files into ``out_dir``."""
     roots = [Path(r) for r in roots]
     runs = collect(roots)
-    sort_metric = sort or optimized_metric(runs)
+    configured = (RunDir(r.path).config().get("optimized_metric") for r in runs)
+    sort_metric = sort or next((str(m) for m in configured if m), "val/acc_best")
     runs = sort_runs(runs, sort_metric)
     if baseline and not any(baseline.partition("=")[0] in r.overrides for r in runs):
         raise ReportError(
             f"--baseline {baseline}: no run sets {baseline.partition('=')[0]}; "
             "give KEY=VALUE of an override the runs differ in"
         )
-    keys = differing_keys(runs)
-    metrics = metric_names(runs)
-    groups = group_runs(runs, keys, repeat_keys)
-    report = Report(runs, keys, metrics, groups, sort_metric)
+    keys, metrics = differing_keys(runs), metric_names(runs)
     out = Path(out_dir) if out_dir else roots[0]
     out.mkdir(parents=True, exist_ok=True)
-
-    header = ["run", "status", *keys, "epochs", "best_epoch", "wall_time_s", *metrics, "error"]
-    rows = run_rows(runs, keys, metrics)
-    write_csv(out / RESULTS_CSV, header, rows)
-    report.written.append(out / RESULTS_CSV)
+    written: list[Path] = []
 
     counts = {s: sum(r.status == s for r in runs) for s in dict.fromkeys(r.status for r in runs)}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    md = [f"# Results: {len(runs)} runs ({summary})", ""]
-    optuna_lines = optuna_summary(roots)
-    md += [*optuna_lines, ""] if optuna_lines else []
+    md = [f"# Results: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})", ""]
+    md += optuna_summary(roots)
     md += [f"Sorted by `{sort_metric}`, best first.", ""] if sort_metric != "none" else []
-    md_rows = [
-        [
-            run.name,
-            run.status,
-            *(fmt_value(run.overrides.get(k, ABSENT)) for k in keys),
-            run.epochs if run.epochs is not None else "",
-            run.best_epoch if run.best_epoch is not None else "",
-            fmt_seconds(run.wall_time_s),
-            *(fmt_number(run.metrics.get(m)) for m in metrics),
-            run.error[:120],
-        ]
+    header = ["run", "status", *keys, "epochs", "best_epoch", "wall_time_s", *metrics, "error"]
+    rows = [
+        [run.name, run.status, *(run.overrides.get(k, ABSENT) for k in keys), run.epochs]
+        + [run.best_epoch, run.wall_time_s, *(run.metrics.get(m) for m in metrics), run.error]
         for run in runs
     ]
-    md_header = ["run", "status", *keys, "epochs", "best epoch", "wall time", *metrics, "error"]
-    md.append(md_table(md_header, md_rows))
+    formats = [str, str, *[fmt_value] * len(keys), str, str, fmt_seconds]
+    formats += [*[fmt_number] * len(metrics), lambda error: error[:120]]
+    md_rows = [["run", "status", *keys, "epochs", "best epoch", "wall time", *metrics, "error"]]
+    md_rows += [
+        [f(v) if v is not None else "" for f, v in zip(formats, r, strict=True)] for r in rows
+    ]
+    md.append(table(out / RESULTS_CSV, header, rows, md_rows, written))
 
+    groups = group_runs(runs, keys, repeat_keys)
     repeated = [k for k in repeat_keys if k in keys]
     if repeated and any(len(g.runs) > 1 for g in groups):
         over = " and ".join(f"`{k}`" for k in repeated)
-        md += [
-            "",
-            f"## Mean ± std [95% CI] over {over} (completed runs; sample std, Student t)",
-            "",
-        ]
-        md += group_tables(groups, keys, repeat_keys, metrics, out, report.written)
+        title = f"## Mean ± std [95% CI] over {over} (completed runs; sample std, Student t)"
+        config_keys = [k for k in keys if k not in repeat_keys]
+        md.append(f"\n{title}\n\n" + group_table(groups, config_keys, metrics, out, written))
         labels = [", ".join(map(fmt_value, g.overrides.values())) or "all" for g in groups]
         if plot and sort_metric in metrics:
-            report.written.append(plot_groups(groups, sort_metric, labels, out / GROUPS_PNG))
+            written.append(plot_groups(groups, sort_metric, labels, out / GROUPS_PNG))
             md += ["", f"![{sort_metric} per group]({GROUPS_PNG})"]
     if baseline:
         compared = [sort_metric] + (["test/acc"] if "test/acc" in metrics else [])
         md += ["", f"## Compared with `{baseline}`", ""]
-        md += comparison_tables(comparisons(groups, baseline, compared), out, report.written)
-
-    if plot and any(r.curves.get("val/acc") for r in runs):
-        plot_val_acc_curves(runs, keys, out / CURVES_PNG)
-        report.written.append(out / CURVES_PNG)
+        md += comparison_table(comparisons(groups, baseline, compared), out, written)
+    with_curves = [r for r in runs if r.curves.get("val/acc")]
+    if plot and with_curves:
+        written.append(plot_val_acc_curves(with_curves, keys, out / CURVES_PNG))
         md += ["", f"![val/acc per epoch]({CURVES_PNG})"]
-    report.markdown = "\n".join(md) + "\n"
-    (out / RESULTS_MD).write_text(report.markdown)
-    report.written.insert(1, out / RESULTS_MD)
-    return report
+    markdown = "\n".join(md) + "\n"
+    (out / RESULTS_MD).write_text(markdown)
+    return Report(runs, keys, markdown, [written[0], out / RESULTS_MD, *written[1:]])
 
 
 # ---------------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="imgcls-report",
         description="Put every run below the given run or multirun dirs side by side: "
@@ -170,9 +267,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun dirs (searched below)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: first dir)")
     parser.add_argument(
-        "--sort",
-        help="metric to sort by, best first (default: the runs' optimized_metric); 'none' keeps "
-        "directory order",
+        "--sort", help="metric to sort by, best first (default: optimized_metric); 'none': as found"
     )
     parser.add_argument(
         "--repeat-keys",
@@ -187,11 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(paired on shared seeds/folds: t-test, Wilcoxon from 6 pairs; else Welch's t-test)",
     )
     parser.add_argument("--no-plot", action="store_true", help=f"do not draw {CURVES_PNG}")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         report = build_report(
             args.dirs, args.out, args.sort, args.repeat_keys, not args.no_plot, args.baseline
@@ -199,9 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report.markdown)
-    for path in report.written:
-        print(f"wrote {path}")
+    print(report.markdown + "".join(f"\nwrote {path}" for path in report.written))
     return 0
 
 

@@ -1,16 +1,13 @@
-"""Statistics of ``imgcls-report``: repeats grouped, confidence intervals, tests against a baseline.
-
-Runs that differ only in ``seed`` and/or ``data.fold`` (the repeat keys) form one group. Each
-group gets n, mean, sample std and a 95% Student-t confidence interval of every final metric
-(completed runs only). With ``--baseline KEY=VALUE`` every other group is compared with the group
-that has ``KEY=VALUE`` and the same other overrides: on the repeats both have (same seed / fold)
-by the paired mean difference, its 95% CI, a paired t-test and, from 6 pairs, the Wilcoxon
-signed-rank test; groups that share fewer than 2 repeats by Welch's t-test, and the table says so.
-"""
+"""Statistics, tables and plots of ``imgcls-report`` (docs/studies.md): runs differing only by the
+repeat keys form a group (n, mean, sample std, 95% Student-t interval of its completed runs);
+``--baseline KEY=VALUE`` compares each group with the group that has ``KEY=VALUE`` and the same
+other overrides: paired on the repeats both have (t-test, Wilcoxon from 6 pairs), else Welch."""
 
 from __future__ import annotations
 
+import csv
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,14 +16,50 @@ from typing import Any
 
 from scipy import stats
 
-from imgcls.report_runs import ABSENT, fmt_number, fmt_value, md_table, write_csv
-
 ALPHA = 0.05
+#: from this many pairs on, the Wilcoxon signed-rank test is reported too
+WILCOXON_MIN_PAIRS = 6
+ABSENT = "—"  # an override a run did not set
+COMPARED = ["group", "baseline", "metric", "test", "n", "difference", "ci_low", "ci_high"]
+COMPARED += ["p_t", "p_wilcoxon", "verdict"]
 GROUPED_CSV = "results_grouped.csv"
 COMPARED_CSV = "results_compared.csv"
 GROUPS_PNG = "groups.png"
-#: from this many pairs on, the Wilcoxon signed-rank test is reported too
-WILCOXON_MIN_PAIRS = 6
+CURVES_PNG = "val_acc_curves.png"
+
+
+def fmt_number(value: float | None, digits: int = 4) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def fmt_value(value: str) -> str:
+    """An override value for display: long floats (Optuna's samples) to 4 significant digits."""
+    if len(value) > 8 and re.fullmatch(r"-?\d*\.\d+(e-?\d+)?|-?\d+e-?\d+", value):
+        return f"{float(value):.4g}"
+    return value
+
+
+def table(
+    path: Path, header: list[str], rows: list[list], md_rows: list[list], written: list[Path]
+):
+    """Write ``rows`` (raw values) as CSV to ``path``; return ``md_rows`` as a markdown table
+    (its first row the header)."""
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *([("" if v is None else v) for v in r] for r in rows)])
+    written.append(path)
+    cells = [[str(c).replace("|", "\\|").replace("\n", " ") for c in row] for row in md_rows]
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(cells[0]), *lines[1:]])
 
 
 @dataclass
@@ -44,32 +77,18 @@ class Group:
         """``metric`` of each completed run, by its repeat (seed, fold) values."""
         return {r.repeat: r.metrics[metric] for r in self.completed if metric in r.metrics}
 
-    def summary(self, metric: str) -> Summary | None:
-        return summarise(list(self.values(metric).values()))
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.overrides.items())
 
 
-@dataclass
-class Summary:
-    n: int
-    mean: float
-    std: float
-    low: float  # the 95% confidence interval (nan for one run)
-    high: float
-
-
-def t_interval(mean: float, sem: float, df: float) -> tuple[float, float]:
-    if df <= 0 or not math.isfinite(sem):
-        return math.nan, math.nan
-    half = stats.t.ppf(1 - ALPHA / 2, df) * sem
-    return mean - half, mean + half
-
-
-def summarise(values: Sequence[float]) -> Summary | None:
-    if not values:
+def summary(values: Sequence[float]) -> tuple[int, float, float, float, float] | None:
+    """n, mean, sample std and the 95% Student-t interval (nan for one value)."""
+    n = len(values)
+    if not n:
         return None
-    n, mean = len(values), statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else math.nan
-    return Summary(n, mean, std, *t_interval(mean, std / math.sqrt(n), n - 1))
+    mean, std = statistics.fmean(values), statistics.stdev(values) if n > 1 else math.nan
+    half = stats.t.ppf(1 - ALPHA / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return n, mean, std, mean - half, mean + half
 
 
 def group_runs(runs: Sequence[Any], keys: Sequence[str], repeat_keys: Sequence[str]) -> list[Group]:
@@ -81,70 +100,42 @@ def group_runs(runs: Sequence[Any], keys: Sequence[str], repeat_keys: Sequence[s
     return list(groups.values())
 
 
-@dataclass
-class Comparison:
-    group: Group
-    baseline: Group
-    metric: str
-    test: str  # "paired" or "Welch (unpaired)"
-    n: int  # pairs, or the smaller group's size
-    difference: float  # group - baseline
-    low: float
-    high: float
-    p_t: float
-    p_wilcoxon: float | None = None
-
-    @property
-    def verdict(self) -> str:
-        # significant only where every test reported agrees
-        p = max(self.p_t, self.p_wilcoxon) if self.p_wilcoxon is not None else self.p_t
-        if not math.isfinite(p):
-            return "not testable"
-        return ("significant" if p < ALPHA else "not significant") + f" at {ALPHA:g}"
-
-
-def compare(group: Group, baseline: Group, metric: str) -> Comparison | None:
-    """``group`` vs ``baseline`` on ``metric``: paired on shared repeats, else Welch's test."""
+def compare(group: Group, baseline: Group, metric: str) -> list[Any] | None:
+    """A ``COMPARED`` row: paired on the shared repeats, else Welch's t-test (None: too few)."""
     mine, base = group.values(metric), baseline.values(metric)
     shared = sorted(set(mine) & set(base))
+    p_w = None
     if len(shared) >= 2:
-        diffs = [mine[k] - base[k] for k in shared]
-        s = summarise(diffs)
-        p_t = float(stats.ttest_rel([mine[k] for k in shared], [base[k] for k in shared]).pvalue)
-        p_w = None
-        if len(shared) >= WILCOXON_MIN_PAIRS:
+        a, b = [mine[k] for k in shared], [base[k] for k in shared]
+        test, n, result = "paired", len(shared), stats.ttest_rel(a, b)
+        diffs = [x - y for x, y in zip(a, b, strict=True)]
+        if n >= WILCOXON_MIN_PAIRS:
             p_w = float(stats.wilcoxon(diffs).pvalue) if any(diffs) else 1.0
-        return Comparison(group, baseline, metric, "paired", s.n, s.mean, s.low, s.high, p_t, p_w)
-    a, b = list(mine.values()), list(base.values())
-    if len(a) < 2 or len(b) < 2:
-        return None
-    welch = stats.ttest_ind(a, b, equal_var=False)
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb else 0
-    low, high = t_interval(diff, math.sqrt(va + vb), df)
-    n = min(len(a), len(b))
-    return Comparison(group, baseline, metric, "Welch (unpaired)", n, diff, low, high, welch.pvalue)
+    else:
+        a, b = list(mine.values()), list(base.values())
+        if len(a) < 2 or len(b) < 2:
+            return None
+        result = stats.ttest_ind(a, b, equal_var=False)
+        test, n = "Welch (unpaired)", min(len(a), len(b))
+    interval = result.confidence_interval(1 - ALPHA)
+    p = max(result.pvalue, p_w) if p_w is not None else result.pvalue  # every test must agree
+    verdict = ("significant" if p < ALPHA else "not significant") + f" at {ALPHA:g}"
+    return [
+        *(group.label(), baseline.label(), metric, test, n),
+        *(statistics.fmean(a) - statistics.fmean(b), interval.low, interval.high),
+        *(float(result.pvalue), p_w, verdict if math.isfinite(p) else "not testable"),
+    ]
 
 
-def baseline_of(group: Group, groups: Sequence[Group], key: str, value: str) -> Group | None:
-    """The group with ``key=value`` and the same other overrides as ``group`` (not itself)."""
-    if group.overrides.get(key) == value:
-        return None
-    wanted = {**group.overrides, key: value}
-    return next((g for g in groups if g.overrides == wanted), None)
-
-
-def comparisons(groups: Sequence[Group], baseline: str, metrics: Sequence[str]) -> list[Comparison]:
+def comparisons(groups: Sequence[Group], baseline: str, metrics: Sequence[str]) -> list[list]:
+    """Every group against its baseline group: ``KEY=VALUE`` and the same other overrides."""
     key, _, value = baseline.partition("=")
-    found = []
+    rows = []
     for group in groups:
-        base = baseline_of(group, groups, key, value)
-        for metric in metrics if base else ():
-            result = compare(group, base, metric)
-            if result is not None:
-                found.append(result)
-    return found
+        wanted = {**group.overrides, key: value}
+        base = next((g for g in groups if g.overrides == wanted and g is not group), None)
+        rows += [row for m in metrics if base for row in [compare(group, base, m)] if row]
+    return rows
 
 
 def plot_groups(groups: Sequence[Group], metric: str, labels: Sequence[str], path: Path) -> Path:
@@ -159,10 +150,9 @@ def plot_groups(groups: Sequence[Group], metric: str, labels: Sequence[str], pat
         values = list(group.values(metric).values())
         jitter = [x + 0.08 * (i - (len(values) - 1) / 2) for i in range(len(values))]
         ax.plot(jitter, values, "o", color="0.5", markersize=4)
-        s = group.summary(metric)
-        if s is not None and math.isfinite(s.low):
-            ax.errorbar(x + 0.3, s.mean, yerr=[[s.mean - s.low], [s.high - s.mean]], fmt="s",
-                        color="C0", capsize=4)  # fmt: skip
+        s = summary(values)
+        if s is not None and math.isfinite(s[3]):
+            ax.errorbar(x + 0.3, s[1], yerr=[[s[1] - s[3]], [s[4] - s[1]]], fmt="s", capsize=4)
     ax.set_xticks(range(len(groups)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: runs (grey) and mean ± 95% CI per group")
@@ -171,75 +161,78 @@ def plot_groups(groups: Sequence[Group], metric: str, labels: Sequence[str], pat
     return path
 
 
-def group_tables(
-    groups: Sequence[Group],
-    keys: Sequence[str],
-    repeat_keys: Sequence[str],
-    metrics: Sequence[str],
-    out: Path,
-    written: list[Path],
-) -> list[str]:
-    """The grouped table (markdown lines) and ``results_grouped.csv``."""
-    config_keys = [k for k in keys if k not in repeat_keys]
-    md_rows, csv_rows = [], []
+def group_table(groups: Sequence[Group], keys: list[str], metrics: list[str], out: Path, written):
+    """The groups (``keys``: their overrides) as ``results_grouped.csv`` and markdown."""
+    rows, md_rows = [], [[*keys, "runs", "completed", *metrics]]
     for group in groups:
-        summaries = [group.summary(m) for m in metrics]
-        values = [group.overrides.get(k, ABSENT) for k in config_keys]
+        summaries = [summary(list(group.values(m).values())) for m in metrics]
+        values = [group.overrides.get(k, ABSENT) for k in keys]
         counts = [len(group.runs), len(group.completed)]
-        md_rows.append(
-            [*map(fmt_value, values), *counts]
-            + [
-                f"{fmt_number(s.mean)} ± {fmt_number(s.std)} [{fmt_number(s.low)}, "
-                f"{fmt_number(s.high)}]"
-                if s
-                else ""
-                for s in summaries
-            ]
-        )
-        fields = ("n", "mean", "std", "low", "high")
-        csv_rows.append(
-            [*values, *counts] + [getattr(s, f) if s else None for s in summaries for f in fields]
-        )
-    csv_header = [*config_keys, "runs", "completed"]
-    csv_header += [f"{m}_{s}" for m in metrics for s in ("n", "mean", "std", "ci_low", "ci_high")]
-    write_csv(out / GROUPED_CSV, csv_header, csv_rows)
-    written.append(out / GROUPED_CSV)
-    return [md_table([*config_keys, "runs", "completed", *metrics], md_rows)]
+        rows.append([*values, *counts, *(v for s in summaries for v in s or [None] * 5)])
+        md_rows.append([*map(fmt_value, values), *counts, *map(interval_cell, summaries)])
+    header = [*keys, "runs", "completed"]
+    header += [f"{m}_{s}" for m in metrics for s in ("n", "mean", "std", "ci_low", "ci_high")]
+    return table(out / GROUPED_CSV, header, rows, md_rows, written)
 
 
-def comparison_tables(found: Sequence[Comparison], out: Path, written: list[Path]) -> list[str]:
-    """The comparisons with the baseline (markdown lines) and ``results_compared.csv``."""
-    if not found:
+def interval_cell(s: tuple[int, float, float, float, float] | None) -> str:
+    """``mean ± std [low, high]``."""
+    if s is None:
+        return ""
+    return f"{fmt_number(s[1])} ± {fmt_number(s[2])} [{fmt_number(s[3])}, {fmt_number(s[4])}]"
+
+
+def comparison_table(rows: list[list[Any]], out: Path, written: list[Path]) -> list[str]:
+    """The comparisons with the baseline as ``results_compared.csv`` and markdown lines."""
+    if not rows:
         return ["No group has a baseline group to compare with (same overrides, that value)."]
-    header = ["group", "baseline", "metric", "test", "n", "difference", "ci_low", "ci_high"]
-    header += ["p_t", "p_wilcoxon", "verdict"]
-    rows = [
-        [
-            " ".join(f"{k}={v}" for k, v in c.group.overrides.items()),
-            " ".join(f"{k}={v}" for k, v in c.baseline.overrides.items()),
-            c.metric,
-            c.test,
-            c.n,
-            c.difference,
-            c.low,
-            c.high,
-            c.p_t,
-            c.p_wilcoxon,
-            c.verdict,
-        ]
-        for c in found
-    ]
-    write_csv(out / COMPARED_CSV, header, rows)
-    written.append(out / COMPARED_CSV)
-    md_rows = [
+    md_rows = [[*COMPARED[:5], "difference [95% CI]", "p (t-test)", "p (Wilcoxon)", "verdict"]]
+    md_rows += [
         [*r[:5], f"{r[5]:+.4f} [{fmt_number(r[6])}, {fmt_number(r[7])}]", f"{r[8]:.3g}"]
         + [f"{r[9]:.3g}" if r[9] is not None else "", r[10]]
         for r in rows
     ]
-    md_header = [*header[:5], "difference [95% CI]", "p (t-test)", "p (Wilcoxon)", "verdict"]
     return [
-        md_table(md_header, md_rows),
+        table(out / COMPARED_CSV, COMPARED, rows, md_rows, written),
         "",
         "difference = group − baseline; paired on the seeds/folds both have, Welch's t-test "
         "where they share fewer than 2; Wilcoxon signed-rank from 6 pairs.",
     ]
+
+
+def short_label(run: Any, keys: Sequence[str]) -> str:
+    """``run: lr=0.1, batch_size=16`` from the differing overrides (last key part if unique)."""
+    tails = [k.rsplit(".", 1)[-1] for k in keys]
+    parts = [
+        f"{tail if tails.count(tail) == 1 else key}={fmt_value(run.overrides.get(key, ABSENT))}"
+        for key, tail in zip(keys, tails, strict=True)
+    ]
+    return f"{run.name}: " + ", ".join(parts) if parts else run.name
+
+
+def plot_val_acc_curves(
+    runs: Sequence[Any], keys: Sequence[str], path: Path, labelled: int = 12
+) -> Path:
+    """val/acc per epoch of every run with curves; the ``labelled`` best get colours, a legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    runs = sorted(runs, key=lambda r: -max(v for _, v in r.curves["val/acc"]))
+    figure = Figure(figsize=(9, 4.5 + 0.2 * min(len(runs), labelled)), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    for i, run in enumerate(runs):
+        epochs, values = zip(*run.curves["val/acc"], strict=True)
+        xs = [e + 1 for e in epochs]
+        if i < labelled:
+            ax.plot(xs, values, "o-", markersize=3, label=short_label(run, keys))
+        else:
+            ax.plot(xs, values, "-", color="0.75", linewidth=0.8)
+    more = f" ({labelled} best labelled)" if len(runs) > labelled else ""
+    ax.set(xlabel="epoch", ylabel="val/acc", title=f"val/acc of {len(runs)} runs{more}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    figure.legend(fontsize=7, loc="outside lower center", ncols=1, frameon=False)
+    figure.savefig(path)
+    return path

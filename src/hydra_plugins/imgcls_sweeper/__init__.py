@@ -2,6 +2,7 @@
 checks of ``imgcls.search``. Hydra takes sweepers only from this namespace package and imports
 every module in it at start-up, so Optuna (slow to import) loads only when a search runs."""
 
+import sys
 from typing import Any
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -16,6 +17,14 @@ class OptunaSearch(OptunaSweeper):
         super().__init__(max_failure_rate=1.0, **options)
 
     def sweep(self, arguments: list[str]) -> None:
-        from imgcls.search import run_search  # imports Optuna: only when a search runs
+        from imgcls.search import completed_trials, missing_search_key  # imports Optuna
 
-        run_search(self.sweeper, super().sweep, arguments)
+        message = missing_search_key(self.sweeper.config)
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+        try:
+            super().sweep(arguments)
+        except ValueError:  # Optuna's "Record does not exist": the best of no completed trial
+            if completed_trials(self.sweeper.study_name, self.sweeper.storage):
+                raise

@@ -1,12 +1,10 @@
-"""Clusters, before any training: SLURM jobs sized from the trainer, processes SLURM/torchrun start.
+"""Clusters, before any training (docs/workflow.md; nothing heavy imported: the CLI and the config
+resolvers use it before torch loads; requeueing: ``imgcls.lifecycle``).
 
-- ``hydra/launcher=slurm`` reads its ``nodes``, ``tasks_per_node`` and ``gpus_per_node`` from
-  ``trainer.num_nodes``, ``trainer.devices`` and ``trainer.accelerator`` through the resolvers here.
-- Processes that SLURM (``srun``) or ``torchrun`` start one per device each run ``train.py`` on
-  their own; outside the submitit launcher they must be told one shared run dir.
-
-Nothing heavy is imported here (the CLI and the config resolvers use it before torch loads);
-what happens during training (requeueing) is in ``imgcls.lifecycle``.
+- ``hydra/launcher=slurm`` is sized from ``trainer.num_nodes``, ``trainer.devices`` and
+  ``trainer.accelerator`` (or ``trainer.gpus``) through the resolvers here;
+- processes that SLURM (``srun``) or ``torchrun`` start one per device each run ``train.py`` and
+  must be told one shared run dir outside the submitit launcher.
 """
 
 from __future__ import annotations
@@ -19,21 +17,13 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from imgcls.run_dir import override_value
 from imgcls.utils.errors import UserError
-
-
-def _accelerator_and_devices(trainer: DictConfig, gpus: int | None) -> tuple[str, Any]:
-    """The trainer's accelerator and devices, with ``trainer.gpus`` (N GPUs, 0 = CPU) applied."""
-    gpus = gpus if gpus is not None else trainer.get("gpus")
-    if gpus is not None:
-        return ("cpu", 1) if gpus == 0 else ("gpu", gpus)
-    return str(trainer.get("accelerator")), trainer.get("devices")
 
 
 def slurm_tasks_per_node(trainer: DictConfig, gpus: int | None = None) -> int:
     """``${slurm_tasks_per_node:${trainer},...}``: one SLURM task (one process) per device."""
-    _, devices = _accelerator_and_devices(trainer, gpus)
+    gpus = gpus if gpus is not None else trainer.get("gpus")
+    devices = trainer.get("devices") if gpus is None else (gpus or 1)  # 0 GPUs: one CPU process
     if isinstance(devices, (list, tuple, ListConfig)):
         return len(devices)
     if str(devices).isdigit() and int(devices) >= 1:
@@ -46,8 +36,9 @@ def slurm_tasks_per_node(trainer: DictConfig, gpus: int | None = None) -> int:
 
 def slurm_gpus_per_node(trainer: DictConfig, gpus: int | None = None) -> int | None:
     """``${slurm_gpus_per_node:${trainer},...}``: one GPU per task, none on the CPU."""
-    accelerator, _ = _accelerator_and_devices(trainer, gpus)
-    return None if accelerator == "cpu" else slurm_tasks_per_node(trainer, gpus)
+    gpus = gpus if gpus is not None else trainer.get("gpus")
+    on_cpu = gpus == 0 if gpus is not None else str(trainer.get("accelerator")) == "cpu"
+    return None if on_cpu else slurm_tasks_per_node(trainer, gpus)
 
 
 RESOLVERS = {
@@ -64,10 +55,10 @@ class LauncherCheck(HydraCallback):
         try:
             OmegaConf.to_container(config.hydra.launcher, resolve=True)
         except Exception as raised:
-            from imgcls.utils.runs import user_facing  # the UserError behind OmegaConf's wrapper
-
-            err = user_facing(raised)
-            if not isinstance(err, UserError):
+            err: BaseException | None = raised  # the UserError behind OmegaConf's wrappers
+            while err is not None and not isinstance(err, UserError):
+                err = err.__cause__ or err.__context__
+            if err is None:
                 raise
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -77,27 +68,19 @@ def external_world_size() -> int:
     """How many processes SLURM (``srun``) or ``torchrun`` started for this run (1: only this)."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
         return int(os.environ.get("WORLD_SIZE", "1"))
-    # as Lightning's SLURMEnvironment.detect(): an interactive allocation (job name bash or
-    # interactive) is not a SLURM launch
-    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in (
-        "bash",
-        "interactive",
-    ):
-        return int(os.environ["SLURM_NTASKS"])
-    return 1
+    # as Lightning's SLURMEnvironment.detect(): an interactive allocation is not a SLURM launch
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    return int(os.environ.get("SLURM_NTASKS", "1")) if not interactive else 1
 
 
 def check_shared_run_dir(args: Sequence[str]) -> None:
-    """Processes started one per device by SLURM or torchrun must agree on one run dir.
-
-    Each process composes its own config, and a run dir named after the time and a random id
-    would differ between them, so a single run (not ``-m``) needs ``hydra.run.dir`` given to every
-    process. Jobs of ``-m hydra/launcher=slurm`` share the dir their launcher chose.
-    """
+    """Each process SLURM or torchrun starts composes its own config, and a run dir named after
+    the time and a random id would differ between them: a single run (not ``-m``, whose jobs
+    share their launcher's dir) needs ``hydra.run.dir`` given to every process."""
     world = external_world_size()
     if world <= 1 or "-m" in args or "--multirun" in args:
         return
-    if override_value(args, "hydra.run.dir") is not None:
+    if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args):
         return
     raise UserError(
         f"this is one of {world} processes started by SLURM/torchrun, and each would write its "
