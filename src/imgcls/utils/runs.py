@@ -9,7 +9,6 @@ import random
 import re
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,11 +48,9 @@ def quiet_libraries() -> None:
 
 
 def apply_extras(cfg: DictConfig) -> None:
-    """``extras``: warnings filters (``imgcls.cli`` printed the config before torch loaded)."""
-    extras = cfg.get("extras") or {}
+    """Before a task: no library tips (``imgcls.cli`` printed the config before torch loaded;
+    Python's own ``PYTHONWARNINGS=ignore`` silences warnings, no process-wide filter here)."""
     quiet_libraries()
-    if extras.get("ignore_warnings"):
-        warnings.filterwarnings("ignore")
 
 
 #: a seed drawn for ``seed=null``, handed to the processes Lightning launches for DDP ranks 1..
