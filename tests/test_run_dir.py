@@ -98,7 +98,7 @@ def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) ->
 def test_a_requeue_checkpoint_is_the_run_dirs_newest_state(tmp_path) -> None:
     """ckpt_path=<run dir> and resume= agree on the newest state, and starting from a requeue's
     hpc_ckpt in the run's own dir continues that run."""
-    from imgcls.utils.checkpoint import find_checkpoint
+    from imgcls.checkpoints import find_checkpoint
 
     run = fake_run(tmp_path / "run", "- data=digits\n")
     hpc = run / "hpc_ckpt_1.ckpt"

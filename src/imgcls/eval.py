@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from imgcls.callbacks.eval_report import EvalReport
+from imgcls.checkpoints import restore, store_temperature
 from imgcls.train import build_trainer
-from imgcls.utils.checkpoint import restore, store_temperature
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import (
     apply_extras,
@@ -90,9 +90,3 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info(f"{name}: {value:.4f}")
     log.info(f"run dir: {run_dir(cfg).path}")
     return metrics
-
-
-if __name__ == "__main__":
-    from imgcls.cli import evaluate
-
-    evaluate()

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from imgcls.checkpoints import restore
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
-from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import apply_extras, report_errors, run_dir
 
@@ -158,9 +158,3 @@ def export(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> Path:
     apply_extras(cfg)
     return export(cfg)
-
-
-if __name__ == "__main__":
-    from imgcls.cli import export
-
-    export()

@@ -32,6 +32,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from imgcls.checkpoints import find_checkpoint
 from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, REQUEUED, RunDir
 from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint
 from imgcls.utils.devices import apply_gpus, apply_matmul_precision
@@ -66,6 +67,7 @@ def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> No
     """``init_from=<ckpt or run dir>``: the network's weights only (no optimizer, schedule or
     epoch). Tensors whose shape differs (a head for another number of classes) are refused, or
     left freshly initialised with ``init_from_reset_head=true``."""
+    source = find_checkpoint(Path(source)) if Path(source).is_dir() else source
     state = read_checkpoint(source)["state_dict"]
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     own = model.net.state_dict()

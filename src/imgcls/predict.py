@@ -80,9 +80,3 @@ def predict(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> Path:
     apply_extras(cfg)
     return predict(cfg)
-
-
-if __name__ == "__main__":
-    from imgcls.cli import predict
-
-    predict()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from imgcls.checkpoints import find_checkpoint
 from imgcls.lifecycle import (
     Randomness,
     RequeueStatus,
@@ -34,7 +35,7 @@ from imgcls.run_dir import (
     resumed_config,
 )
 from imgcls.tune import run_tuner, tunes_only
-from imgcls.utils.checkpoint import check_something_to_train, find_checkpoint, read_checkpoint
+from imgcls.utils.checkpoint import check_something_to_train, read_checkpoint
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import (
     apply_extras,
@@ -295,9 +296,3 @@ def run(cfg: DictConfig) -> float | None:
             f"optimized_metric={name} was not logged; available: {', '.join(sorted(metrics))}"
         )
     return metrics[name]
-
-
-if __name__ == "__main__":
-    from imgcls.cli import train
-
-    train()

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from imgcls.utils.errors import UserError
 
@@ -39,10 +38,13 @@ def backbone_modules(net: nn.Module) -> list[nn.Module]:
     ]
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
     """(Un)freeze the modules' own parameters (not their children's) and batch-norm statistics."""
     for module in modules:
-        if isinstance(module, _BatchNorm):
+        if isinstance(module, BATCH_NORMS):
             module.track_running_stats = trainable
         for param in module.parameters(recurse=False):
             param.requires_grad = trainable

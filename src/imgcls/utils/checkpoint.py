@@ -8,7 +8,6 @@ import pickle
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,53 +25,15 @@ UNREADABLE = (
 log = logging.getLogger(__name__)
 
 
-def find_checkpoint(directory: Path, prefer: str = "best") -> Path:
-    """The ``best`` (``epoch_*.ckpt``, top ``val/acc``) or ``last`` checkpoint of a run dir.
-
-    ``directory`` is a run dir or its ``checkpoints/``; the other kind is used when the preferred
-    one is absent.
-    """
-    from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT, RunDir
-
-    run = RunDir(directory.parent if directory.name == CHECKPOINT_DIR else directory)
-    folder = run.path / CHECKPOINT_DIR if (run.path / CHECKPOINT_DIR).is_dir() else directory
-    # the newest state: last.ckpt, or a SLURM requeue's hpc_ckpt_<n>.ckpt
-    last = run.latest_checkpoint() or folder / LAST_CHECKPOINT.name
-    best = sorted(folder.glob("epoch_*.ckpt"))
-    if prefer == "best" and len(best) > 1 and last.is_file():  # save_top_k > 1: last knows best
-        recorded = [
-            Path(state["best_model_path"])
-            for state in torch.load(last, weights_only=True, mmap=True)
-            .get("callbacks", {})
-            .values()
-            if isinstance(state, dict) and state.get("best_model_path")
-        ]
-        best = [p for p in recorded if p.is_file()][:1] or best
-    found = {"best": best[-1] if best else None, "last": last if last.is_file() else None}
-    other = "last" if prefer == "best" else "best"
-    path = found[prefer] or found[other]
-    if path is None:
-        raise UserError(
-            f"ckpt_path={directory} is a directory without checkpoints (no epoch_*.ckpt or "
-            "last.ckpt in it or its checkpoints/); pass a run dir that saved one, or a .ckpt file"
-        )
-    kind = prefer if found[prefer] else other
-    log.info(f"ckpt_path={directory} is a directory: using its {kind} checkpoint {path}")
-    return path
-
-
 def read_checkpoint(
     path: str | Path, map_location: Any = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no code runs); one clear error if unusable.
 
-    A directory (a run dir or its ``checkpoints/``) stands for its best checkpoint.
     ``mmap=True`` maps the tensors instead of reading them: a cheap check of a file that is
     read in full later.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = find_checkpoint(path, prefer="best")
+    path = Path(path)  # a run dir: imgcls.checkpoints.find_checkpoint picks its file first
     if not path.is_file():
         raise UserError(
             f"ckpt_path={path} does not exist; pass a .ckpt file or a run dir "
@@ -130,53 +91,6 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def stored_class_names(checkpoint: dict[str, Any]) -> list[str]:
     """Class names saved at training time (empty when the checkpoint has none)."""
     return list(checkpoint.get(RUN_INFO_KEY, {}).get("class_names", []))
-
-
-@dataclass
-class Restored:
-    """A trained model with the data set-up it was trained with, rebuilt from its checkpoint."""
-
-    model: Any  # ImageClassifier, weights loaded
-    datamodule: Any  # not set up: preprocessing works at once, data loads on setup()
-    config: dict[str, Any]  # the resolved training config
-    class_names: list[str]
-    temperature: float = 1.0  # eval.py calibrate=true: probabilities are softmax(logits / T)
-
-
-def store_temperature(path: str | Path, temperature: float) -> Path:
-    """Save the calibration temperature in the checkpoint (a run dir: its best); its path."""
-    path = find_checkpoint(Path(path)) if Path(path).is_dir() else Path(path)
-    checkpoint = read_checkpoint(path)
-    checkpoint.setdefault(RUN_INFO_KEY, {})["temperature"] = float(temperature)
-    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
-    return path
-
-
-def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) -> Restored:
-    """Rebuild the model and its datamodule from an imgcls checkpoint (``RunInfo``'s content).
-
-    ``data_override`` is a full data config (one with ``_target_``: another dataset) or keys
-    merged into the stored one (``+data.data_dir=/elsewhere``). The datamodule gets the state it
-    had at training time (say, a folder's normalisation statistics).
-    """
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from imgcls.models.classifier import ImageClassifier
-
-    checkpoint = read_checkpoint(path)
-    config = stored_config(checkpoint)
-    data_cfg = OmegaConf.create(config["data"])
-    if data_override and "_target_" in data_override:
-        data_cfg = data_override  # as composed: its interpolations (${seed}) resolve in its root
-    elif data_override:
-        data_cfg = OmegaConf.merge(data_cfg, data_override)
-    datamodule = instantiate(data_cfg)
-    # Lightning saves the datamodule's state under its class name: another dataset gets none
-    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__) or {})
-    model = ImageClassifier.from_checkpoint(checkpoint)
-    temperature = float(checkpoint.get(RUN_INFO_KEY, {}).get("temperature", 1.0))
-    return Restored(model, datamodule, config, stored_class_names(checkpoint), temperature)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
