@@ -40,7 +40,7 @@ def evaluate(root: Path, ckpt: Path, overrides: list[str]) -> dict[str, float]:
 
 def test_eval_matches_classes_by_name(tmp_path: Path, capsys, caplog) -> None:
     caplog.set_level(logging.INFO, logger="imgcls.eval")
-    ckpt = trained_checkpoint(tmp_path / "train", ["data.classes=[3,8]"])
+    ckpt = trained_checkpoint(tmp_path / "train", ["data.classes=[3,8]", "trainer.max_epochs=3"])
     same = evaluate(tmp_path / "same", ckpt, [])
     swapped = evaluate(tmp_path / "swapped", ckpt, ["+data.classes=[8,3]"])
     assert same["test/acc"] > 0.8  # learnt: a 3-vs-8 model read in the wrong order scores < 0.2

@@ -182,7 +182,7 @@ def test_init_from_refuses_another_head_unless_asked_to_reset_it(make_cfg, two_e
 
     from imgcls.lifecycle import init_weights
 
-    three = instantiate(make_cfg("train", [*TINY, "model.net.num_classes=3"]).model)
+    three = instantiate(make_cfg("train", [*TINY, "model.num_classes=3"]).model)
     with pytest.raises(UserError, match=r"shape \(10, .*\) there and \(3, .*init_from_reset_head"):
         init_weights(three, two_epoch_run)
     head = three.net.state_dict()["head.weight"].clone()

@@ -102,8 +102,8 @@ def top_confusions(confusion: torch.Tensor, limit: int = 10) -> list[tuple[int, 
 
 def reliability(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per confidence bin: mean confidence, accuracy, count (the reliability diagram's bars)."""
-    confidence, predicted = probs.max(dim=1)
-    bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1)
+    confidence, predicted = probs.nan_to_num(0.0).max(dim=1)  # a diverged model: NaN outputs
+    bins = (confidence * ECE_BINS).long().clamp(0, ECE_BINS - 1)
     count = torch.bincount(bins, minlength=ECE_BINS).float()
     correct = torch.bincount(bins, (predicted == targets).float(), minlength=ECE_BINS)
     mean_conf = torch.bincount(bins, confidence, minlength=ECE_BINS)
