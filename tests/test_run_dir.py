@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.run_dir import RunDir, log_start, resumed_config
+from imgcls.checkpoints import resumed_config
+from imgcls.run_dir import RunDir, log_start
 from imgcls.train import train
 from imgcls.utils.errors import UserError
 from imgcls.utils.runs import ensure_seed

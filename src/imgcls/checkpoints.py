@@ -1,18 +1,28 @@
-"""Which checkpoint to read, and a trained model rebuilt from one (eval, predict, export, the
-Python API and ``init_from=``): the run life cycle's side of checkpoints."""
+"""Which checkpoint to read, the config ``resume=`` continues with, and a trained model rebuilt
+from a checkpoint (eval, predict, export, the Python API): the run life cycle's checkpoints."""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_method
+from omegaconf import OmegaConf
 
 from imgcls.models.classifier import ImageClassifier
-from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT, RunDir
+from imgcls.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    START_KEYS,
+    RunDir,
+    parse_overrides,
+)
 from imgcls.utils.checkpoint import (
     RUN_INFO_KEY,
     AtomicCheckpointIO,
@@ -102,3 +112,67 @@ def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) ->
     model = ImageClassifier.from_checkpoint(checkpoint)
     temperature = float(checkpoint.get(RUN_INFO_KEY, {}).get("temperature", 1.0))
     return Restored(model, datamodule, config, stored_class_names(checkpoint), temperature)
+
+
+def resumed_config(target: str | Path, given: Any, overrides: Sequence[str]) -> Any:
+    """``resume=<run dir>``: that run's saved config, continued where it stopped, in its own dir.
+
+    Overrides given now (their values read from ``given``, this command's composed config) take
+    precedence (``trainer.max_epochs=8`` extends a run); the run goes
+    on from its newest checkpoint (``last.ckpt``, or a SLURM requeue's newer ``hpc_ckpt``). Only
+    ``resume=`` continues a run in place: ``init_from=`` and ``ckpt_path=`` start a new run.
+    """
+    run = RunDir(Path(target).expanduser().resolve())
+    saved = run.config()
+    if not saved:
+        raise UserError(
+            f"resume={target} is not a run dir (no {CONFIG_FILE}); pass a dir below "
+            "logs/train/runs/, or init_from=<ckpt or run dir> to start a new run from its weights"
+        )
+    cfg = OmegaConf.create(relocated(saved, run.path))  # a run dir moved or copied: its own paths
+    for override in parse_overrides(overrides):
+        if override.key.split(".")[0] in (*START_KEYS, "hydra") or override.deletes:
+            continue
+        if "/" in override.key:
+            raise UserError(
+                f"resume= continues a run with its own config groups; {override.key}= cannot "
+                "change one: start a new run (init_from=<run dir> keeps its weights)"
+            )
+        if override.key in STEP_KEYS and schedule_sized_by_steps(saved):
+            raise UserError(
+                f"resume= cannot change {override.key}: the run's LR schedule is sized for its "
+                "optimizer steps; start a new run from its weights with init_from=<run dir>"
+            )
+        OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
+    latest = run.latest_checkpoint()
+    if latest is None:
+        log.warning(f"{run.path} has no checkpoint yet: starting that run again")
+    cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
+    return cfg
+
+
+#: what fixes a run's number of optimizer steps
+STEP_KEYS = ("trainer.max_epochs", "trainer.max_steps", "data.batch_size",
+             "trainer.accumulate_grad_batches", "trainer.limit_train_batches")  # fmt: skip
+
+
+def schedule_sized_by_steps(config: dict[str, Any]) -> bool:
+    """Whether the config's LR schedule takes ``total_steps`` (OneCycle, warm-up cosine)."""
+    target = ((config.get("model") or {}).get("scheduler") or {}).get("_target_")
+    return bool(target) and "total_steps" in inspect.signature(get_method(target)).parameters
+
+
+def relocated(config: Any, new_dir: Path | str) -> Any:
+    """``config`` with every path below its run dir (``paths.output_dir``) moved to ``new_dir``."""
+    old = str(config["paths"]["output_dir"])
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and value.startswith(old):
+            return str(new_dir) + value[len(old) :]
+        return value
+
+    return moved(config)

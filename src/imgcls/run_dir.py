@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,37 +239,6 @@ def find_run_dirs(roots: Iterable[Path]) -> list[RunDir]:
 
 
 # ---------------------------------------------------------------------------------- resuming
-def resumed_config(target: str | Path, given: Any, overrides: Sequence[str]) -> Any:
-    """``resume=<run dir>``: that run's saved config, continued where it stopped, in its own dir.
-
-    Overrides given now (their values read from ``given``, this command's composed config) take
-    precedence (``trainer.max_epochs=8`` extends a run); the run goes
-    on from its newest checkpoint (``last.ckpt``, or a SLURM requeue's newer ``hpc_ckpt``). Only
-    ``resume=`` continues a run in place: ``init_from=`` and ``ckpt_path=`` start a new run.
-    """
-    from omegaconf import OmegaConf
-
-    from imgcls.utils.errors import UserError
-
-    run = RunDir(Path(target).expanduser().resolve())
-    saved = run.config()
-    if not saved:
-        raise UserError(
-            f"resume={target} is not a run dir (no {CONFIG_FILE}); pass a dir below "
-            "logs/train/runs/, or init_from=<ckpt or run dir> to start a new run from its weights"
-        )
-    cfg = OmegaConf.create(saved)
-    for override in parse_overrides(overrides):
-        if override.key.split(".")[0] in (*START_KEYS, "hydra") or override.deletes:
-            continue
-        OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
-    latest = run.latest_checkpoint()
-    if latest is None:
-        log.warning(f"{run.path} has no checkpoint yet: starting that run again")
-    cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
-    return cfg
-
-
 def finished_metrics(run: RunDir) -> dict[str, float] | None:
     """A sweep job under ``resume=true``: its recorded metrics if it already completed."""
     status = run.status()

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.checkpoints import find_checkpoint
+from imgcls.checkpoints import find_checkpoint, relocated, resumed_config
 from imgcls.lifecycle import (
     Randomness,
     RequeueStatus,
@@ -32,7 +32,6 @@ from imgcls.run_dir import (
     finished_metrics,
     log_start,
     parse_overrides,
-    resumed_config,
 )
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils.checkpoint import check_something_to_train, read_checkpoint
@@ -132,6 +131,14 @@ class ForgetRestoredBest(pl.Callback):
             best.reset()
 
 
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """The run's datamodule and model, the model starting from ``init_from``'s weights."""
+    model = instantiate(cfg.model)
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
+    return instantiate(cfg.data), model
+
+
 def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
     pl.seed_everything(ensure_seed(cfg), workers=True)
@@ -144,23 +151,22 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
         checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
         continuing = log_start(cfg.ckpt_path, run)
-        if not continuing:
+        if continuing:  # its own checkpoint holds the weights, its config the tuned values
+            cfg.init_from = cfg.tune = None
+        else:
             check_something_to_train(cfg.ckpt_path, checkpoint, cfg.trainer.get("max_epochs"))
             extra_callbacks.append(ForgetRestoredBest())
     if cfg.get("init_from") and cfg.get("ckpt_path"):
         raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    model: pl.LightningModule = instantiate(cfg.model)
+    datamodule, model = build(cfg)
     if not tunes_only(cfg):
         check_optimized_metric(cfg, model)
-    if cfg.get("tune"):
+    if cfg.get("tune"):  # (init_from's weights are tuned, not random ones)
         tuned = run_tuner(cfg, model, datamodule, lambda **kw: build_trainer(cfg, **kw))
         if tunes_only(cfg):
             return tuned
         pl.seed_everything(cfg.seed, workers=True)  # as if the tuned value had been given
-        datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
-    if cfg.get("init_from"):
-        init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
+        datamodule, model = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
         *instantiate_list(cfg.get("callbacks")),
@@ -225,19 +231,9 @@ def rerun_config(old: Path, output_dir: str) -> DictConfig:
     saved = RunDir(old).config()
     if not saved:
         raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
-    old_dir = str(saved["paths"]["output_dir"])
-
-    def moved(value: Any) -> Any:  # the old run's paths (checkpoints, logs) move to the new dir
-        if isinstance(value, dict):
-            return {k: moved(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [moved(v) for v in value]
-        if isinstance(value, str) and value.startswith(old_dir):
-            return output_dir + value[len(old_dir) :]
-        return value
-
     log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
-    return OmegaConf.create({**moved(saved), "rerun": None, "resume": False, "ckpt_path": None})
+    moved = relocated(saved, output_dir)  # the old run's paths (checkpoints, logs) move too
+    return OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
 
 
 class WriteProvenance(pl.Callback):

@@ -73,8 +73,9 @@ def check_something_to_train(
     if max_epochs is not None and 0 <= max_epochs <= done:
         raise UserError(
             f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
-            f"{max_epochs}: nothing left to train; raise trainer.max_epochs to continue it, or "
-            f"use init_from={ckpt_path} to start a new run from its weights"
+            f"{max_epochs}: nothing left to train; use init_from={ckpt_path} to start a new run "
+            "from its weights (or raise trainer.max_epochs, unless its LR schedule is sized for "
+            "its steps: OneCycle, warm-up cosine)"
         )
 
 

@@ -67,6 +67,8 @@ def _path_problem(key: str, value: Any) -> str | None:
     path = Path(str(value)).expanduser()
     if not path.exists():
         return "does not exist; check the path (relative paths start where you run the command)"
+    if key == "resume" and not (path / "config.yaml").is_file():
+        return "is not a run dir (no config.yaml in it); pass a dir below logs/train/runs/"
     if key == "ckpt_path" and path.is_file() and path.suffix != ".onnx":  # onnx: predict.py
         with path.open("rb") as file:
             if not file.read(4).startswith(CHECKPOINT_MAGIC):
