@@ -171,7 +171,7 @@ def relocated(config: Any, new_dir: Path | str) -> Any:
             return {k: moved(v) for k, v in value.items()}
         if isinstance(value, list):
             return [moved(v) for v in value]
-        if isinstance(value, str) and value.startswith(old):
+        if isinstance(value, str) and (value == old or value.startswith(old + "/")):
             return str(new_dir) + value[len(old) :]
         return value
 
