@@ -164,7 +164,9 @@ def schedule_sized_by_steps(config: dict[str, Any]) -> bool:
 
 def relocated(config: Any, new_dir: Path | str) -> Any:
     """``config`` with every path below its run dir (``paths.output_dir``) moved to ``new_dir``."""
-    old = str(config["paths"]["output_dir"])
+    old = str((config.get("paths") or {}).get("output_dir") or "")
+    if not old:
+        return config
 
     def moved(value: Any) -> Any:
         if isinstance(value, dict):

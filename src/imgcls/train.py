@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -152,7 +152,8 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
         continuing = log_start(cfg.ckpt_path, run)
         if continuing:  # its own checkpoint holds the weights, its config the tuned values
-            cfg.init_from = cfg.tune = None
+            with open_dict(cfg):
+                cfg.init_from = cfg.tune = None
         else:
             check_something_to_train(cfg.ckpt_path, checkpoint, cfg.trainer.get("max_epochs"))
             extra_callbacks.append(ForgetRestoredBest())
