@@ -70,3 +70,14 @@ def test_a_run_started_with_init_from_resumes_from_its_own_checkpoint(make_cfg) 
     assert resumed.init_from is not None and resumed.ckpt_path  # both: the run's own state wins
     metrics = train(resumed)  # before the fix: "init_from= and ckpt_path= both set"
     assert json.loads((run / "metrics.json").read_text())["val/acc"] == metrics["val/acc"]
+
+
+def test_provenance_is_written_and_logged_with_the_hyperparameters(make_cfg) -> None:
+    cfg = make_cfg("train", TINY, subdir="logged")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    info = json.loads((run / "provenance.json").read_text())
+    (hparams_file,) = run.glob("csv/**/hparams.yaml")
+    logged = yaml.safe_load(hparams_file.read_text())
+    assert logged["provenance/commit"] == str(info["git"]["commit"])
+    assert logged["provenance/data_train"] == info["data"]["train"]["sha256"][:12]

@@ -143,6 +143,20 @@ def write(run_path: Path, info: dict[str, Any]) -> None:
     (run_path / PROVENANCE_FILE).write_text(text + "\n")
 
 
+def hparams(run_path: Path) -> dict[str, Any]:
+    """The run's provenance as a few hyperparameters (commit, dirty, data fingerprints)."""
+    info = _read(Path(run_path) / PROVENANCE_FILE)
+    git, data = info.get("git") or {}, info.get("data") or {}
+    params = {
+        "provenance/commit": str(git.get("commit")),
+        "provenance/dirty": str(git.get("dirty")),
+    }
+    for split, entry in data.items():
+        if isinstance(entry, dict) and entry.get("sha256"):
+            params[f"provenance/data_{split}"] = entry["sha256"][:12]
+    return params
+
+
 # ------------------------------------------------------------------------------ comparing
 def _read(path: Path) -> dict[str, Any]:
     try:

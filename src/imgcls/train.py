@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from imgcls import provenance
 from imgcls.checkpoints import find_checkpoint, relocated, resumed_config
 from imgcls.lifecycle import (
     Randomness,
@@ -95,7 +96,7 @@ def log_hparams_with_metrics(
     loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
 ) -> None:
     """Write the run's hyperparameters with its real final metrics (TensorBoard hparams tab)."""
-    params = hyperparameters(cfg, overrides)
+    params = {**hyperparameters(cfg, overrides), **provenance.hparams(cfg.paths.output_dir)}
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -242,8 +243,6 @@ class WriteProvenance(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            from imgcls import provenance
-
             provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
 
 
@@ -282,8 +281,6 @@ def run(cfg: DictConfig) -> float | None:
             log.info(f"{name}: {metrics[name]:.4f}")
     log.info(f"run dir: {run_here.path}")
     if rerun_of is not None and rank_zero_only.rank == 0:
-        from imgcls import provenance
-
         print(provenance.compare(rerun_of, run_here.path))
     name = cfg.get("optimized_metric")
     if not name or tunes_only(cfg):
