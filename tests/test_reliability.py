@@ -156,6 +156,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 def test_killed_run_resumes_in_its_own_dir(tmp_path: Path) -> None:
     crash = ["+callbacks.crash._target_=tests.crash.KillAtEpoch", "+callbacks.crash.epoch=2"]
     args = ["data=digits", "trainer.max_epochs=4", "extras.print_config=false", "seed=5", *crash]
+    args.insert(0, "callbacks=lean")  # checkpoints kept; no progress bar, plots or report
     killed = run_cli("train.py", *args, cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     runs = tmp_path / "logs" / "train" / "runs"
