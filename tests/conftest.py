@@ -55,6 +55,10 @@ def compose_config(name: str, overrides: Sequence[str], output_dir: Path) -> Dic
     make_quiet(cfg)
     with open_dict(cfg):
         cfg.paths.log_dir = str(output_dir / "logs")
+        # no evaluation report after training unless a test names it (its tests: test_plots,
+        # test_eval_report, test_combinations): it cost seconds in every in-process run
+        if name == "train" and not any("eval_report" in o for o in overrides):
+            cfg.extras.eval_report = False
     output_dir.mkdir(parents=True, exist_ok=True)
     return cfg
 

@@ -76,8 +76,16 @@ def test_runs_started_in_the_same_second_get_distinct_dirs(monkeypatch, kind: st
 
 @pytest.mark.slow
 def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
+    # callbacks=lean, logger=csv: the entry points are under test here; the default callbacks'
+    # output is checked by test_a_run_prints_a_short_config_and_no_noise
     train = run_cli(
-        "train.py", "data=digits", "trainer.max_epochs=1", "extras.print_config=false", cwd=tmp_path
+        "train.py",
+        "data=digits",
+        "trainer.max_epochs=1",
+        "extras.print_config=false",
+        "callbacks=lean",
+        "logger=csv",
+        cwd=tmp_path,
     )
     assert train.returncode == 0, train.stderr[-2000:]
     (run,) = run_dirs(tmp_path)
@@ -87,7 +95,13 @@ def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
     assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
 
     # the run dir itself: its best checkpoint, named in the log
-    evaluated = run_cli("eval.py", f"ckpt_path={run}", "extras.print_config=false", cwd=tmp_path)
+    evaluated = run_cli(
+        "eval.py",
+        f"ckpt_path={run}",
+        "extras.print_config=false",
+        "extras.eval_report=false",
+        cwd=tmp_path,
+    )  # the report from eval.py: test_eval_report
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     (best,) = (run / "checkpoints").glob("epoch_*.ckpt")
     assert f"ckpt_path={run} is a directory: using its best checkpoint {best}" in evaluated.stdout

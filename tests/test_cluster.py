@@ -27,9 +27,10 @@ from imgcls.config import REPO_ROOT
 from .conftest import cli_env, run_cli
 
 #: a tiny run: digits, 1 epoch of a few batches, checkpoints kept (trainer=fast: no progress bar,
-#: model summary, plots or sanity check)
+#: model summary or sanity check; callbacks=lean: no plots or evaluation report either)
 TINY = [
     "data=digits",
+    "callbacks=lean",
     "extras.print_config=false",
     "logger=csv",
     "trainer=fast",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import compose_config, run_cli
 
 
 @pytest.mark.slow
@@ -43,16 +43,12 @@ def test_ema_class_weights_mixup_finetuning_under_ddp_learn_and_evaluate_as_one_
     assert (run / "report" / "per_class.csv").is_file()
     tested = run / trained["sources"]["test/acc"]["checkpoint"]
 
-    single = run_cli(
-        "eval.py",
-        f"ckpt_path={tested}",
-        "extras.print_config=false",
-        "trainer.accelerator=cpu",
-        "gallery=false",
-        cwd=tmp_path,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    (eval_dir,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    # in this process (eval.py's command line is tested in test_cli): saves a ~10 s subprocess
+    from imgcls.eval import run as eval_run
+
+    eval_dir = tmp_path / "eval"
+    overrides = [f"ckpt_path={tested}", "trainer.accelerator=cpu", "gallery=false"]
+    eval_run(compose_config("eval", overrides, eval_dir))
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
     assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-4)

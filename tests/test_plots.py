@@ -44,7 +44,9 @@ def plotted_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     from .conftest import compose_config
 
     run_dir = tmp_path_factory.mktemp("plotted_run")
-    cfg = compose_config("train", [*TINY, "trainer.max_epochs=2"], run_dir)
+    cfg = compose_config(
+        "train", [*TINY, "trainer.max_epochs=2", "extras.eval_report=true"], run_dir
+    )
     return run_dir, train(cfg)
 
 
