@@ -73,12 +73,6 @@ def parse_overrides(args: Iterable[str]) -> list[Override]:
     return [Override.parse(a) for a in args if "=" in a and not a.startswith("-")]
 
 
-def override_value(args: Iterable[str], key: str) -> str | None:
-    """The value the command line gives ``key`` (the last one wins), else None."""
-    values = [o.value for o in parse_overrides(args) if o.key == key]
-    return values[-1] if values else None
-
-
 def keys_under(overrides: Iterable[str], prefix: str) -> set[str]:
     """Keys below ``prefix.`` that ``overrides`` set, without the prefix: ``trainer.devices``
     -> ``devices``."""
