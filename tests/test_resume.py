@@ -81,3 +81,12 @@ def test_provenance_is_written_and_logged_with_the_hyperparameters(make_cfg) -> 
     logged = yaml.safe_load(hparams_file.read_text())
     assert logged["provenance/commit"] == str(info["git"]["commit"])
     assert logged["provenance/data_train"] == info["data"]["train"]["sha256"][:12]
+
+
+def test_resume_refuses_a_completed_run_instead_of_rewriting_its_results(tmp_path) -> None:
+    run = saved_run(tmp_path / "done", None)
+    (run / "status.json").write_text(json.dumps({"status": "completed"}))
+    with pytest.raises(UserError, match="that run completed, nothing is left to continue"):
+        resumed_config(run, OmegaConf.create(), [])
+    message = bad_value(OmegaConf.create({"resume": str(run)}), required=False)
+    assert message.startswith(f"resume={run}: that run completed")  # before anything is written

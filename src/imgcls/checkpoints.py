@@ -129,6 +129,11 @@ def resumed_config(target: str | Path, given: Any, overrides: Sequence[str]) -> 
             f"resume={target} is not a run dir (no {CONFIG_FILE}); pass a dir below "
             "logs/train/runs/, or init_from=<ckpt or run dir> to start a new run from its weights"
         )
+    if run.status().get("status") == "completed":
+        raise UserError(
+            f"resume={target}: that run completed, nothing is left to continue; rerun={target} "
+            f"repeats it, init_from={target} starts a new run from its weights"
+        )
     cfg = OmegaConf.create(relocated(saved, run.path))  # a run dir moved or copied: its own paths
     for override in parse_overrides(overrides):
         if override.key.split(".")[0] in (*START_KEYS, "hydra") or override.deletes:

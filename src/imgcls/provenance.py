@@ -191,7 +191,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def compare(old_run: Path, new_run: Path) -> str:
     """Old and new final metrics side by side, then what differs in their provenance."""
     old_run, new_run = Path(old_run), Path(new_run)
-    old_m, new_m = _read(old_run / "metrics.json"), _read(new_run / "metrics.json")
+    old_m, new_m = (_read(run / "metrics.json") for run in (old_run, new_run))
+    old_m, new_m = ({k: v for k, v in m.items() if k != "sources"} for m in (old_m, new_m))
     width = max([len(k) for k in old_m | new_m] + [6])
     lines = [f"{'metric':<{width}}  {'old':>10}  {'new':>10}  {'new - old':>10}"]
     for key in sorted(old_m | new_m):

@@ -69,11 +69,20 @@ def _path_problem(key: str, value: Any) -> str | None:
         return "does not exist; check the path (relative paths start where you run the command)"
     if key == "resume" and not (path / "config.yaml").is_file():
         return "is not a run dir (no config.yaml in it); pass a dir below logs/train/runs/"
+    if key == "resume" and '"completed"' in _text(path / "status.json"):
+        return (
+            "that run completed, nothing is left to continue; rerun= repeats it, init_from= "
+            "reuses its weights"
+        )
     if key == "ckpt_path" and path.is_file() and path.suffix != ".onnx":  # onnx: predict.py
         with path.open("rb") as file:
             if not file.read(4).startswith(CHECKPOINT_MAGIC):
                 return "is not a checkpoint (no file torch.save wrote); give a .ckpt or a run dir"
     return None
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def _select(cfg: DictConfig, key: str) -> Any:  # ABSENT: no value, ``???`` or unresolvable

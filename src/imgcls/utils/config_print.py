@@ -29,6 +29,10 @@ def config_summary(cfg: DictConfig) -> list[str]:
         )
         lines.append("config: " + " ".join(chosen))
         lines.append("overrides: " + (" ".join(hydra_cfg.overrides.task) or "none"))
+    for key in ("resume", "rerun"):  # the run's saved config replaces what was composed here
+        saved = OmegaConf.select(cfg, key, default=None)
+        if isinstance(saved, str):
+            lines[:1] = [f"config: the saved config of {saved} ({key}=)"] if lines else []
     output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
     if output_dir:
         lines.append(f"full config: {output_dir}/config.yaml (extras.print_config=full prints it)")
