@@ -11,14 +11,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from imgcls.models.nets.alexnet import AlexNet, AlexNetLRN
-from imgcls.models.nets.blocks import (
-    ACTIVATIONS,
-    FastDropout,
-    count_parameters,
-    dense_head,
-    feature_side,
-    min_image_size,
-)
+from imgcls.models.nets.blocks import ACTIVATIONS, FastDropout, check_image_size, dense_head
 from imgcls.models.nets.convnet import ConvNet
 from imgcls.models.nets.mlp import MLP
 from imgcls.models.nets.pretrained import torchvision_net
@@ -38,6 +31,10 @@ NETS: dict[str, Any] = {
 SHAPES = [(1, 28), (3, 32), (3, 64), (3, 224)]
 #: smallest image each net with a minimum accepts (default widths)
 MIN_SIZES = {"tinynet": 18, "alexnet": 3, "alexnet_lrn": 15, "convnet": 8}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 @pytest.fixture(autouse=True)
@@ -224,23 +221,33 @@ def test_one_below_the_minimum_really_fails_in_torch() -> None:
 
 
 @pytest.mark.parametrize("name", ["alexnet", "alexnet_lrn", "convnet"])
-@pytest.mark.parametrize("size", [15, 28, 33, 64, 130])
-def test_feature_side_matches_a_real_forward(name: str, size: int) -> None:
-    net = NETS[name](in_channels=1, num_classes=3, image_size=size)
+@pytest.mark.parametrize("size", [3, 7, 14, 15, 28, 33, 64, 130])
+def test_image_size_check_agrees_with_a_real_forward(name: str, size: int) -> None:
+    net = NETS[name](in_channels=1, num_classes=3, image_size=max(size, 28))
     conv_layers = net.features[:-1]  # everything before the adaptive pool
-    with torch.no_grad():
-        out = conv_layers(torch.zeros(1, 1, size, size))
-    assert out.shape[-1] == out.shape[-2] == feature_side(conv_layers, size)
+    try:
+        with torch.no_grad():
+            conv_layers(torch.zeros(1, 1, size, size))
+        fits = True
+    except RuntimeError:
+        fits = False
+    try:
+        check_image_size(name, conv_layers, 1, size)
+        accepted = True
+    except UserError:
+        accepted = False
+    assert accepted == fits
 
 
-def test_min_image_size_arithmetic() -> None:
+def test_image_size_check_names_the_minimum() -> None:
     layers = nn.Sequential(nn.Conv2d(1, 1, 5), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=1))
-    assert feature_side(layers, 28) == 12
-    assert feature_side(layers, 5) == 0  # 5 -> 1 -> the 2x2 pool no longer fits
-    assert min_image_size(layers) == 6
+    check_image_size("net", layers, 1, 6)
+    with pytest.raises(UserError, match="net needs images of at least 6px, got data.image_size=5"):
+        check_image_size("net", layers, 1, 5)  # 5 -> 1 -> the 2x2 pool no longer fits
     strings = nn.Sequential(nn.Conv2d(1, 1, 3, padding="same"), nn.Conv2d(1, 1, 3, padding="valid"))
-    assert feature_side(strings, 10) == 8
-    assert feature_side(strings, 10) == strings(torch.zeros(1, 1, 10, 10)).shape[-1]
+    check_image_size("net", strings, 1, 3)
+    with pytest.raises(UserError, match="at least 3px"):
+        check_image_size("net", strings, 1, 2)
 
 
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))

@@ -19,8 +19,12 @@ from torch import nn
 
 from imgcls.callbacks.finetuning import HeadFirstFinetuning
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.nets.pretrained import adapt_conv_weight, timm_net, torchvision_net
-from imgcls.models.nets.weights import check_normalisation
+from imgcls.models.nets.pretrained import (
+    adapt_conv_weight,
+    check_normalisation,
+    timm_net,
+    torchvision_net,
+)
 from imgcls.utils.errors import UserError
 
 from .conftest import compose_config, run_cli
@@ -185,7 +189,7 @@ def test_timm_by_name_from_a_local_file(tmp_path: Path) -> None:
 def test_pretrained_weights_with_other_normalisation_log_one_warning(tmp_path, caplog) -> None:
     saved_resnet18(tmp_path / "r18.pth")
     net = torchvision_net("resnet18", 3, in_channels=1, weights=str(tmp_path / "r18.pth"))
-    with caplog.at_level("WARNING", logger="imgcls.models.nets.weights"):
+    with caplog.at_level("WARNING", logger="imgcls.models.nets.pretrained"):
         check_normalisation(net, [0.449], [0.226])  # ImageNet's, averaged for one channel
         assert caplog.records == []
         check_normalisation(net, [0.5], [0.5])

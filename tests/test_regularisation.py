@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from imgcls.models.classifier import ImageClassifier
-from imgcls.models.mixing import batch_mixing
+from imgcls.models.classifier import ImageClassifier, batch_mixing
 from imgcls.train import train
 from imgcls.utils.errors import UserError
 

@@ -16,14 +16,10 @@ from imgcls.models.nets.blocks import (
 
 
 class ConvNet(ConvClassifier):
-    """A plain VGG-style CNN: 3x3 conv -> ReLU blocks, 2x2 max pooling after the first three.
+    """3x3 conv -> ReLU blocks, 2x2 max pooling after the first three, an adaptive max pool to
+    ``pool_size`` (4: 256 x 4 x 4 = 4,096 features, the map a 32 px image leaves), FC 50, classes.
 
-    The last block ends in an adaptive max pool to ``pool_size`` x ``pool_size`` (4), so the
-    classifier always sees 256 x 4 x 4 = 4,096 features (exactly the 4x4 map a 32 px image leaves,
-    e.g. SVHN), then FC 4096 -> 50 -> ReLU -> FC 50 -> classes.
-
-    **593,200** trainable parameters at 1x28x28 with 10 classes (593,776 at 3 channels). Needs
-    images of at least 8 px.
+    **593,200** parameters at 1x28x28 with 10 classes (593,776 at 3 channels); images >= 8 px.
     """
 
     def __init__(
@@ -38,12 +34,12 @@ class ConvNet(ConvClassifier):
     ) -> None:
         c1, c2, c3, c4 = check_widths("convnet", channels, 4)
         features = nn.Sequential(
-            conv_relu(in_channels, c1, 3, pool=nn.MaxPool2d(2)),
-            conv_relu(c1, c2, 3, pool=nn.MaxPool2d(2)),
-            conv_relu(c2, c3, 3, pool=nn.MaxPool2d(2)),
+            conv_relu(in_channels, c1, 3, nn.MaxPool2d(2)),
+            conv_relu(c1, c2, 3, nn.MaxPool2d(2)),
+            conv_relu(c2, c3, 3, nn.MaxPool2d(2)),
             conv_relu(c3, c4, 3),
+            nn.AdaptiveMaxPool2d(pool_size),
         )
-        check_image_size("convnet", features, image_size)
-        features.append(nn.AdaptiveMaxPool2d(pool_size))
+        check_image_size("convnet", features, in_channels, image_size)
         head = dense_head(c4 * pool_size * pool_size, [hidden_size], num_classes, dropout)
         super().__init__(features, head)

@@ -12,8 +12,6 @@ from imgcls.models.nets.blocks import dense_head
 class MLP(nn.Module):
     """flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear(num_classes).
 
-    Takes ``in_channels * image_size**2`` inputs (the datamodule resizes every image to
-    ``image_size``); ``activation`` is one of relu, gelu, tanh, leaky_relu, elu, silu, sigmoid.
     A binary problem is ``num_classes=2`` (two logits, cross-entropy), like any other.
     """
 
@@ -27,9 +25,8 @@ class MLP(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.head = dense_head(
-            in_channels * image_size * image_size, hidden_sizes, num_classes, dropout, activation
-        )
+        features = in_channels * image_size * image_size
+        self.head = dense_head(features, hidden_sizes, num_classes, dropout, activation)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(x.flatten(1))

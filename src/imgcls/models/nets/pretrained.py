@@ -1,20 +1,5 @@
-"""Networks by name from torchvision (``model=torchvision``, ``model=resnet18``) and timm.
-
-The builders are called with the data's ``num_classes``, ``in_channels`` and ``image_size``.
-torchvision: ``get_model(name, num_classes=)`` without weights; with weights the ImageNet
-architecture is built, the weights loaded and the head (``net.head_name``) replaced by a fresh one.
-torchvision has no input-channel argument, so the first convolution is adapted: for one channel
-the RGB filters are summed, for ``c`` channels repeated and scaled by ``3 / c``. ResNets take a
-small-input stem (3x3 stride-1 first convolution, no max pool) for images under 64 px.
-timm: ``timm.create_model(name, num_classes=, in_chans=)``, weights from a local file through
-``pretrained_cfg_overlay={"file": ...}`` (timm adapts the first convolution and drops the head).
-
-``model.net.weights``: ``null`` (random init), a torchvision weights name (``IMAGENET1K_V1``,
-``DEFAULT``) read from torch's hub cache (``$TORCH_HOME/hub/checkpoints``; a missing file is one
-line naming it, unless ``model.net.download=true``), or a local state_dict file of the
-architecture with its original head. The data's normalisation is the data config's: a net with
-weights trained on other statistics logs one warning line (see ``check_normalisation``).
-"""
+"""Networks by name from torchvision (``model=torchvision``, ``model=resnet18``) and timm, their
+pretrained weights (docs/fine-tuning.md) and the check of the data's normalisation."""
 
 from __future__ import annotations
 
@@ -23,31 +8,29 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torchvision import models as tv_models
 
-from imgcls.models.nets.weights import (
-    AUX_HEADS,
-    is_weight_file,
-    load_weights_into,
-    read_state_dict,
-    torchvision_state_dict,
-    torchvision_weights,
-)
+from imgcls.models.freezing import head_name
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SMALL_IMAGE = 64  # ResNets below this size get the small-input stem (small_input: null)
+#: auxiliary classifiers of googlenet / inception_v3, dropped (train-time only, ImageNet-sized)
+AUX_HEADS = ("aux1", "aux2", "AuxLogits")
+#: suffixes that make ``model.net.weights`` a file path even when the file does not exist
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
-def _set_submodule(net: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(net.get_submodule(parent) if parent else net, child, module)
+def _unknown_name(kind: str, name: str, known: Sequence[str]) -> UserError:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"close: {', '.join(close)}" if close else f"e.g. {', '.join(list(known)[:8])}"
+    return UserError(f"model.net.name={name} is not a {kind} classification model ({hint})")
 
 
 def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -60,55 +43,60 @@ def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
 
 
-def adapt_first_conv(net: nn.Module, in_channels: int) -> None:
-    """Replace the first convolution by one taking ``in_channels`` (its filters adapted)."""
-    name, conv = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
-    if conv.in_channels == in_channels:
-        return
-    new = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
-    with torch.no_grad():
-        new.weight.copy_(adapt_conv_weight(conv.weight, in_channels))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    _set_submodule(net, name, new)
+def read_state_dict(path: str) -> dict[str, Any]:
+    """A state_dict saved with ``torch.save`` (read ``weights_only``) or as ``.safetensors``."""
+    if not os.path.isfile(path):
+        raise UserError(f"model.net.weights={path}: no such file; pass a state_dict file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and safetensors errors alike
+        raise UserError(
+            f"model.net.weights={path} cannot be read as a state_dict ({type(err).__name__}: "
+            f"{err}); save one with torch.save(model.state_dict(), path)"
+        ) from None
 
 
-def classifier_name(net: nn.Module) -> str:
-    """The last ``Linear`` layer (squeezenet, which has none: the last ``Conv2d``)."""
-    for kind in (nn.Linear, nn.Conv2d):
-        names = [n for n, m in net.named_modules() if isinstance(m, kind)]
-        if names:
-            return names[-1]
-    raise UserError(f"{type(net).__name__} has no Linear or Conv2d layer to use as the head")
+def hub_state_dict(entry: tv_models.WeightsEnum, weights: str, download: bool) -> Any:
+    """The weights from torch's hub cache, where ``load_state_dict_from_url`` keeps them."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
+    if not path.is_file() and not download:
+        raise UserError(
+            f"model.net.weights={weights} needs {path.name} in torch's hub cache: put {entry.url} "
+            f"at {path} (the cache is $TORCH_HOME/hub/checkpoints), set model.net.download=true "
+            "on a machine with internet, or pass model.net.weights=/path/to/file.pth"
+        )
+    try:  # reads the cached file; downloads (hash-checked) only when it is missing
+        return entry.get_state_dict(map_location="cpu", check_hash=True, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - network and file errors alike
+        raise UserError(
+            f"model.net.weights={weights}: could not read or download {path} ({err}); put "
+            f"{entry.url} there by hand or pass model.net.weights=/path/to/file.pth"
+        ) from None
 
 
-def replace_head(net: nn.Module, name: str, num_classes: int) -> None:
-    """A freshly initialised classifier layer with ``num_classes`` outputs in place of ``name``."""
-    old = net.get_submodule(name)
-    if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    else:
-        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, bias=old.bias is not None)
-    _set_submodule(net, name, new)
+def load_backbone(net: nn.Module, state: Any, head: str, source: str, what: str) -> None:
+    """Load a state_dict of the architecture, all but its head, or fail in one line."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source} is not a state_dict (a dict of tensors) of {what}")
+    state = {k: v for k, v in state.items() if not k.startswith((f"{head}.", *AUX_HEADS))}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = str(err).split("\n\t", 1)[-1].split("\n")[0]
+        raise UserError(f"{source} does not fit {what}: {detail}") from None
+    missing = [k for k in missing if not k.startswith(f"{head}.")]
+    if missing or unexpected:
+        raise UserError(
+            f"{source} does not fit {what}: missing keys {missing[:3]}, unexpected keys "
+            f"{unexpected[:3]} (of {len(missing)} and {len(unexpected)}); pass a state_dict of "
+            "that architecture with its original head"
+        )
 
 
-def _unknown_name(kind: str, name: str, known: Sequence[str]) -> UserError:
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f"close: {', '.join(close)}" if close else f"e.g. {', '.join(list(known)[:8])}"
-    return UserError(f"model.net.name={name} is not a {kind} classification model ({hint})")
-
-
-# ------------------------------------------------------------------ torchvision
 def torchvision_net(
     name: str,
     num_classes: int,
@@ -122,39 +110,47 @@ def torchvision_net(
     """torchvision's classification model ``name`` (``torchvision.models.list_models``).
 
     ``small_input`` (ResNets): the 3x3 stride-1 stem without max pool; ``None``: for images under
-    64 px without weights. ``load_weights=False`` builds the architecture of ``weights`` without
-    reading them (a checkpoint supplies the weights).
+    64 px without weights. ``load_weights=False``: the architecture alone (a checkpoint's weights).
     """
     known = tv_models.list_models(module=tv_models)
     if name not in known:
         raise _unknown_name("torchvision", name, known)
-    entry = torchvision_weights(name, weights) if weights and not is_weight_file(weights) else None
-    min_size = (entry or tv_models.get_model_weights(name).DEFAULT).meta.get("min_size", (1,))[0]
+    enum, entry = tv_models.get_model_weights(name), None
+    is_file = os.path.isfile(weights or "") or "/" in (weights or "")
+    if weights and not is_file and not weights.endswith(WEIGHT_FILE_SUFFIXES):
+        try:  # "IMAGENET1K_V1" or "ResNet18_Weights.IMAGENET1K_V1"
+            entry = enum[weights.rsplit(".", 1)[-1]]
+        except KeyError:
+            raise UserError(
+                f"model.net.weights={weights} is not a weights name of torchvision's {name} "
+                f"({', '.join(enum.__members__)}) nor an existing file"
+            ) from None
+    min_size = (entry or enum.DEFAULT).meta.get("min_size", (1,))[0]
     if image_size is not None and image_size < min_size:
         raise UserError(
             f"torchvision's {name} needs images of at least {min_size} px, data.image_size is "
             f"{image_size}; raise data.image_size"
         )
-    if not weights:
-        net = tv_models.get_model(name, num_classes=num_classes)
-    else:  # the architecture the weights were trained with (googlenet/inception rescale inputs)
-        inception = name in ("googlenet", "inception_v3")
-        kwargs: dict[str, Any] = {"transform_input": True} if inception else {}
-        if entry is not None and name.startswith("vit_"):  # torchvision sizes ViTs by weights
-            kwargs["image_size"] = entry.meta["min_size"][0]
-        net = tv_models.get_model(name, **kwargs)
-        if load_weights:
-            source = torchvision_state_dict if entry else None
-            state = source(entry, weights, download) if source else read_state_dict(weights)
-            load_weights_into(net, state, f"model.net.weights={weights}", f"torchvision's {name}")
-        replace_head(net, classifier_name(net), num_classes)
-        stats = (entry.transforms().mean, entry.transforms().std) if entry else None
-        net.pretrained_normalisation = stats or (IMAGENET_MEAN, IMAGENET_STD)
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if weights and name in ("googlenet", "inception_v3"):  # as trained: they rescale inputs
+        kwargs["transform_input"] = True
+    if entry is not None and name.startswith("vit_"):  # torchvision sizes ViTs by weights
+        kwargs["image_size"] = entry.meta["min_size"][0]
+    net = tv_models.get_model(name, **kwargs)
     if getattr(net, "aux_logits", False):
         net.aux_logits = False
         for aux in AUX_HEADS:
             if hasattr(net, aux):
                 setattr(net, aux, None)
+    net.head_name = head_name(net)
+    if weights and load_weights:
+        state = hub_state_dict(entry, weights, download) if entry else read_state_dict(weights)
+        load_backbone(
+            net, state, net.head_name, f"model.net.weights={weights}", f"torchvision's {name}"
+        )
+    if weights:
+        stats = (entry.transforms().mean, entry.transforms().std) if entry else None
+        net.pretrained_normalisation = stats or (IMAGENET_MEAN, IMAGENET_STD)
     fixed = getattr(net, "image_size", None)  # ViTs take one size only
     if image_size is not None and isinstance(fixed, int) and fixed != image_size:
         raise UserError(
@@ -162,18 +158,20 @@ def torchvision_net(
         )
     if in_channels != 3 and getattr(net, "transform_input", False):
         net.transform_input = False  # it rescales exactly three channels
-    small = not weights and (image_size or SMALL_IMAGE) < SMALL_IMAGE
-    if small_input if small_input is not None else small:
+    if small_input is None:
+        small_input = not weights and image_size is not None and image_size < 64
+    if small_input:
         if not isinstance(getattr(net, "maxpool", None), nn.MaxPool2d):
             raise UserError(f"model.net.small_input=true needs a ResNet, not {name}")
         net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 3, padding=1, bias=False)
         net.maxpool = nn.Identity()
-    adapt_first_conv(net, in_channels)
-    net.head_name = classifier_name(net)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))  # the first convolution
+    if conv.in_channels != in_channels:
+        conv.weight = nn.Parameter(adapt_conv_weight(conv.weight.detach(), in_channels))
+        conv.in_channels = in_channels
     return net
 
 
-# ------------------------------------------------------------------ timm
 def timm_net(
     name: str,
     num_classes: int,
@@ -217,3 +215,19 @@ def timm_net(
     if weights:
         net.pretrained_normalisation = (tuple(config["mean"]), tuple(config["std"]))
     return net
+
+
+def check_normalisation(net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    """One warning line when pretrained weights meet data normalised with other statistics."""
+    if getattr(net, "pretrained_normalisation", None) is None:
+        return
+    want = torch.tensor(net.pretrained_normalisation)  # RGB: averaged for grey, else repeated
+    channels = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+    want = want.mean(1, keepdim=True) if channels == 1 else want[:, torch.arange(channels) % 3]
+    if not torch.allclose(torch.tensor([list(mean), list(std)]), want, atol=1e-3):
+        expected = [[round(v, 4) for v in row] for row in want.tolist()]
+        log.warning(
+            f"the pretrained weights expect data.mean={expected[0]} data.std={expected[1]}, the "
+            f"data uses mean={[round(m, 4) for m in mean]} std={[round(v, 4) for v in std]}; set "
+            "both for the weights' accuracy"
+        )
