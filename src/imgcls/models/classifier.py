@@ -31,10 +31,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 def takes(factory: Callable[..., Any], name: str) -> bool:
     """Whether the callable behind a (partial) factory accepts the keyword ``name``."""
-    try:
-        return name in inspect.signature(getattr(factory, "func", factory)).parameters
-    except (TypeError, ValueError):
-        return False
+    return name in inspect.signature(getattr(factory, "func", factory)).parameters
 
 
 def fused_kwargs(factory: Callable[..., Any], fused: bool | None, device: torch.device) -> dict:
@@ -42,12 +39,10 @@ def fused_kwargs(factory: Callable[..., Any], fused: bool | None, device: torch.
     bound = getattr(factory, "keywords", {})
     if fused is False or bound.get("fused") is not None or bound.get("foreach") is not None:
         return {}
-    if not takes(factory, "fused"):
-        if fused:
-            name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
-            raise UserError(f"model.fused_optimizer=true but {name} has no fused implementation")
-        return {}
-    return {"fused": True} if fused or device.type == "cuda" else {}
+    name, has_fused = getattr(factory, "func", factory).__name__, takes(factory, "fused")
+    if fused and not has_fused:
+        raise UserError(f"model.fused_optimizer=true but {name} has no fused implementation")
+    return {"fused": True} if has_fused and (fused or device.type == "cuda") else {}
 
 
 def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> nn.Module | None:
@@ -145,14 +140,12 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
                 raise UserError("model.class_weights=auto needs an imgcls datamodule")
             counts = datamodule.class_counts().float()
             weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        if weights is not None and len(weights) != len(self.loss_weights):
+            raise UserError(
+                f"model.class_weights: {len(weights)} weights for {len(self.loss_weights)} classes"
+            )
         if weights is not None:
-            weights = torch.as_tensor(weights, dtype=torch.float32)
-            if weights.shape != self.loss_weights.shape:
-                raise UserError(
-                    f"model.class_weights has {weights.numel()} entries for "
-                    f"{self.hparams.num_classes} classes"
-                )
-            self.loss_weights.copy_(weights)
+            self.loss_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
 
     @property
     def uses_cuda_graphs(self) -> bool:
@@ -266,9 +259,8 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
         cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
     ) -> ImageClassifier:
         """Load an imgcls checkpoint (read once, ``weights_only``); the net from its config."""
-        return cls.from_checkpoint(
-            read_checkpoint(checkpoint_path, map_location or "cpu"), **kwargs
-        )
+        checkpoint = read_checkpoint(checkpoint_path, map_location or "cpu")
+        return cls.from_checkpoint(checkpoint, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], **kwargs: Any) -> ImageClassifier:

@@ -8,18 +8,13 @@ from collections.abc import Iterable
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 
-from imgcls.utils.errors import UserError
-
 
 def head_name(net: nn.Module) -> str:
     """``net.head_name`` if set (timm's), else its last ``Linear`` (or ``Conv2d``: squeezenet)."""
     if getattr(net, "head_name", None):
         return net.head_name
-    for kind in (nn.Linear, nn.Conv2d):
-        names = [n for n, m in net.named_modules() if isinstance(m, kind)]
-        if names:
-            return names[-1]
-    raise UserError(f"{type(net).__name__} has no Linear or Conv2d head to keep trainable")
+    linear = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return (linear or [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)])[-1]
 
 
 def backbone_modules(net: nn.Module) -> list[nn.Module]:

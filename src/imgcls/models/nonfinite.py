@@ -1,9 +1,6 @@
 """``model.nonfinite_loss``: stop (naming the step and the last good checkpoint) or skip a batch.
-
-``stop`` costs no host sync per step: the losses stay on the device until they are read, every
-``log_every_n_steps`` batches, at the epoch's last batch and before validation and its checkpoints,
-so no checkpoint holds the weights a non-finite loss produced.
-"""
+``stop`` keeps the losses on the device (no host sync per step) until they are read: every
+``log_every_n_steps`` batches, at the epoch's end and before validation (and its checkpoints)."""
 
 from __future__ import annotations
 
@@ -48,10 +45,8 @@ class NonfiniteLossWatch:
         return False
 
     def stop_if_nonfinite(self) -> None:
-        """Raise, naming the first step with a non-finite loss and the last good checkpoint.
-
-        One host sync (a collective under DDP, so every process stops together).
-        """
+        """Raise, naming the first non-finite loss's step and the last good checkpoint: one host
+        sync (a collective under DDP, so every process stops together)."""
         recent, self.recent_losses = self.recent_losses, []
         finite = torch.stack([loss for _, loss in recent]).isfinite().tolist() if recent else []
         trainer = attached_trainer(self)

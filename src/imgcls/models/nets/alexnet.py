@@ -1,13 +1,11 @@
-"""AlexNet, two ways: the trimmed 4-conv MNIST variant and the published net with LRN.
-
-Both end their convolutions in an adaptive average pool, so the parameter count never depends on
-the image size. Images of 128 px or more get the published stride-4 first convolution, smaller
-ones stride 1 (torchvision's AlexNet fails below 63 px).
-"""
+"""AlexNet, two ways: the trimmed 4-conv MNIST variant and the published net with LRN. Their
+adaptive average pool keeps the parameter count for every image size; the first convolution has
+the published stride 4 from 128 px, else stride 1 (torchvision's AlexNet fails below 63 px)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from torch import nn
 
@@ -17,7 +15,6 @@ from imgcls.models.nets.blocks import (
     check_widths,
     conv_relu,
     dense_head,
-    lrn,
 )
 
 
@@ -75,14 +72,14 @@ class AlexNetLRN(ConvClassifier):
     ) -> None:
         c1, c2, c3, c4, c5 = check_widths("alexnet_lrn", channels, 5)
         stride, padding = (4, 2) if image_size >= 128 else (1, 5)
+        lrn = partial(nn.LocalResponseNorm, size=5, alpha=1e-4, beta=0.75, k=2.0)  # as published
+        pool = partial(nn.MaxPool2d, 3, 2)  # overlapping
         features = nn.Sequential(
-            conv_relu(
-                in_channels, c1, 11, lrn(), nn.MaxPool2d(3, 2), stride=stride, padding=padding
-            ),
-            conv_relu(c1, c2, 5, lrn(), nn.MaxPool2d(3, 2)),
+            conv_relu(in_channels, c1, 11, lrn(), pool(), stride=stride, padding=padding),
+            conv_relu(c1, c2, 5, lrn(), pool()),
             conv_relu(c2, c3, 3),
             conv_relu(c3, c4, 3),
-            conv_relu(c4, c5, 3, nn.MaxPool2d(3, 2)),
+            conv_relu(c4, c5, 3, pool()),
             nn.AdaptiveAvgPool2d(pool_size),
         )
         check_image_size("alexnet_lrn", features, in_channels, image_size)

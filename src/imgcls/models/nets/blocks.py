@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -24,12 +25,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class FastDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU masks are cut from random int64s, 16 bits per element.
-
-    Far cheaper than one Bernoulli draw per element on a CPU (``benchmarks/throughput.py
-    --torch-dropout``); ``p`` is rounded to a multiple of 1/65536. On a GPU, under
-    ``torch.compile``, in eval mode or with ``inplace=True`` it is ``nn.Dropout``.
-    """
+    """``nn.Dropout`` whose CPU masks are cut from random int64s, 16 bits per element: far cheaper
+    than one Bernoulli draw each (``p`` rounded to 1/65536). On a GPU, under ``torch.compile``, in
+    eval mode or with ``inplace=True`` it is ``nn.Dropout``."""
 
     def forward(self, x: Tensor) -> Tensor:
         cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -44,11 +42,6 @@ class FastDropout(nn.Dropout):
 def conv_relu(in_ch: int, out_ch: int, kernel: int, *after: nn.Module, **kwargs) -> nn.Sequential:
     """conv -> ReLU (padding ``kernel // 2`` unless given), then the layers ``after``."""
     return Conv2dNormActivation(in_ch, out_ch, kernel, norm_layer=None, **kwargs).extend(after)
-
-
-def lrn() -> nn.LocalResponseNorm:
-    """LocalResponseNorm with the published AlexNet constants."""
-    return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
 
 def dense_head(
@@ -102,12 +95,8 @@ def check_image_size(net: str, layers: nn.Module, in_channels: int, image_size: 
         )
 
 
-class ConvClassifier(nn.Module):
+class ConvClassifier(nn.Sequential):
     """``features`` (ending in an adaptive pool) -> flatten -> ``head``; returns logits."""
 
     def __init__(self, features: nn.Sequential, head: nn.Sequential) -> None:
-        super().__init__()
-        self.features, self.head = features, head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).flatten(1))
+        super().__init__(OrderedDict(features=features, flatten=nn.Flatten(), head=head))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
 from imgcls.models.nets.blocks import dense_head
 
 
-class MLP(nn.Module):
-    """flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear(num_classes).
-
-    A binary problem is ``num_classes=2`` (two logits, cross-entropy), like any other.
-    """
+class MLP(nn.Sequential):
+    """flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear(num_classes); a
+    binary problem is ``num_classes=2`` (two logits, cross-entropy), like any other."""
 
     def __init__(
         self,
@@ -24,9 +23,6 @@ class MLP(nn.Module):
         dropout: float = 0.2,
         activation: str = "relu",
     ) -> None:
-        super().__init__()
         features = in_channels * image_size * image_size
-        self.head = dense_head(features, hidden_sizes, num_classes, dropout, activation)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(x.flatten(1))
+        head = dense_head(features, hidden_sizes, num_classes, dropout, activation)
+        super().__init__(OrderedDict(flatten=nn.Flatten(), head=head))

@@ -7,6 +7,7 @@ import difflib
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,8 @@ from imgcls.utils.errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: auxiliary classifiers of googlenet / inception_v3, dropped (train-time only, ImageNet-sized)
+#: auxiliary classifiers of googlenet / inception_v3, left out (train-time only, ImageNet-sized)
 AUX_HEADS = ("aux1", "aux2", "AuxLogits")
-#: suffixes that make ``model.net.weights`` a file path even when the file does not exist
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
 def _unknown_name(kind: str, name: str, known: Sequence[str]) -> UserError:
@@ -35,65 +34,57 @@ def _unknown_name(kind: str, name: str, known: Sequence[str]) -> UserError:
 
 def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Filters ``[O, 3, k, k]`` for ``in_channels`` inputs: summed for 1, else repeated x 3/c."""
-    if in_channels == weight.shape[1]:
-        return weight
     if in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
     repeats = math.ceil(in_channels / weight.shape[1])
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
 
 
-def read_state_dict(path: str) -> dict[str, Any]:
-    """A state_dict saved with ``torch.save`` (read ``weights_only``) or as ``.safetensors``."""
-    if not os.path.isfile(path):
-        raise UserError(f"model.net.weights={path}: no such file; pass a state_dict file")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickle, zip and safetensors errors alike
-        raise UserError(
-            f"model.net.weights={path} cannot be read as a state_dict ({type(err).__name__}: "
-            f"{err}); save one with torch.save(model.state_dict(), path)"
-        ) from None
-
-
-def hub_state_dict(entry: tv_models.WeightsEnum, weights: str, download: bool) -> Any:
-    """The weights from torch's hub cache, where ``load_state_dict_from_url`` keeps them."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
-    if not path.is_file() and not download:
+def read_weights(weights: str, entry: tv_models.WeightsEnum | None, download: bool) -> Any:
+    """The state_dict of a local file (``torch.save``, ``.safetensors``) or of a torchvision
+    weights entry, read from torch's hub cache (downloaded, hash-checked, only if ``download``)."""
+    path = Path(torch.hub.get_dir(), "checkpoints", entry.url.rsplit("/", 1)[-1]) if entry else None
+    if path is None and not os.path.isfile(weights):
+        raise UserError(f"model.net.weights={weights}: no such file; pass a state_dict file")
+    if path is not None and not path.is_file() and not download:
         raise UserError(
             f"model.net.weights={weights} needs {path.name} in torch's hub cache: put {entry.url} "
             f"at {path} (the cache is $TORCH_HOME/hub/checkpoints), set model.net.download=true "
             "on a machine with internet, or pass model.net.weights=/path/to/file.pth"
         )
-    try:  # reads the cached file; downloads (hash-checked) only when it is missing
-        return entry.get_state_dict(map_location="cpu", check_hash=True, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - network and file errors alike
+    try:
+        if entry is not None:
+            return entry.get_state_dict(map_location="cpu", check_hash=True, weights_only=True)
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(weights)
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip, safetensors and network errors alike
         raise UserError(
-            f"model.net.weights={weights}: could not read or download {path} ({err}); put "
-            f"{entry.url} there by hand or pass model.net.weights=/path/to/file.pth"
+            f"model.net.weights={weights} cannot be read as a state_dict ({type(err).__name__}: "
+            f"{err}); pass a file of torch.save(model.state_dict(), path)"
         ) from None
 
 
-def load_backbone(net: nn.Module, state: Any, head: str, source: str, what: str) -> None:
+def load_backbone(net: nn.Module, state: Any, weights: str, name: str) -> None:
     """Load a state_dict of the architecture, all but its head, or fail in one line."""
+    fail = f"model.net.weights={weights} does not fit torchvision's {name}"
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{source} is not a state_dict (a dict of tensors) of {what}")
-    state = {k: v for k, v in state.items() if not k.startswith((f"{head}.", *AUX_HEADS))}
+        raise UserError(f"{fail}: it is not a state_dict (a dict of tensors)")
+    head = f"{net.head_name}."
     try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        detail = str(err).split("\n\t", 1)[-1].split("\n")[0]
-        raise UserError(f"{source} does not fit {what}: {detail}") from None
-    missing = [k for k in missing if not k.startswith(f"{head}.")]
+        missing, unexpected = net.load_state_dict(
+            {k: v for k, v in state.items() if not k.startswith((head, *AUX_HEADS))}, strict=False
+        )
+    except RuntimeError as err:  # shape mismatches: the first one, from torch's message
+        detail = str(err).split("\t", 1)[-1].splitlines()[0]
+        raise UserError(f"{fail}: {detail}") from None
+    missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
         raise UserError(
-            f"{source} does not fit {what}: missing keys {missing[:3]}, unexpected keys "
-            f"{unexpected[:3]} (of {len(missing)} and {len(unexpected)}); pass a state_dict of "
-            "that architecture with its original head"
+            f"{fail}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]} (of "
+            f"{len(missing)} and {len(unexpected)}); pass a state_dict of that architecture"
         )
 
 
@@ -107,18 +98,16 @@ def torchvision_net(
     small_input: bool | None = None,
     load_weights: bool = True,
 ) -> nn.Module:
-    """torchvision's classification model ``name`` (``torchvision.models.list_models``).
-
-    ``small_input`` (ResNets): the 3x3 stride-1 stem without max pool; ``None``: for images under
-    64 px without weights. ``load_weights=False``: the architecture alone (a checkpoint's weights).
-    """
+    """torchvision's classification model ``name``; ``small_input`` (ResNets): the 3x3 stride-1
+    stem without max pool (``None``: for images under 64 px without weights);
+    ``load_weights=False``: the architecture alone (a checkpoint holds the weights)."""
     known = tv_models.list_models(module=tv_models)
     if name not in known:
         raise _unknown_name("torchvision", name, known)
     enum, entry = tv_models.get_model_weights(name), None
-    is_file = os.path.isfile(weights or "") or "/" in (weights or "")
-    if weights and not is_file and not weights.endswith(WEIGHT_FILE_SUFFIXES):
-        try:  # "IMAGENET1K_V1" or "ResNet18_Weights.IMAGENET1K_V1"
+    # a weights name ("IMAGENET1K_V1", "ResNet18_Weights.DEFAULT") unless a file has that name
+    if weights and not os.path.isfile(weights) and re.fullmatch(r"(\w+\.)?[A-Z0-9_]+", weights):
+        try:
             entry = enum[weights.rsplit(".", 1)[-1]]
         except KeyError:
             raise UserError(
@@ -132,22 +121,14 @@ def torchvision_net(
             f"{image_size}; raise data.image_size"
         )
     kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if weights and name in ("googlenet", "inception_v3"):  # as trained: they rescale inputs
-        kwargs["transform_input"] = True
+    if name in ("googlenet", "inception_v3"):  # pretrained, they rescale (3-channel) inputs
+        kwargs.update(aux_logits=False, transform_input=bool(weights) and in_channels == 3)
     if entry is not None and name.startswith("vit_"):  # torchvision sizes ViTs by weights
         kwargs["image_size"] = entry.meta["min_size"][0]
     net = tv_models.get_model(name, **kwargs)
-    if getattr(net, "aux_logits", False):
-        net.aux_logits = False
-        for aux in AUX_HEADS:
-            if hasattr(net, aux):
-                setattr(net, aux, None)
     net.head_name = head_name(net)
     if weights and load_weights:
-        state = hub_state_dict(entry, weights, download) if entry else read_state_dict(weights)
-        load_backbone(
-            net, state, net.head_name, f"model.net.weights={weights}", f"torchvision's {name}"
-        )
+        load_backbone(net, read_weights(weights, entry, download), weights, name)
     if weights:
         stats = (entry.transforms().mean, entry.transforms().std) if entry else None
         net.pretrained_normalisation = stats or (IMAGENET_MEAN, IMAGENET_STD)
@@ -156,8 +137,6 @@ def torchvision_net(
         raise UserError(
             f"torchvision's {name} takes only {fixed} px images; set data.image_size={fixed}"
         )
-    if in_channels != 3 and getattr(net, "transform_input", False):
-        net.transform_input = False  # it rescales exactly three channels
     if small_input is None:
         small_input = not weights and image_size is not None and image_size < 64
     if small_input:
@@ -192,20 +171,14 @@ def timm_net(
             f"model.net.weights={weights}: no such file; timm's weights are read from a local "
             f"file (a state_dict of {name}, .pth or .safetensors), nothing is downloaded"
         )
-    pretrained = bool(weights) and load_weights
+    # timm adapts the first convolution to in_chans and leaves out the file's head
+    local = {"pretrained": True, "pretrained_cfg_overlay": {"file": weights}}
     try:
-        net = timm.create_model(
-            name,
-            pretrained=pretrained,
-            pretrained_cfg_overlay={"file": weights} if pretrained else None,
-            num_classes=num_classes,
-            in_chans=in_channels,
-        )
+        kwargs = local if weights and load_weights else {}
+        net = timm.create_model(name, num_classes=num_classes, in_chans=in_channels, **kwargs)
     except (RuntimeError, KeyError, OSError, ValueError) as err:
-        detail = str(err).split("\n")[0]
-        raise UserError(
-            f"model.net.weights={weights} does not fit timm's {name}: {detail}"
-        ) from None
+        fit = f"model.net.weights={weights} does not fit timm's {name}"
+        raise UserError(f"{fit}: {str(err).splitlines()[0]}") from None
     config = net.pretrained_cfg
     size = config.get("input_size", (3, 224, 224))[-1]
     if config.get("fixed_input_size") and image_size is not None and image_size != size:

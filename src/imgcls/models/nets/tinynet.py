@@ -23,9 +23,8 @@ class TinyNet(nn.Module):
         super().__init__()
 
         def block(in_ch: int, out_ch: int, padding: int = 0) -> nn.Sequential:
-            return Conv2dNormActivation(in_ch, out_ch, 3, padding=padding).append(
-                FastDropout(dropout)
-            )
+            conv = Conv2dNormActivation(in_ch, out_ch, 3, padding=padding)  # conv, BN, ReLU
+            return conv.append(FastDropout(dropout))
 
         w = width
         self.features = nn.Sequential(
