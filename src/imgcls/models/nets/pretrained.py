@@ -21,7 +21,6 @@ from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: auxiliary classifiers of googlenet / inception_v3, left out (train-time only, ImageNet-sized)
 AUX_HEADS = ("aux1", "aux2", "AuxLogits")
 
@@ -129,9 +128,9 @@ def torchvision_net(
     net.head_name = head_name(net)
     if weights and load_weights:
         load_backbone(net, read_weights(weights, entry, download), weights, name)
-    if weights:
-        stats = (entry.transforms().mean, entry.transforms().std) if entry else None
-        net.pretrained_normalisation = stats or (IMAGENET_MEAN, IMAGENET_STD)
+    if weights:  # the statistics the weights were trained with (a file: the DEFAULT weights')
+        preset = (entry or enum.DEFAULT).transforms()
+        net.pretrained_normalisation = (preset.mean, preset.std)
     fixed = getattr(net, "image_size", None)  # ViTs take one size only
     if image_size is not None and isinstance(fixed, int) and fixed != image_size:
         raise UserError(
