@@ -12,15 +12,8 @@ from omegaconf import DictConfig
 from imgcls.callbacks.eval_report import EvalReport
 from imgcls.checkpoints import restore, store_temperature
 from imgcls.lifecycle import build_trainer
+from imgcls.utils import runs
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import (
-    apply_extras,
-    instantiate_list,
-    quiet_other_ranks,
-    report_errors,
-    run_dir,
-    to_floats,
-)
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +46,31 @@ def match_data(restored: Any) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    quiet_other_ranks()
-    apply_extras(cfg)
+    runs.quiet_other_ranks()
+    runs.apply_extras(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     restored = restore(cfg.ckpt_path, data_override=cfg.get("data"))
     match_data(restored)
-    callbacks, logger = instantiate_list(cfg.get("callbacks")), instantiate_list(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks=callbacks, logger=logger)
+    callbacks = runs.instantiate_list(cfg.get("callbacks"))
+    trainer = build_trainer(
+        cfg, callbacks=callbacks, logger=runs.instantiate_list(cfg.get("logger"))
+    )
     report = next((c for c in trainer.callbacks if isinstance(c, EvalReport)), None)
     if report is not None:  # its validation logits give the temperature
         trainer.validate(restored.model, datamodule=restored.datamodule)
     trainer.test(restored.model, datamodule=restored.datamodule)
-    metrics = to_floats(trainer.callback_metrics) | (report.headline if report else {})
+    metrics = runs.to_floats(trainer.callback_metrics) | (report.headline if report else {})
     if cfg.get("calibrate") and trainer.is_global_zero:
         if report is None or report.temperature is None:
             raise UserError("calibrate=true needs the eval_report callback (callbacks=eval_report)")
         path = store_temperature(cfg.ckpt_path, report.temperature)
         log.info(f"temperature {report.temperature:.4f} stored in {path}")
     if trainer.is_global_zero:
-        run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
+        runs.run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
     for name, value in sorted(metrics.items()):
         log.info(f"{name}: {value:.4f}")
-    log.info(f"run dir: {run_dir(cfg).path}")
+    log.info(f"run dir: {runs.run_dir(cfg).path}")
     return metrics
 
 
-run = report_errors(evaluate)
+run = runs.report_errors(evaluate)

@@ -183,11 +183,8 @@ def write_report(
     net: nn.Module | None = None,
     max_mistakes: int = 16,
 ) -> dict[str, float]:
-    """Write the report of ``logits`` (all test images) into ``out_dir``; its headline numbers.
-
-    ``temperature``: fitted on the validation split; ``tta``: (views' name, averaged probs);
-    ``mistakes``: (images, true classes, logits) of mistakes, the most confident of them shown.
-    """
+    """Write the report of all test ``logits`` into ``out_dir``; its headline numbers. ``tta``:
+    (views, averaged probs); ``mistakes``: (images, true classes, logits), the surest shown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names, targets, logits = [str(c) for c in names], targets.cpu(), logits.float().cpu()
     probs, n = logits.softmax(dim=1), logits.shape[1]
@@ -237,10 +234,9 @@ def write_report(
         "## Per class",
         md_table(per_class),
         "## Confusion matrix",
-        "![confusion_matrix.png](confusion_matrix.png)",
-        "![confusion_matrix_normalized.png](confusion_matrix_normalized.png)",
+        "![counts](confusion_matrix.png) ![row-normalised](confusion_matrix_normalized.png)",
         "## Calibration",
-        "![reliability.png](reliability.png)",
+        "![reliability diagram](reliability.png)",
     ]
     if mistakes is not None and len(mistakes[0]):
         top = most_confident_mistakes(mistakes[2].float(), mistakes[1], max_mistakes)
@@ -252,7 +248,7 @@ def write_report(
             for t, p, c in zip(true.tolist(), predicted.tolist(), probability.tolist(), strict=True)
         ]
         figures["mistakes.png"] = gallery_figure(images, titles, cams)
-        md += ["## Most confident mistakes", "![mistakes.png](mistakes.png)"]
+        md += ["## Most confident mistakes", "![most confident mistakes](mistakes.png)"]
         if cams is None:
             md.append("No Grad-CAM: the net has no convolutional layer to explain.")
     text = "\n\n".join(md) + "\n"
