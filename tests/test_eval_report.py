@@ -204,8 +204,9 @@ def test_gallery_explains_conv_nets_and_says_so_for_an_mlp(tmp_path: Path) -> No
     for name, net in (("conv", conv), ("mlp", mlp)):
         logits = net(images).detach()
         wrong = torch.nn.functional.one_hot((targets[:2] + 1) % 3, 3).float()  # two mistakes
-        mistakes = (images[:2], targets[:2], wrong)
-        write_report(tmp_path / name, logits, targets, ["a", "b", "c"], mistakes=mistakes, net=net)
+        rows = {"logits": logits, "targets": targets, "images": images[:2]}
+        rows |= {"wrong_true": targets[:2], "wrong_logits": wrong}
+        write_report(tmp_path / name, rows, ["a", "b", "c"], net=net)
         text = (tmp_path / name / "report.md").read_text()
         assert ("No Grad-CAM: the net has no convolutional layer" in text) == (name == "mlp")
         assert "mistakes.png" in text and (tmp_path / name / "mistakes.png").is_file()

@@ -74,16 +74,6 @@ class EvalReport(pl.Callback):
             return
         rows = self._gathered(trainer)
         if trainer.is_global_zero:
-            self.headline = write_report(
-                self.out_dir,
-                rows["logits"],
-                rows["targets"],
-                trainer.datamodule.class_names,
-                self.temperature,
-                (self.tta, rows["tta"]) if "tta" in rows else None,
-                (rows["images"], rows["wrong_true"], rows["wrong_logits"])
-                if self.gallery
-                else None,
-                pl_module.net,
-                self.max_mistakes,
-            )
+            names, net = trainer.datamodule.class_names, pl_module.net
+            args = (self.temperature, self.tta, net, self.max_mistakes)
+            self.headline = write_report(self.out_dir, rows, names, *args)

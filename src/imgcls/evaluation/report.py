@@ -174,25 +174,23 @@ def md_table(rows: Sequence[Sequence[Any]]) -> str:
 
 def write_report(
     out_dir: Path,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
+    rows: dict[str, torch.Tensor],
     names: Sequence[str],
     temperature: float | None = None,
-    tta: tuple[str, torch.Tensor] | None = None,
-    mistakes: tuple[torch.Tensor, ...] | None = None,
+    tta: str = "none",
     net: nn.Module | None = None,
     max_mistakes: int = 16,
 ) -> dict[str, float]:
-    """Write the report of all test ``logits`` into ``out_dir``; its headline numbers. ``tta``:
-    (views, averaged probs); ``mistakes``: (images, true classes, logits), the surest shown."""
+    """Write the report of all test ``logits`` and ``targets`` (keys of ``rows``; ``tta``: the
+    views' averaged probs; ``images``, ``wrong_true``, ``wrong_logits``: mistakes) into ``out_dir``;
+    its headline numbers."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    names, targets, logits = [str(c) for c in names], targets.cpu(), logits.float().cpu()
+    rows = {name: values.cpu() for name, values in rows.items()}
+    names, targets, logits = [str(c) for c in names], rows["targets"], rows["logits"].float()
     probs, n = logits.softmax(dim=1), logits.shape[1]
     head = {"test/acc": float(M.multiclass_accuracy(probs, targets, n, average="micro"))}
-    if n > 5:
-        head["test/acc_top5"] = float(
-            M.multiclass_accuracy(probs, targets, n, top_k=5, average="micro")
-        )
+    top5 = M.multiclass_accuracy(probs, targets, n, top_k=min(n, 5), average="micro")
+    head |= {"test/acc_top5": float(top5)} if n > 5 else {}
     averages = [
         [f(probs, targets, n, average=a) for f in SCORES] for a in ("none", "macro", "weighted")
     ]
@@ -204,8 +202,8 @@ def write_report(
         curves[f"temperature {temperature:.3f}"] = (logits / temperature).softmax(dim=1)
         head["test/ece_calibrated"] = ece(curves[f"temperature {temperature:.3f}"], targets)
         note = f"Temperature {temperature:.4f} fitted on the validation split (NLL)."
-    if tta is not None:
-        head[f"test/acc_tta_{tta[0]}"] = float((tta[1].argmax(1).cpu() == targets).float().mean())
+    if "tta" in rows:
+        head[f"test/acc_tta_{tta}"] = float((rows["tta"].argmax(1) == targets).float().mean())
     support = torch.bincount(targets, minlength=n).tolist()
     labels, counts = [*names, "macro avg", "weighted avg"], [*support, *[sum(support)] * 2]
     per_class = [["class", "precision", "recall", "f1", "support"]] + [
@@ -217,11 +215,12 @@ def write_report(
     rates = matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
     figures = {"reliability.png": reliability_figure(curves, targets)}
     for suffix, values, what in (("", matrix, "counts"), ("_normalized", rates, "row-normalised")):
-        rows = [
-            [c, *(round(v, 4) for v in row)] for c, row in zip(names, values.tolist(), strict=True)
+        name = f"confusion_matrix{suffix}"
+        table = [
+            [c, *(round(v, 4) for v in r)] for c, r in zip(names, values.tolist(), strict=True)
         ]
-        write_csv(out_dir / f"confusion_matrix{suffix}.csv", [["true \\ predicted", *names], *rows])
-        figures[f"confusion_matrix{suffix}.png"] = confusion_figure(values, names, what)
+        write_csv(out_dir / f"{name}.csv", [["true \\ predicted", *names], *table])
+        figures[f"{name}.png"] = confusion_figure(values, names, what)
     off, cells = matrix.clone().fill_diagonal_(0).flatten().sort(descending=True)
     pairs = zip(off[:10].tolist(), cells[:10].tolist(), strict=True)
     confusions = [f"{names[c // n]} -> {names[c % n]}: {k}" for k, c in pairs if k > 0]
@@ -238,10 +237,11 @@ def write_report(
         "## Calibration",
         "![reliability diagram](reliability.png)",
     ]
-    if mistakes is not None and len(mistakes[0]):
-        top = most_confident_mistakes(mistakes[2].float(), mistakes[1], max_mistakes)
-        images, true, wrong = (m[top].cpu() for m in mistakes)
-        probability, predicted = wrong.float().softmax(1).max(1)
+    if len(rows.get("images", [])):
+        wrong = rows["wrong_logits"].float()
+        top = most_confident_mistakes(wrong, rows["wrong_true"], max_mistakes)
+        probability, predicted = wrong[top].softmax(1).max(1)
+        images, true = rows["images"][top], rows["wrong_true"][top]
         cams = grad_cam(net, images, predicted) if net is not None else None
         titles = [
             f"true: {names[t][:12]}\npred: {names[p][:12]} ({c:.2f})"
