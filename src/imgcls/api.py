@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
+from imgcls.imaging import load_image_tensor, pil_to_tensor, to_uint8
 from imgcls.utils.errors import UserError
 
 
@@ -42,8 +43,6 @@ class Classifier:
     def image_tensor(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
         """A file path, a PIL image or a tensor (uint8, or float in [0, 1]; ``[C, H, W]`` or
         ``[H, W]``, the model's channels) as uint8 ``[C, H, W]``."""
-        from imgcls.imaging import load_image_tensor, pil_to_tensor, to_uint8
-
         if isinstance(image, (str, Path)):
             return load_image_tensor(image, channels=self.in_channels)
         if isinstance(image, Image.Image):
