@@ -10,13 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
-from imgcls.evaluation.report import (
-    fit_temperature,
-    gather,
-    most_confident_mistakes,
-    tta_views,
-    write_report,
-)
+from imgcls.evaluation import report
 
 
 class EvalReport(pl.Callback):
@@ -32,7 +26,7 @@ class EvalReport(pl.Callback):
     ) -> None:
         super().__init__()
         self.out_dir, self.enabled, self.gallery = Path(out_dir), enabled, gallery
-        self.tta, self.views, self.max_mistakes = tta, tta_views(tta), max_mistakes
+        self.tta, self.views, self.max_mistakes = tta, report.tta_views(tta), max_mistakes
         self.temperature: float | None = None
         self.headline: dict[str, float] = {}
         self.rows: dict[str, list[torch.Tensor]] = {}
@@ -47,7 +41,7 @@ class EvalReport(pl.Callback):
 
     def _gathered(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
         rows, self.rows = self.rows, {}
-        return {name: gather(trainer, torch.cat(values)) for name, values in rows.items()}
+        return {name: report.gather(trainer, torch.cat(values)) for name, values in rows.items()}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *_: Any) -> None:
         if self._active(trainer, TrainerFn.VALIDATING):
@@ -55,7 +49,7 @@ class EvalReport(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active(trainer, TrainerFn.VALIDATING):
-            self.temperature = fit_temperature(*self._gathered(trainer).values())
+            self.temperature = report.fit_temperature(*self._gathered(trainer).values())
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, *_: Any) -> None:
         if not self._active(trainer):
@@ -66,7 +60,7 @@ class EvalReport(pl.Callback):
             probs = [pl_module(view(images)).float().softmax(1) for view in self.views[1:]]
             self._keep(tta=torch.stack([logits.softmax(1), *probs]).mean(0))
         if self.gallery:  # each batch's most confident mistakes
-            wrong = most_confident_mistakes(logits, targets, self.max_mistakes)
+            wrong = report.most_confident_mistakes(logits, targets, self.max_mistakes)
             self._keep(images=images[wrong], wrong_true=targets[wrong], wrong_logits=logits[wrong])
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -76,4 +70,4 @@ class EvalReport(pl.Callback):
         if trainer.is_global_zero:
             names, net = trainer.datamodule.class_names, pl_module.net
             args = (self.temperature, self.tta, net, self.max_mistakes)
-            self.headline = write_report(self.out_dir, rows, names, *args)
+            self.headline = report.write_report(self.out_dir, rows, names, *args)
