@@ -47,8 +47,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Any images -> uint8, rounded and clipped: float [0, 1] times 255, wider unsigned integers
     scaled down by their maximum, signed integers clipped to [0, 255]."""
-    if images.dtype == torch.uint8:
-        return images
     if images.dtype in (torch.uint16, torch.uint32, torch.uint64):
         images = images.double().div_(float(torch.iinfo(images.dtype).max))
     elif not images.is_floating_point():

@@ -26,14 +26,13 @@ def predict(cfg: DictConfig) -> Path:
         raise UserError(f"input={source} does not exist; pass an image file or a folder of images")
     files = [source] if source.is_file() else sorted(source.rglob("*"))
     files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or p == source]
-    rows, skipped = [], []
+    rows = []
     for start in range(0, len(files), cfg.batch_size):
         batch = {}
         for path in files[start : start + cfg.batch_size]:
             try:
                 batch[str(path)] = classifier.image_tensor(path)
             except UserError as err:
-                skipped.append(str(err))
                 log.warning(f"skipped: {err}")
         rows += zip(batch, classifier.predict(batch.values(), cfg.get("topk")), strict=True)
     if not rows:
@@ -53,7 +52,8 @@ def predict(cfg: DictConfig) -> Path:
             writer.writerow([file, p.label, f"{p.probability:.6f}", *top, *every_p])
     shown = [f"{file}  {p.label}  {p.probability:.6f}" for file, p in rows[:20]]
     log.info("\n".join(["predictions:", *shown, *(["..."] if len(rows) > 20 else [])]))
-    log.info(f"{len(rows)} predictions ({len(skipped)} unreadable files skipped) -> {output}")
+    skipped = len(files) - len(rows)
+    log.info(f"{len(rows)} predictions ({skipped} unreadable files skipped) -> {output}")
     return output
 
 
