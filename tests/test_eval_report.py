@@ -17,8 +17,7 @@ import imgcls
 from imgcls.callbacks.eval_report import EvalReport
 from imgcls.checkpoints import restore
 from imgcls.eval import run as eval_run
-from imgcls.evaluation.metrics import ece, fit_temperature
-from imgcls.evaluation.report import grad_cam, write_report
+from imgcls.evaluation.report import ece, fit_temperature, grad_cam, write_report
 from imgcls.export import run as export_run
 from imgcls.train import train
 
@@ -204,8 +203,10 @@ def test_gallery_explains_conv_nets_and_says_so_for_an_mlp(tmp_path: Path) -> No
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
     for name, net in (("conv", conv), ("mlp", mlp)):
         logits = net(images).detach()
-        mistakes = (images[:2], targets[:2], (targets[:2] + 1) % 3, torch.tensor([0.9, 0.8]))
-        write_report(tmp_path / name, logits, targets, ["a", "b", "c"], mistakes=mistakes, net=net)
+        wrong = torch.nn.functional.one_hot((targets[:2] + 1) % 3, 3).float()  # two mistakes
+        rows = {"logits": logits, "targets": targets, "images": images[:2]}
+        rows |= {"wrong_true": targets[:2], "wrong_logits": wrong}
+        write_report(tmp_path / name, rows, ["a", "b", "c"], net=net)
         text = (tmp_path / name / "report.md").read_text()
         assert ("No Grad-CAM: the net has no convolutional layer" in text) == (name == "mlp")
         assert "mistakes.png" in text and (tmp_path / name / "mistakes.png").is_file()

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcls.export import ExportedClassifier, export
+import imgcls
+from imgcls.export import export
 from imgcls.models.classifier import ImageClassifier
 from imgcls.predict import predict
 from imgcls.train import train
@@ -63,7 +64,7 @@ def real_batch(paths: dict[str, Path]) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_model_matches_pytorch_on_real_images_at_any_batch_size(exported, fmt) -> None:
     batch, expected = real_batch(exported)
-    model = ExportedClassifier(exported[fmt])
+    model = imgcls.load_model(exported[fmt]).model
     for size in (1, 5, len(batch)):  # exported with a batch of 2: the batch dimension is dynamic
         torch.testing.assert_close(model(batch[:size]), expected[:size], atol=1e-4, rtol=1e-4)
     assert (expected.argmax(1) == model(batch).argmax(1)).all()
@@ -85,7 +86,7 @@ def test_preprocessing_is_written_beside_the_model(exported) -> None:
     files = sorted(exported["images"].glob("*.png"))
     raw = torch.stack([load_image_tensor(f, 1) for f in files])
     assert raw.shape[-2:] == (40, 40)  # the files really are another size
-    torch.testing.assert_close(ExportedClassifier(onnx_path).preprocess(raw), batch)
+    torch.testing.assert_close(imgcls.load_model(onnx_path).preprocess(raw), batch)
 
 
 def read_predictions(path: Path) -> list[dict[str, str]]:
@@ -127,7 +128,7 @@ def test_bad_export_input_is_one_line(exported, tmp_path) -> None:
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(exported["onnx"].read_bytes())
     with pytest.raises(UserError, match="has no lone.json beside it"):
-        ExportedClassifier(lone)
+        imgcls.load_model(lone)
 
 
 @pytest.mark.slow

@@ -1,22 +1,19 @@
-"""imgcls from Python: ``load_model`` for predictions (``compose`` for configs: imgcls.config).
-
-    import imgcls
-    model = imgcls.load_model("logs/train/runs/<run>")          # a run dir or a .ckpt
-    model.predict(["a.png", pil_image, uint8_tensor])           # [Prediction(label=..., ...)]
-    cfg = imgcls.compose(overrides=["data=digits", "trainer.max_epochs=3"])
-
-``predict.py`` goes through the same ``Classifier.predict``: both give identical predictions.
-"""
+"""imgcls from Python: ``imgcls.load_model(run dir, .ckpt, .onnx or .pt).predict(images)``, the
+same ``Classifier.predict`` as predict.py's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
+from imgcls.data.transforms import Normalize, resize_uint8, to_float
+from imgcls.imaging import load_image_tensor, pil_to_tensor, to_uint8
 from imgcls.utils.errors import UserError
 
 
@@ -31,54 +28,40 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
+@dataclass
 class Classifier:
-    """A trained network (``model``: preprocessed batch -> logits on ``device``), its class names
-    and its preprocessing (``preprocess``: uint8 ``[N, C, H, W]`` of any size -> that batch)."""
+    """A network (``model``: preprocessed batch -> logits on ``device``), its preprocessing
+    (uint8 ``[N, C, H, W]`` of any size -> that batch), channels, classes and temperature."""
 
-    def __init__(
-        self,
-        model: Callable[[torch.Tensor], torch.Tensor],
-        preprocess: Callable[[torch.Tensor], torch.Tensor],
-        in_channels: int,
-        class_names: Sequence[str],
-        device: str | torch.device = "cpu",
-        temperature: float = 1.0,
-    ) -> None:
-        self.model, self.preprocess, self.temperature = model, preprocess, float(temperature)
-        self.in_channels, self.class_names = int(in_channels), [str(c) for c in class_names]
-        self.device = torch.device(device)
+    model: Callable[[torch.Tensor], torch.Tensor]
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    in_channels: int
+    class_names: Sequence[str]
+    device: torch.device | str
+    temperature: float = 1.0
 
     def image_tensor(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
         """A file path, a PIL image or a tensor (uint8, or float in [0, 1]; ``[C, H, W]`` or
         ``[H, W]``, the model's channels) as uint8 ``[C, H, W]``."""
-        from imgcls.imaging import load_image_tensor, pil_to_tensor
-
         if isinstance(image, (str, Path)):
             return load_image_tensor(image, channels=self.in_channels)
         if isinstance(image, Image.Image):
             return pil_to_tensor(image, channels=self.in_channels)
-        if isinstance(image, torch.Tensor):
-            tensor = image.unsqueeze(0) if image.ndim == 2 else image
-            if tensor.ndim != 3 or tensor.shape[0] != self.in_channels:
-                raise UserError(
-                    f"a tensor input must be [C, H, W] with C={self.in_channels} (the model's "
-                    f"channels), got shape {tuple(image.shape)}"
-                )
-            if tensor.is_floating_point():
-                tensor = (tensor.clamp(0, 1) * 255).round()
-            return tensor.to(torch.uint8).cpu()
-        raise UserError(
-            f"cannot predict {type(image).__name__}: pass file paths, PIL images or tensors"
-        )
+        tensor = image.unsqueeze(0) if image.ndim == 2 else image
+        if tensor.ndim != 3 or tensor.shape[0] != self.in_channels:
+            raise UserError(
+                f"a tensor input must be [C, H, W] with C={self.in_channels} (the model's "
+                f"channels), got shape {tuple(image.shape)}"
+            )
+        return to_uint8(tensor).cpu()
 
     def predict(
         self,
-        inputs: Iterable[str | Path | Image.Image | torch.Tensor] | str | Path,
+        inputs: Iterable[Any] | str | Path | Image.Image | torch.Tensor,
         topk: int | None = None,
     ) -> list[Prediction]:
-        """The prediction of each input (paths, PIL images, tensors), in order, each with its
-        ``topk`` most likely classes (default: min(5, classes)); probabilities are
-        ``softmax(logits / temperature)``."""
+        """The prediction of each input in order, with its ``topk`` most likely classes (default:
+        min(5, classes)); probabilities are ``softmax(logits / temperature)``."""
         if isinstance(inputs, (str, Path, Image.Image, torch.Tensor)):
             inputs = [inputs]
         images = [self.preprocess(self.image_tensor(i).unsqueeze(0)) for i in inputs]
@@ -87,11 +70,10 @@ class Classifier:
         with torch.inference_mode():
             logits = self.model(torch.cat(images).to(self.device)).float() / self.temperature
         probs = logits.softmax(dim=1).cpu()
-        names = [*self.class_names, *map(str, range(len(self.class_names), probs.shape[1]))]
+        names = [str(c) for c in self.class_names] or [str(i) for i in range(probs.shape[1])]
         k = min(5 if topk is None else int(topk), len(names))
         if k < 1:
             raise UserError(f"topk={topk} must be at least 1")
-        values, indices = probs.topk(k, dim=1)
         return [
             Prediction(
                 label=names[int(top[0])],
@@ -100,27 +82,51 @@ class Classifier:
                 probabilities=dict(zip(names, row.tolist(), strict=True)),
                 top=[(names[i], p) for i, p in zip(top.tolist(), value.tolist(), strict=True)],
             )
-            for row, value, top in zip(probs, values, indices, strict=True)
+            for row, value, top in zip(probs, *probs.topk(k, dim=1), strict=True)
         ]
 
 
+def exported(path: Path, device: torch.device) -> Classifier:
+    """A model written by export.py, with the preprocessing of the ``.json`` beside it."""
+    if not path.with_suffix(".json").is_file():
+        raise UserError(
+            f"ckpt_path={path} does not exist or has no {path.stem}.json beside it: export "
+            "models with `python export.py ckpt_path=<.ckpt> format=onnx|torchscript`"
+        )
+    spec = json.loads(path.with_suffix(".json").read_text())
+    normalize, size = Normalize(spec["mean"], spec["std"]), spec["image_size"]
+
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        return normalize(to_float(resize_uint8(images, size, spec.get("resize", "squash"))))
+
+    if spec["format"] == "onnx":
+        import onnxruntime
+
+        wanted = ["CUDAExecutionProvider"] * (device.type == "cuda") + ["CPUExecutionProvider"]
+        providers = [p for p in wanted if p in onnxruntime.get_available_providers()]
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+
+        def model(images: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(["logits"], {"image": images.cpu().numpy()})[0])
+
+    else:
+        model = torch.jit.load(str(path), device).eval()
+    return Classifier(model, preprocess, spec["in_channels"], spec["class_names"], device)
+
+
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The classifier of an imgcls checkpoint (a ``.ckpt`` or a run dir: its best one), rebuilt
-    from its stored config with the data config's preprocessing, or a model written by export.py
-    (``.onnx``/``.pt`` with its ``.json`` beside it). ``device="auto"``: a GPU when there is one.
-    """
+    """The classifier of a checkpoint (a ``.ckpt``, or a run dir: its best one) with its data
+    config's preprocessing, or of a model exported by export.py (``.onnx``/``.pt`` with its
+    ``.json``). ``device="auto"``: a GPU when there is one."""
     from imgcls.checkpoints import restore
-    from imgcls.config import setup_config_environment
-    from imgcls.export import ExportedClassifier, is_exported
 
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device} but no GPU is available; use device=cpu")
-    if is_exported(ckpt_path):
-        model = ExportedClassifier(ckpt_path, device)
-        return Classifier(model, model.preprocess, model.in_channels, model.class_names, device)
-    setup_config_environment()
+    if Path(ckpt_path).suffix in (".onnx", ".pt"):
+        return exported(Path(ckpt_path), torch.device(device))
     restored = restore(ckpt_path)  # the datamodule only preprocesses: it loads no data
-    data, model, t = restored.datamodule, restored.model.eval().to(device), restored.temperature
-    return Classifier(model, data.preprocess, data.in_channels, restored.class_names, device, t)
+    data, model = restored.datamodule, restored.model.eval().to(device)
+    names, temperature = restored.class_names, restored.temperature
+    return Classifier(model, data.preprocess, data.in_channels, names, device, temperature)

@@ -11,82 +11,66 @@ from omegaconf import DictConfig
 
 from imgcls.callbacks.eval_report import EvalReport
 from imgcls.checkpoints import restore, store_temperature
-from imgcls.train import build_trainer
+from imgcls.lifecycle import build_trainer
+from imgcls.utils import runs
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import (
-    apply_extras,
-    instantiate_list,
-    quiet_other_ranks,
-    report_errors,
-    run_dir,
-    to_floats,
-)
 
 log = logging.getLogger(__name__)
 
 
-def check_compatible(datamodule: Any, trained: dict[str, Any], class_names: list[str]) -> None:
-    """The data must have the checkpoint's classes and input shape (model or net config)."""
-    model_cfg = trained["model"]
+def match_data(restored: Any) -> None:
+    """The data must have the checkpoint's input shape and class names; the same names in another
+    order reorder the outputs (a hook on the net)."""
+    data, model_cfg, trained = restored.datamodule, restored.config["model"], restored.class_names
     for name in ("num_classes", "in_channels", "image_size"):
         want = model_cfg.get(name, (model_cfg.get("net") or {}).get(name))
-        got = getattr(datamodule, name)
-        if want is not None and got != want:
-            names = f" ({', '.join(class_names)})" if name == "num_classes" and class_names else ""
+        if want is not None and getattr(data, name) != want:
+            names = f" ({', '.join(trained)})" if name == "num_classes" and trained else ""
             raise UserError(
-                f"the checkpoint was trained with {name}={want}{names} but the evaluation "
-                f"data has {name}={got}; evaluate on data of the same shape (data=..., data.*=...)"
+                f"the checkpoint was trained with {name}={want}{names} but the evaluation data "
+                f"has {name}={getattr(data, name)}; evaluate on data of the same shape (data=...)"
             )
-
-
-def match_classes(model: Any, trained: list[str], data: list[str]) -> None:
-    """The same class names in another order reorder the outputs (a hook on ``model.net``)."""
-    if not trained or trained == data:
+    if not trained or trained == data.class_names:
         return
-    if sorted(trained) != sorted(data):
+    if sorted(trained) != sorted(data.class_names):
         raise UserError(
             f"the checkpoint was trained on the classes {trained} but the evaluation data has "
-            f"{data}; evaluate on data with the same class names (data.classes=...)"
+            f"{data.class_names}; evaluate on data with the same class names (data.classes=...)"
         )
-    order = torch.tensor([trained.index(name) for name in data])
-    model.net.register_forward_hook(lambda _net, _inputs, out: out[:, order.to(out.device)])
+    order = torch.tensor([trained.index(name) for name in data.class_names])
+    restored.model.net.register_forward_hook(lambda _n, _i, out: out[:, order.to(out.device)])
     log.info(
-        f"the data lists the checkpoint's classes in another order: outputs matched by name "
-        f"({trained} -> {data})"
+        "the data lists the checkpoint's classes in another order: outputs matched by name "
+        f"({trained} -> {data.class_names})"
     )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    runs.quiet_other_ranks()
+    runs.apply_extras(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     restored = restore(cfg.ckpt_path, data_override=cfg.get("data"))
-    check_compatible(restored.datamodule, restored.config, restored.class_names)
-    match_classes(restored.model, restored.class_names, restored.datamodule.class_names)
+    match_data(restored)
+    callbacks = runs.instantiate_list(cfg.get("callbacks"))
     trainer = build_trainer(
-        cfg,
-        callbacks=instantiate_list(cfg.get("callbacks")),
-        logger=instantiate_list(cfg.get("logger")),
+        cfg, callbacks=callbacks, logger=runs.instantiate_list(cfg.get("logger"))
     )
     report = next((c for c in trainer.callbacks if isinstance(c, EvalReport)), None)
     if report is not None:  # its validation logits give the temperature
         trainer.validate(restored.model, datamodule=restored.datamodule)
     trainer.test(restored.model, datamodule=restored.datamodule)
-    metrics = to_floats(trainer.callback_metrics) | (report.headline if report else {})
+    metrics = runs.to_floats(trainer.callback_metrics) | (report.headline if report else {})
     if cfg.get("calibrate") and trainer.is_global_zero:
         if report is None or report.temperature is None:
             raise UserError("calibrate=true needs the eval_report callback (callbacks=eval_report)")
         path = store_temperature(cfg.ckpt_path, report.temperature)
         log.info(f"temperature {report.temperature:.4f} stored in {path}")
     if trainer.is_global_zero:
-        run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
-    return metrics
-
-
-@report_errors
-def run(cfg: DictConfig) -> dict[str, float]:
-    quiet_other_ranks()
-    apply_extras(cfg)
-    metrics = evaluate(cfg)
+        runs.run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
     for name, value in sorted(metrics.items()):
         log.info(f"{name}: {value:.4f}")
-    log.info(f"run dir: {run_dir(cfg).path}")
+    log.info(f"run dir: {runs.run_dir(cfg).path}")
     return metrics
+
+
+run = runs.report_errors(evaluate)

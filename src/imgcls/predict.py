@@ -1,8 +1,5 @@
-"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions.
-
-``ckpt_path`` is a training checkpoint (``.ckpt``) or a model exported by export.py (``.onnx``,
-``.pt``; the preprocessing is read from the ``.json`` beside it).
-"""
+"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions from a
+``.ckpt`` (or run dir) or a model exported by export.py (``.onnx``, ``.pt``)."""
 
 from __future__ import annotations
 
@@ -21,37 +18,26 @@ from imgcls.utils.runs import apply_extras, report_errors
 log = logging.getLogger(__name__)
 
 
-def list_images(source: Path) -> list[Path]:
-    """The image file itself, or every image below a folder (sorted, recursive)."""
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise UserError(f"input={source} does not exist; pass an image file or a folder of images")
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(
-            f"input={source} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return files
-
-
 def predict(cfg: DictConfig) -> Path:
+    apply_extras(cfg)
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
-    classifier = load_model(cfg.ckpt_path, device=cfg.device)
-    files, rows, skipped = list_images(Path(cfg.input)), [], []
+    classifier, source = load_model(cfg.ckpt_path, device=cfg.device), Path(cfg.input)
+    if not source.exists():
+        raise UserError(f"input={source} does not exist; pass an image file or a folder of images")
+    files = [source] if source.is_file() else sorted(source.rglob("*"))
+    files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or p == source]
+    rows = []
     for start in range(0, len(files), cfg.batch_size):
         batch = {}
         for path in files[start : start + cfg.batch_size]:
             try:
                 batch[str(path)] = classifier.image_tensor(path)
             except UserError as err:
-                skipped.append(str(err))
+                log.warning(f"skipped: {err}")
         rows += zip(batch, classifier.predict(batch.values(), cfg.get("topk")), strict=True)
-    for message in skipped:
-        log.warning(f"skipped: {message}")
     if not rows:
-        raise UserError(f"input={cfg.input}: none of its {len(files)} image files could be read")
-    every, k = bool(cfg.get("probabilities")), len(rows[0][1].top)
+        raise UserError(f"input={source}: no readable image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    k, every = len(rows[0][1].top), cfg.get("probabilities")
     header = ["file", "predicted_class", "confidence"]
     header += [f"top{i}_{kind}" for i in range(1, k + 1) for kind in ("class", "probability")]
     header += [f"p_{name}" for name in rows[0][1].probabilities] if every else []
@@ -64,19 +50,11 @@ def predict(cfg: DictConfig) -> Path:
             top = [v for label, prob in p.top for v in (label, f"{prob:.6f}")]
             every_p = [f"{v:.6f}" for v in p.probabilities.values()] if every else []
             writer.writerow([file, p.label, f"{p.probability:.6f}", *top, *every_p])
-    shown = [
-        ("file", "class", "confidence"),
-        *[(f, p.label, f"{p.probability:.6f}") for f, p in rows[:20]],
-    ]
-    widths = [max(len(r[i]) for r in shown) for i in range(2)]
-    table = [f"{f:<{widths[0]}}  {c:<{widths[1]}}  {p}" for f, c, p in shown]
-    table += [f"... {len(rows) - 20} more in the CSV"] if len(rows) > 20 else []
-    log.info("\n".join(["predictions:", *table]))
-    log.info(f"{len(rows)} predictions ({len(skipped)} unreadable files skipped) -> {output}")
+    shown = [f"{file}  {p.label}  {p.probability:.6f}" for file, p in rows[:20]]
+    log.info("\n".join(["predictions:", *shown, *(["..."] if len(rows) > 20 else [])]))
+    skipped = len(files) - len(rows)
+    log.info(f"{len(rows)} predictions ({skipped} unreadable files skipped) -> {output}")
     return output
 
 
-@report_errors
-def run(cfg: DictConfig) -> Path:
-    apply_extras(cfg)
-    return predict(cfg)
+run = report_errors(predict)

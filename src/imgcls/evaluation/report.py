@@ -1,23 +1,69 @@
-"""The evaluation report's files: per_class.csv, confusion matrices, reliability diagram, the most
-confident mistakes with Grad-CAM (Captum), report.md and a self-contained report.html."""
+"""The evaluation report of all ranks' logits: its numbers, figures, report.md and report.html."""
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from markdown_it import MarkdownIt
+from scipy.optimize import minimize_scalar
 from torch import nn
+from torchmetrics.functional import classification as M
+from torchmetrics.utilities.distributed import gather_all_tensors
 
-from imgcls.evaluation.metrics import ece, reliability, summarize, top_confusions
+from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
+ECE_BINS = 15
+SCORES = (M.multiclass_precision, M.multiclass_recall, M.multiclass_f1_score)
+
+
+def gather(trainer: Any, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``rows`` (shards of any length) concatenated, on every rank."""
+    return rows if trainer.world_size == 1 else torch.cat(gather_all_tensors(rows))
+
+
+def tta_views(name: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The views test-time augmentation averages: the image, its mirror, a central 7/8 crop."""
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return TF.resize(TF.center_crop(x, [h - h // 16 * 2, w - w // 16 * 2]), [h, w])
+
+    count = {"none": 1, "flip": 2, "flip_crop": 4}
+    if name not in count:
+        raise UserError(f"tta={name} is not one of {', '.join(count)}; pick one of them")
+    return [lambda x: x, TF.hflip, crop, lambda x: TF.hflip(crop(x))][: count[name]]
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature T minimising the NLL of ``softmax(logits / T)`` (scipy's bounded Brent)."""
+    logits, targets = logits.double().cpu(), targets.cpu()
+
+    def nll(t: float) -> float:
+        return float(F.cross_entropy(logits / t, targets))
+
+    return float(minimize_scalar(nll, bounds=(0.01, 100.0), method="bounded").x)
+
+
+def ece(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Expected calibration error (top-1 confidence, 15 bins, L1)."""
+    return float(M.multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=ECE_BINS))
+
+
+def most_confident_mistakes(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the ``k`` wrong predictions of highest confidence, most confident first."""
+    confidence, predicted = logits.softmax(1).max(1)
+    wrong = (predicted != targets).nonzero().flatten()
+    return wrong[confidence[wrong].argsort(descending=True)[:k]]
 
 
 def new_figure(width: float, height: float) -> Any:
@@ -38,194 +84,183 @@ def for_display(images: torch.Tensor) -> torch.Tensor:
     return ((images - low) / (high - low).clamp_min(1e-8)).permute(0, 2, 3, 1)
 
 
-def confusion_figure(matrix: torch.Tensor, names: Sequence[str], normalized: bool) -> Any:
+def confusion_figure(matrix: torch.Tensor, names: Sequence[str], what: str) -> Any:
     """torchmetrics' plot: rows true class, columns predicted; numbers up to 20 classes."""
     from torchmetrics.classification import MulticlassConfusionMatrix
 
     n = len(matrix)
-    rates = (matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)).round(decimals=2)
     figure = new_figure(min(21.5, max(6.5, 0.6 * n + 3.5)), min(20.0, max(5.0, 0.6 * n + 2)))
     ax = figure.subplots()
     labels = [c[:12] for c in names] if n <= 40 else None
-    MulticlassConfusionMatrix(n).plot(
-        rates if normalized else matrix, ax=ax, add_text=n <= 20, labels=labels, cmap="Blues"
-    )
-    label = "fraction of the true class" if normalized else "images"
+    MulticlassConfusionMatrix(n).plot(matrix, ax=ax, add_text=n <= 20, labels=labels, cmap="Blues")
+    label = "images" if what == "counts" else "fraction of the true class"
     figure.colorbar(ax.images[0], ax=ax, fraction=0.046, label=label)
-    ax.set_title("confusion matrix" + (" (row-normalised)" if normalized else " (counts)"))
+    ax.set_title(f"confusion matrix ({what})")
     return figure
 
 
-def reliability_figure(curves: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """Accuracy against confidence per bin (perfect calibration: the diagonal)."""
+def reliability_figure(curves: dict[str, torch.Tensor], targets: torch.Tensor) -> Any:
+    """Accuracy against top-1 confidence per bin (scikit-learn's CalibrationDisplay)."""
+    from sklearn.calibration import CalibrationDisplay
+
     figure = new_figure(5, 5)
     ax = figure.subplots()
-    ax.plot([0, 1], [0, 1], "k--", label="perfectly calibrated")
-    for label, (probs, targets) in curves.items():
-        confidence, accuracy, count = reliability(probs, targets)
-        used = count > 0
-        ax.plot(confidence[used], accuracy[used], "o-", label=label)
-    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    ax.set_title("reliability diagram (test)")
-    ax.legend(loc="upper left")
+    for label, probs in curves.items():
+        confidence, predicted = probs.nan_to_num(0.0).max(dim=1)  # a diverged model: NaN outputs
+        correct = (predicted == targets).int().numpy()
+        CalibrationDisplay.from_predictions(
+            correct, confidence.numpy(), n_bins=ECE_BINS, name=label, ax=ax
+        )
+    ax.set(xlabel="confidence", ylabel="accuracy", title="reliability diagram (test)")
     return figure
-
-
-def explained_layer(net: nn.Module, image: torch.Tensor) -> nn.Module | None:
-    """The last conv layer whose output is still at least 4x4 (else the largest), or None."""
-    sizes: dict[nn.Module, int] = {}
-    hooks = [
-        m.register_forward_hook(lambda m, _i, out: sizes.__setitem__(m, out.shape[-1]))
-        for m in net.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    with torch.no_grad():
-        net(image[:1])
-    for hook in hooks:
-        hook.remove()
-    big = [m for m, size in sizes.items() if size >= 4]
-    return big[-1] if big else max(sizes, key=sizes.get, default=None)
 
 
 def grad_cam(net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-    """Captum's Grad-CAM of ``targets`` (``[N, H, W]`` in [0, 1]); None without a conv layer."""
+    """Captum's Grad-CAM ``[N, H, W]`` (in [0, 1]) of ``targets`` at the last conv layer whose
+    output is at least 4x4 (else the largest); None without a conv layer."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    device = next(net.parameters()).device
+    x = images.clone().to(next(net.parameters()).device)
+    sizes: dict[nn.Module, int] = {}
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, _, out: sizes.update({m: out.shape[-1]})) for m in convs
+    ]
+    with torch.no_grad():
+        net(x[:1])
+    for hook in hooks:
+        hook.remove()
+    big = [m for m, size in sizes.items() if size >= 4]
+    layer = big[-1] if big else max(sizes, key=sizes.get, default=None)
+    if layer is None:
+        return None
     with torch.inference_mode(False), torch.enable_grad():
-        x = images.clone().to(device).requires_grad_(True)
-        layer = explained_layer(net, x)
-        if layer is None:
-            return None
-        cam = LayerGradCam(net, layer).attribute(
-            x, target=targets.to(device).clone(), relu_attributions=True
-        )
+        x = x.clone().requires_grad_(True)
+        target = targets.to(x.device).clone()
+        cam = LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[:, 0].detach()
     return (cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8).view(-1, 1, 1)).cpu()
 
 
 def gallery_figure(images: torch.Tensor, titles: Sequence[str], cams: torch.Tensor | None) -> Any:
     """The images (with their Grad-CAM beside each when given), four per row."""
-    shown, per_image = for_display(images), 1 if cams is None else 2
-    cols = min(4, len(shown)) * per_image
-    rows = math.ceil(len(shown) * per_image / cols)
+    shown, per = for_display(images), 1 if cams is None else 2
+    cols = min(4, len(shown)) * per
+    rows = math.ceil(len(shown) * per / cols)
     figure = new_figure(1.6 * cols, 1.9 * rows)
-    axes = figure.subplots(rows, cols, squeeze=False).flat
+    axes = figure.subplots(rows, cols, squeeze=False).flatten()
     for ax in axes:
         ax.axis("off")
-    for i, image in enumerate(shown):
-        ax = axes[i * per_image]
-        grey = image.shape[-1] == 1
-        ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None)
-        ax.set_title(titles[i], fontsize=7)
-        if cams is not None:
-            ax = axes[i * per_image + 1]
-            ax.imshow(image.mean(-1), cmap="gray")
-            ax.imshow(cams[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            ax.set_title("Grad-CAM (predicted)", fontsize=7)
+    for ax, image, title in zip(axes[::per], shown, titles, strict=False):
+        ax.imshow(image.squeeze(-1), cmap="gray")  # the colour map only applies to grey images
+        ax.set_title(title, fontsize=7)
+    for ax, image, cam in zip(axes[1::per], shown, [] if cams is None else cams, strict=False):
+        ax.imshow(image.mean(-1), cmap="gray")
+        ax.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        ax.set_title("Grad-CAM (predicted)", fontsize=7)
     figure.suptitle("most confident mistakes (test)")
     return figure
 
 
-def write_csv(path: Path, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[Sequence[Any]]) -> None:
     with path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+        csv.writer(f).writerows(rows)
 
 
-def render(blocks: list[tuple[str, Any]], out_dir: Path) -> None:
-    """``report.md`` (images linked) and ``report.html`` (images embedded) from the same blocks."""
-    md, page = [], ["<!doctype html><meta charset='utf-8'><title>evaluation report</title>"]
-    for kind, value in blocks:
-        if kind == "table":
-            header, rows = value
-            md += ["| " + " | ".join(map(str, r)) + " |" for r in [header, ["---"] * len(header)]]
-            md += ["| " + " | ".join(map(str, r)) + " |" for r in rows] + [""]
-            cells = [[f"<td>{html.escape(str(c))}</td>" for c in r] for r in [header, *rows]]
-            page.append(f"<table border=1>{''.join('<tr>' + ''.join(r) for r in cells)}</table>")
-        elif kind == "img":  # a PNG in out_dir
-            data = base64.b64encode((out_dir / value).read_bytes()).decode()
-            md.append(f"![{value}]({value})\n")
-            page.append(f"<p><img alt='{value}' src='data:image/png;base64,{data}'></p>")
-        else:  # "h2" or "p"
-            md.append(("## " if kind == "h2" else "") + f"{value}\n")
-            page.append(f"<{kind}>{html.escape(value)}</{kind}>")
-    (out_dir / "report.md").write_text("\n".join(md))
-    (out_dir / "report.html").write_text("\n".join(page) + "\n")
+def md_table(rows: Sequence[Sequence[Any]]) -> str:
+    lines = [rows[0], ["---"] * len(rows[0]), *rows[1:]]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in lines)
 
 
 def write_report(
     out_dir: Path,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
+    rows: dict[str, torch.Tensor],
     names: Sequence[str],
     temperature: float | None = None,
-    tta: tuple[str, torch.Tensor] | None = None,
-    mistakes: tuple[torch.Tensor, ...] | None = None,
+    tta: str = "none",
     net: nn.Module | None = None,
+    max_mistakes: int = 16,
 ) -> dict[str, float]:
-    """Write the report of ``logits`` (all test images) into ``out_dir``; its headline numbers.
-
-    ``temperature``: fitted on the validation split; ``tta``: (views' name, averaged probs);
-    ``mistakes``: (images, true, predicted, probability) of the most confident mistakes.
-    """
+    """Write the report of all test ``logits`` and ``targets`` (keys of ``rows``; ``tta``: the
+    views' averaged probs; ``images``, ``wrong_true``, ``wrong_logits``: mistakes) into ``out_dir``;
+    its headline numbers."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    head, scores, support, matrix = summarize(logits, targets)
-    names, probs, targets = [str(c) for c in names], logits.float().cpu(), targets.cpu()
-    curves = {"as trained": (probs.softmax(dim=1), targets)}
+    rows = {name: values.cpu() for name, values in rows.items()}
+    names, targets, logits = [str(c) for c in names], rows["targets"], rows["logits"].float()
+    probs, n = logits.softmax(dim=1), logits.shape[1]
+    head = {"test/acc": float(M.multiclass_accuracy(probs, targets, n, average="micro"))}
+    top5 = M.multiclass_accuracy(probs, targets, n, top_k=min(n, 5), average="micro")
+    head |= {"test/acc_top5": float(top5)} if n > 5 else {}
+    averages = [
+        [f(probs, targets, n, average=a) for f in SCORES] for a in ("none", "macro", "weighted")
+    ]
+    scores = torch.cat([torch.stack(columns, -1).view(-1, 3) for columns in averages])
+    head |= {"test/f1_macro": float(scores[-2, 2]), "test/ece": ece(probs, targets)}
+    curves = {"as trained": probs}
     note = "No temperature: `python eval.py ckpt_path=<run dir>` fits one on the val split."
     if temperature is not None:
-        curves[f"temperature {temperature:.3f}"] = ((probs / temperature).softmax(dim=1), targets)
-        head["test/ece_calibrated"] = ece(*curves[f"temperature {temperature:.3f}"])
-        note = f"Temperature {temperature:.4f} fitted on the validation split (NLL, LBFGS)."
-    if tta is not None:
-        head[f"test/acc_tta_{tta[0]}"] = float((tta[1].argmax(1).cpu() == targets).float().mean())
-    labels = [*names, "macro avg", "weighted avg"]
-    counts = [*support.tolist(), *[int(support.sum())] * 2]
-    header = ["class", "precision", "recall", "f1", "support"]
-    per_class = [
+        curves[f"temperature {temperature:.3f}"] = (logits / temperature).softmax(dim=1)
+        head["test/ece_calibrated"] = ece(curves[f"temperature {temperature:.3f}"], targets)
+        note = f"Temperature {temperature:.4f} fitted on the validation split (NLL)."
+    if "tta" in rows:
+        head[f"test/acc_tta_{tta}"] = float((rows["tta"].argmax(1) == targets).float().mean())
+    support = torch.bincount(targets, minlength=n).tolist()
+    labels, counts = [*names, "macro avg", "weighted avg"], [*support, *[sum(support)] * 2]
+    per_class = [["class", "precision", "recall", "f1", "support"]] + [
         [name, *(f"{v:.4f}" for v in row), count]
         for name, row, count in zip(labels, scores.tolist(), counts, strict=True)
     ]
-    write_csv(out_dir / "per_class.csv", header, per_class)
-    rates = (matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)).tolist()
-    rounded = [[round(v, 4) for v in row] for row in rates]
-    for suffix, values in (("", matrix.tolist()), ("_normalized", rounded)):
-        rows = [[n, *row] for n, row in zip(names, values, strict=True)]
-        write_csv(out_dir / f"confusion_matrix{suffix}.csv", ["true \\ predicted", *names], rows)
-    images = {
-        "confusion_matrix.png": confusion_figure(matrix, names, False),
-        "confusion_matrix_normalized.png": confusion_figure(matrix, names, True),
-        "reliability.png": reliability_figure(curves),
-    }
-    confusions = [f"{names[t]} -> {names[p]}: {n}" for t, p, n in top_confusions(matrix)]
-    blocks: list[tuple[str, Any]] = [
-        ("h2", "Summary"),
-        ("table", (["metric", "value"], [[k, f"{v:.4f}"] for k, v in head.items()])),
-        ("p", note),
-        ("h2", "Most frequent confusions (true -> predicted: images)"),
-        ("p", "; ".join(confusions) or "none"),
-        ("h2", "Per class"),
-        ("table", (header, per_class)),
-        ("h2", "Confusion matrix"),
-        ("img", "confusion_matrix.png"),
-        ("img", "confusion_matrix_normalized.png"),
-        ("h2", "Calibration"),
-        ("img", "reliability.png"),
+    write_csv(out_dir / "per_class.csv", per_class)
+    matrix = M.multiclass_confusion_matrix(probs, targets, n)
+    rates = matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    figures = {"reliability.png": reliability_figure(curves, targets)}
+    for suffix, values, what in (("", matrix, "counts"), ("_normalized", rates, "row-normalised")):
+        name = f"confusion_matrix{suffix}"
+        table = [
+            [c, *(round(v, 4) for v in r)] for c, r in zip(names, values.tolist(), strict=True)
+        ]
+        write_csv(out_dir / f"{name}.csv", [["true \\ predicted", *names], *table])
+        figures[f"{name}.png"] = confusion_figure(values, names, what)
+    off, cells = matrix.clone().fill_diagonal_(0).flatten().sort(descending=True)
+    pairs = zip(off[:10].tolist(), cells[:10].tolist(), strict=True)
+    confusions = [f"{names[c // n]} -> {names[c % n]}: {k}" for k, c in pairs if k > 0]
+    md = [
+        "## Summary",
+        md_table([["metric", "value"], *[[k, f"{v:.4f}"] for k, v in head.items()]]),
+        note,
+        "## Most frequent confusions (true -> predicted: images)",
+        "; ".join(confusions) or "none",
+        "## Per class",
+        md_table(per_class),
+        "## Confusion matrix",
+        "![counts](confusion_matrix.png) ![row-normalised](confusion_matrix_normalized.png)",
+        "## Calibration",
+        "![reliability diagram](reliability.png)",
     ]
-    if mistakes is not None and len(mistakes[0]):
-        pictures, true, pred, prob = mistakes
-        cams = grad_cam(net, pictures, pred) if net is not None else None
+    if len(rows.get("images", [])):
+        wrong = rows["wrong_logits"].float()
+        top = most_confident_mistakes(wrong, rows["wrong_true"], max_mistakes)
+        probability, predicted = wrong[top].softmax(1).max(1)
+        images, true = rows["images"][top], rows["wrong_true"][top]
+        cams = grad_cam(net, images, predicted) if net is not None else None
         titles = [
             f"true: {names[t][:12]}\npred: {names[p][:12]} ({c:.2f})"
-            for t, p, c in zip(true.tolist(), pred.tolist(), prob.tolist(), strict=True)
+            for t, p, c in zip(true.tolist(), predicted.tolist(), probability.tolist(), strict=True)
         ]
-        images["mistakes.png"] = gallery_figure(pictures, titles, cams)
-        blocks += [("h2", "Most confident mistakes"), ("img", "mistakes.png")]
+        figures["mistakes.png"] = gallery_figure(images, titles, cams)
+        md += ["## Most confident mistakes", "![most confident mistakes](mistakes.png)"]
         if cams is None:
-            blocks.append(("p", "No Grad-CAM: the net has no convolutional layer to explain."))
-    for name, figure in images.items():
+            md.append("No Grad-CAM: the net has no convolutional layer to explain.")
+    text = "\n\n".join(md) + "\n"
+    (out_dir / "report.md").write_text(text)
+    for name, figure in figures.items():  # embedded in report.html: one self-contained page
         figure.savefig(out_dir / name)
-    render(blocks, out_dir)
-    log.info("evaluation report:\n" + "\n".join(f"  {k:<24} {v:.4f}" for k, v in head.items()))
+        data = base64.b64encode((out_dir / name).read_bytes()).decode()
+        text = text.replace(f"]({name})", f"](data:image/png;base64,{data})")
+    body = MarkdownIt("commonmark").enable("table").render(text)
+    style = "<style>td, th { border: 1px solid #999; padding: 2px 6px }</style>"
+    (out_dir / "report.html").write_text(
+        f"<!doctype html><title>evaluation report</title>{style}\n{body}"
+    )
     log.info(f"report -> {out_dir / 'report.html'}")
     return head
