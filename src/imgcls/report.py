@@ -1,53 +1,49 @@
-"""``imgcls-report DIR...``: every run below the given dirs, side by side (docs/workflow.md).
+"""``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md).
 
-Writes ``results.csv``, ``results.md`` and ``val_acc_curves.png`` into the first dir or ``--out``;
-repeats over ``seed`` / ``data.fold`` are grouped (``results_grouped.csv``, ``groups.png``) and
-``--baseline KEY=VALUE`` compares groups (``results_compared.csv``): see ``imgcls.report_stats``.
-Out of the training path: only a multirun's end (``imgcls.sweeps``) and the command call it.
+Writes ``results.csv``, ``results.md`` and ``val_acc_curves.png``; repeats over ``seed`` /
+``data.fold`` are grouped and ``--baseline`` compares groups (``imgcls.report_stats``). It reads
+the run dirs' files itself and is not on the training path: only a multirun's end calls it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
+import json
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from imgcls.report_stats import (
     ABSENT,
-    CURVES_PNG,
-    GROUPS_PNG,
-    comparison_table,
-    comparisons,
-    fmt_number,
-    fmt_seconds,
+    compare_groups,
     fmt_value,
-    group_runs,
-    group_table,
+    group_stats,
+    markdown,
     plot_groups,
-    plot_val_acc_curves,
-    table,
 )
-from imgcls.run_dir import CONFIG_FILE, OVERRIDES_FILE, Override, RunDir, find_run_dirs
 
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
+RESULTS_CSV, RESULTS_MD, CURVES_PNG = "results.csv", "results.md", "val_acc_curves.png"
+GROUPED_CSV, COMPARED_CSV, GROUPS_PNG = "results_grouped.csv", "results_compared.csv", "groups.png"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 #: runs differing only by these are repeats of one configuration
 REPEAT_KEYS = ("seed", "data.fold")
 #: overrides that say how a run was started, not what it computed
 IGNORED_OVERRIDES = ("resume",)
-METRIC_ORDER = (
+METRIC_ORDER = [
     "val/acc_best",
     *(f"{s}/{m}" for s in ("val", "test", "train") for m in ("acc", "loss")),
-)
-CURVE_TAGS = ("val/acc", "train/loss")
-Curves = dict[str, list[tuple[int, float]]]
+]
+CURVE_TAGS = ["val/acc", "train/loss"]
 
 
 class ReportError(Exception):
@@ -57,126 +53,155 @@ class ReportError(Exception):
 @dataclass
 class Run:
     path: Path
+    overrides: dict[str, str]
+    status: str
+    error: str
+    metrics: dict[str, float]
+    curves: pd.DataFrame  # CURVE_TAGS per epoch
+    wall_time_s: float | None
+    optimized_metric: str | None
     name: str = ""
-    overrides: dict[str, str] = field(default_factory=dict)
-    status: str = "unknown"
-    error: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    curves: Curves = field(default_factory=dict)
-    epochs: int | None = None
-    best_epoch: int | None = None
-    wall_time_s: float | None = None
-    repeat: tuple[str, ...] = ()  # its seed / fold values
 
 
-# ---------------------------------------------------------------------------------- reading
-def csv_curves(run_dir: Path) -> Curves:
-    """Per-epoch values of ``CURVE_TAGS`` from a CSVLogger's ``metrics.csv``."""
-    curves: dict[str, dict[int, float]] = {}
-    for path in sorted(run_dir.rglob("metrics.csv")):
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if not row.get("epoch"):
-                    continue
-                for tag in CURVE_TAGS:
-                    if row.get(tag):
-                        curves.setdefault(tag, {})[int(float(row["epoch"]))] = float(row[tag])
-    return {tag: sorted(values.items()) for tag, values in curves.items()}
-
-
-def tensorboard_curves(run_dir: Path) -> Curves:
-    """Per-epoch values of ``CURVE_TAGS`` from TensorBoard event files (steps mapped to epochs)."""
-    event_dirs = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")})
-    if not event_dirs:
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; empty when missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def csv_curves(run_dir: Path) -> pd.DataFrame:
+    """``CURVE_TAGS`` per epoch from CSVLogger's ``metrics.csv`` files (later versions win)."""
+    frames = [pd.read_csv(path) for path in sorted(run_dir.rglob("metrics.csv"))]
+    frames = [frame for frame in frames if "epoch" in frame]
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames)
+    return frame.groupby("epoch")[[t for t in CURVE_TAGS if t in frame]].last().rename(index=int)
+
+
+def tensorboard_curves(run_dir: Path) -> pd.DataFrame:
+    """``CURVE_TAGS`` per epoch from TensorBoard event files (steps mapped to epochs)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: dict[str, dict[int, float]] = {}
-    for event_dir in event_dirs:
-        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 1})
+    for event_dir in sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
         events.Reload()
-        tags = set(events.Tags().get("scalars", []))
-        epoch_of_step: dict[int, int] = {}
-        for event in events.Scalars("epoch") if "epoch" in tags else ():
-            epoch_of_step.setdefault(event.step, int(event.value))
-        for tag in tags.intersection(CURVE_TAGS):
+        tags = events.Tags()["scalars"]
+        steps = events.Scalars("epoch")[::-1] if "epoch" in tags else []
+        epoch_of_step = {event.step: int(event.value) for event in steps}
+        for tag in set(tags) & set(CURVE_TAGS):
             for i, event in enumerate(events.Scalars(tag)):
-                curves.setdefault(tag, {})[epoch_of_step.get(event.step, i)] = float(event.value)
-    return {tag: sorted(values.items()) for tag, values in curves.items()}
+                curves.setdefault(tag, {})[epoch_of_step.get(event.step, i)] = event.value
+    return pd.DataFrame(curves).sort_index()
 
 
-def read_run(run_dir: RunDir) -> Run:
-    status, metrics = run_dir.status(), run_dir.metrics()
-    overrides = map(Override.parse, run_dir.overrides())  # ~key deletes: <deleted>
-    run = Run(
-        path=run_dir.path,
-        overrides={
-            o.key: o.value or ("<deleted>" if o.deletes else "")
-            for o in overrides
-            if o.key not in IGNORED_OVERRIDES
-        },
+def wall_time(path: Path, status: dict) -> float | None:
+    """From ``status.json``'s times, else from Hydra's overrides file to the last status write."""
+    start, end = status.get("started_at"), status.get("finished_at")
+    if not isinstance(start, (int, float)):
+        ends = [
+            p.stat().st_mtime for p in (path / "status.json", path / "metrics.json") if p.is_file()
+        ]
+        if not (path / OVERRIDES_FILE).is_file() or not ends:
+            return None
+        start, end = (path / OVERRIDES_FILE).stat().st_mtime, max(ends)
+    if status.get("status") == "running":
+        end = time.time()
+    return end - start if isinstance(end, (int, float)) and end >= start else None
+
+
+def read_run(path: Path) -> Run:
+    status = read_json(path / "status.json")
+    metrics = read_json(path / "metrics.json") or status.get("metrics") or {}
+    config = path / "config.yaml"
+    config = (yaml.safe_load(config.read_text()) if config.is_file() else None) or {}
+    given = path / OVERRIDES_FILE
+    overrides = {}
+    for item in (yaml.safe_load(given.read_text()) if given.is_file() else None) or []:
+        head, sep, value = str(item).partition("=")
+        key = head.lstrip("+~")
+        if key not in IGNORED_OVERRIDES:  # ~key deletes it: <deleted>
+            overrides[key] = value if sep else ("<deleted>" if head.startswith("~") else "")
+    curves = csv_curves(path)
+    curves = (tensorboard_curves(path) if curves.empty else curves).dropna(how="all")
+    return Run(
+        path=path,
+        overrides=overrides,
         status=str(status.get("status") or ("completed" if metrics else "unknown")),
         error=" ".join(str(status.get("error", "")).split()),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        wall_time_s=run_dir.wall_time(),
-        curves=csv_curves(run_dir.path) or tensorboard_curves(run_dir.path),
+        curves=curves.dropna(axis=1, how="all"),
+        wall_time_s=wall_time(path, status),
+        optimized_metric=config.get("optimized_metric"),
     )
-    epochs = {e for tag in CURVE_TAGS for e, _ in run.curves.get(tag, [])}
-    run.epochs = len(epochs) if epochs else None
-    if run.curves.get("val/acc"):
-        run.best_epoch = max(run.curves["val/acc"], key=lambda point: point[1])[0] + 1
-    return run
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / OVERRIDES_FILE).is_file() or (path / "config.yaml").is_file()
+
+
+def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
+    """Every run dir at or below ``roots`` (not inside run dirs), in natural order (2 before 10)."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise ReportError(f"{root} is not a directory")
+        for current, dirs, _ in os.walk(root):
+            if is_run_dir(Path(current)):
+                found.append(Path(current).resolve())
+                dirs.clear()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(dict.fromkeys(found), key=natural_key)
+
+
+def natural_key(path: Path) -> list[Any]:
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
 
 
 def collect(roots: Sequence[Path]) -> list[Run]:
     """Every run below ``roots``, named by its path relative to their common parent."""
-    try:
-        runs = [read_run(d) for d in find_run_dirs(roots)]
-    except NotADirectoryError as err:
-        raise ReportError(str(err)) from None
+    runs = [read_run(path) for path in find_run_dirs(roots)]
     if not runs:
         raise ReportError(
             f"no run dirs found below {', '.join(map(str, roots))} (a run dir holds "
-            f"{OVERRIDES_FILE} or {CONFIG_FILE})"
+            f"{OVERRIDES_FILE} or config.yaml)"
         )
-    base = Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
+    base = os.path.commonpath([str(Path(r).resolve()) for r in roots])
     for run in runs:
         relative = os.path.relpath(run.path, base)
         run.name = relative if relative != "." else run.path.name
     return runs
 
 
-def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Override keys whose values are not the same in every run (all keys for one run)."""
-    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
-    if len(runs) == 1:
-        return keys
-    return [k for k in keys if len({run.overrides.get(k, ABSENT) for run in runs}) > 1]
+def fmt_seconds(seconds: float) -> str:
+    if pd.isna(seconds) or seconds < 60:
+        return "" if pd.isna(seconds) else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def metric_names(runs: Sequence[Run]) -> list[str]:
-    names = {n for run in runs for n in run.metrics if not n.startswith("lr-")}
-    first = [n for n in METRIC_ORDER if n in names]
-    return first + sorted(names - set(first))
-
-
-def sort_runs(runs: list[Run], metric: str) -> list[Run]:
-    """Best first by ``metric`` (ascending for losses); runs without it keep their order, last."""
-    if metric == "none":
-        return runs
-    sign = 1.0 if "loss" in metric else -1.0
-    scored = [r for r in runs if math.isfinite(r.metrics.get(metric, math.nan))]
-    others = [r for r in runs if r not in scored]
-    return sorted(scored, key=lambda r: sign * r.metrics[metric]) + others
-
-
-# ---------------------------------------------------------------------------------- the report
-@dataclass
-class Report:
-    runs: list[Run]
-    keys: list[str]
-    markdown: str
-    written: list[Path]
+def plot_curves(runs: Sequence[Run], keys: Sequence[str], path: Path, labelled: int = 12) -> Path:
+    """val/acc per epoch of every run; the ``labelled`` best get colours and a legend entry."""
+    runs = sorted(runs, key=lambda r: -r.curves["val/acc"].max())
+    figure = Figure(figsize=(9, 4.5 + 0.2 * min(len(runs), labelled)), layout="constrained")
+    ax = figure.subplots()
+    for i, run in enumerate(runs):
+        curve = run.curves["val/acc"].dropna()
+        label = ", ".join(f"{k}={fmt_value(run.overrides.get(k, ABSENT))}" for k in keys)
+        style = {"label": f"{run.name}: {label}"} if i < labelled else {"color": "0.75"}
+        ax.plot(curve.index + 1, curve, "o-" if i < labelled else "-", markersize=3, **style)
+    more = f" ({labelled} best labelled)" if len(runs) > labelled else ""
+    ax.set(xlabel="epoch", ylabel="val/acc", title=f"val/acc of {len(runs)} runs{more}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    figure.legend(fontsize=7, loc="outside lower center", frameon=False)
+    figure.savefig(path)
+    return path
 
 
 def optuna_summary(roots: Sequence[Path]) -> list[str]:
@@ -186,9 +211,17 @@ def optuna_summary(roots: Sequence[Path]) -> list[str]:
         result = yaml.safe_load(path.read_text()) or {}
         if "best_value" in result:
             params = ", ".join(f"{k}={v}" for k, v in (result.get("best_params") or {}).items())
-            best = fmt_number(result["best_value"])
+            best = f"{result['best_value']:.4f}"
             lines.append(f"- Optuna ({path.parent.name}): best value {best} with {params}")
     return [*lines, ""] if lines else []
+
+
+@dataclass
+class Report:
+    runs: list[Run]  # as found
+    keys: list[str]
+    markdown: str
+    written: list[Path]
 
 
 def build_report(
@@ -202,62 +235,82 @@ def build_report(
     """Collect the runs below ``roots`` and write the result files into ``out_dir``."""
     roots = [Path(r) for r in roots]
     runs = collect(roots)
-    configured = (RunDir(r.path).config().get("optimized_metric") for r in runs)
-    sort_metric = sort or next((str(m) for m in configured if m), "val/acc_best")
-    runs = sort_runs(runs, sort_metric)
+    configured = (r.optimized_metric for r in runs if r.optimized_metric)
+    sort_metric = sort or str(next(configured, "val/acc_best"))
     if baseline and not any(baseline.partition("=")[0] in r.overrides for r in runs):
         raise ReportError(
             f"--baseline {baseline}: no run sets {baseline.partition('=')[0]}; "
             "give KEY=VALUE of an override the runs differ in"
         )
-    keys, metrics = differing_keys(runs), metric_names(runs)
+    keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
+    if len(runs) > 1:  # the overrides that differ between runs
+        keys = [k for k in keys if len({r.overrides.get(k, ABSENT) for r in runs}) > 1]
+    names = {m for r in runs for m in r.metrics if not m.startswith("lr-")}
+    metrics = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
+    config_keys = [k for k in keys if k not in repeat_keys]
+    rows = [
+        {"run": r.name, "status": r.status, **{k: r.overrides.get(k, ABSENT) for k in keys}}
+        | {"epochs": len(r.curves) or None, "wall_time_s": r.wall_time_s, "error": r.error}
+        | {"best_epoch": r.curves["val/acc"].idxmax() + 1 if "val/acc" in r.curves else None}
+        | {m: r.metrics.get(m) for m in metrics}
+        | {"group": " ".join(f"{k}={r.overrides.get(k, ABSENT)}" for k in config_keys)}
+        | {"repeat": " ".join(r.overrides.get(k, ABSENT) for k in repeat_keys)}
+        for r in runs
+    ]
+    columns = ["run", "status", *keys, "epochs", "best_epoch", "wall_time_s", *metrics, "error"]
+    frame = pd.DataFrame(rows).astype({"epochs": "Int64", "best_epoch": "Int64"})
+    if sort_metric in metrics:  # best first; runs without it last, as found
+        ascending = "loss" in sort_metric
+        frame = frame.sort_values(sort_metric, ascending=ascending, kind="stable")
     out = Path(out_dir) if out_dir else roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    frame[columns].to_csv(out / RESULTS_CSV, index=False)
+    written = [out / RESULTS_CSV, out / RESULTS_MD]
 
-    counts = {s: sum(r.status == s for r in runs) for s in dict.fromkeys(r.status for r in runs)}
+    counts = frame.status.value_counts(sort=False)
     md = [f"# Results: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})", ""]
     md += optuna_summary(roots)
     md += [f"Sorted by `{sort_metric}`, best first.", ""] if sort_metric != "none" else []
-    header = ["run", "status", *keys, "epochs", "best_epoch", "wall_time_s", *metrics, "error"]
-    rows = [
-        [run.name, run.status, *(run.overrides.get(k, ABSENT) for k in keys), run.epochs]
-        + [run.best_epoch, run.wall_time_s, *(run.metrics.get(m) for m in metrics), run.error]
-        for run in runs
-    ]
-    formats = [str, str, *[fmt_value] * len(keys), str, str, fmt_seconds]
-    formats += [*[fmt_number] * len(metrics), lambda error: error[:120]]
-    md_rows = [["run", "status", *keys, "epochs", "best epoch", "wall time", *metrics, "error"]]
-    md_rows += [
-        [f(v) if v is not None else "" for f, v in zip(formats, r, strict=True)] for r in rows
-    ]
-    md.append(table(out / RESULTS_CSV, header, rows, md_rows, written))
+    shown = frame[columns].assign(wall_time_s=frame.wall_time_s.map(fmt_seconds))
+    shown = shown.assign(error=frame.error.str[:120])
+    md.append(
+        markdown(shown.rename(columns={"best_epoch": "best epoch", "wall_time_s": "wall time"}))
+    )
 
-    groups = group_runs(runs, keys, repeat_keys)
-    repeated = [k for k in repeat_keys if k in keys]
-    if repeated and any(len(g.runs) > 1 for g in groups):
-        over = " and ".join(f"`{k}`" for k in repeated)
-        title = f"## Mean ± std [95% CI] over {over} (completed runs; sample std, Student t)"
-        config_keys = [k for k in keys if k not in repeat_keys]
-        md.append(f"\n{title}\n\n" + group_table(groups, config_keys, metrics, out, written))
-        labels = [", ".join(map(fmt_value, g.overrides.values())) or "all" for g in groups]
+    groups, cells = group_stats(frame, config_keys, metrics)
+    repeated = [f"`{k}`" for k in repeat_keys if k in keys]
+    if repeated and frame.group.duplicated().any():
+        groups.to_csv(out / GROUPED_CSV, index=False)
+        written.append(out / GROUPED_CSV)
+        over = " and ".join(repeated)
+        md += ["", f"## Mean ± std [95% CI] over {over} (completed runs; sample std, Student t)"]
+        md += ["", markdown(cells)]
         if plot and sort_metric in metrics:
-            written.append(plot_groups(groups, sort_metric, labels, out / GROUPS_PNG))
+            written.append(plot_groups(frame, groups, config_keys, sort_metric, out / GROUPS_PNG))
             md += ["", f"![{sort_metric} per group]({GROUPS_PNG})"]
     if baseline:
-        compared = [sort_metric] + (["test/acc"] if "test/acc" in metrics else [])
+        compared = list(
+            dict.fromkeys([sort_metric, *(["test/acc"] if "test/acc" in metrics else [])])
+        )
         md += ["", f"## Compared with `{baseline}`", ""]
-        md += comparison_table(comparisons(groups, baseline, compared), out, written)
-    with_curves = [r for r in runs if r.curves.get("val/acc")]
+        table, cells = compare_groups(frame, groups, config_keys, baseline, compared)
+        if table.empty:
+            md.append("No group has a baseline group to compare with (same overrides, that value).")
+        else:
+            table.to_csv(out / COMPARED_CSV, index=False)
+            written.append(out / COMPARED_CSV)
+            md += [markdown(cells), "", "difference = group − baseline; paired on the seeds/folds "
+                   "both have, Welch's t-test where they share fewer than 2; Wilcoxon signed-rank "
+                   "from 6 pairs."]  # fmt: skip
+    with_curves = [r for r in runs if "val/acc" in r.curves]
     if plot and with_curves:
-        written.append(plot_val_acc_curves(with_curves, keys, out / CURVES_PNG))
+        written.append(plot_curves(with_curves, keys, out / CURVES_PNG))
         md += ["", f"![val/acc per epoch]({CURVES_PNG})"]
-    markdown = "\n".join(md) + "\n"
-    (out / RESULTS_MD).write_text(markdown)
-    return Report(runs, keys, markdown, [written[0], out / RESULTS_MD, *written[1:]])
+    text = "\n".join(md) + "\n"
+    (out / RESULTS_MD).write_text(text)
+    return Report(runs, keys, text, written)
 
 
-# ---------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="imgcls-report",
