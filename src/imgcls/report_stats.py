@@ -50,11 +50,8 @@ def group_stats(
     """One row per ``frame.group`` (its ``keys``, runs, completed runs, and n, mean, std and 95%
     interval of each metric), and the same as markdown cells (``mean ± std [low, high]``)."""
     by = frame.groupby("group", sort=False)
-    table = (
-        by[keys]
-        .first()
-        .assign(runs=by.size(), completed=by.status.agg(lambda s: s.eq("completed").sum()))
-    )
+    table = by[keys].first().assign(runs=by.size())
+    table["completed"] = by.status.agg(lambda status: status.eq("completed").sum())
     cells = table.copy()
     done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
     summary = done.groupby("group", sort=False)[metrics].agg(["count", "mean", "std"])
@@ -92,10 +89,16 @@ def compare(a: pd.Series, b: pd.Series) -> list[Any] | None:
 
 
 def compare_groups(
-    frame: pd.DataFrame, groups: pd.DataFrame, keys: list[str], baseline: str, metrics: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every group against the group with ``baseline`` (KEY=VALUE) and its other ``keys``: the
-    ``results_compared.csv`` table and its markdown cells."""
+    frame: pd.DataFrame,
+    groups: pd.DataFrame,
+    keys: list[str],
+    baseline: str,
+    metrics: list[str],
+    out: Path,
+    written: list[Path],
+) -> list[str]:
+    """Every group against the group with ``baseline`` (KEY=VALUE) and its other ``keys``: writes
+    ``results_compared.csv``; returns the markdown lines."""
     key, _, value = baseline.partition("=")
     done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
     rows = []
@@ -105,7 +108,11 @@ def compare_groups(
             values = (done[done.group == g].set_index("repeat")[metric] for g in (label, base))
             row = compare(*(v.dropna() for v in values)) if metric in done else None
             rows += [[label, base, metric, *row]] if row else []
+    if not rows:
+        return ["No group has a baseline group to compare with (same overrides, that value)."]
     table = pd.DataFrame(rows, columns=COMPARED)
+    table.to_csv(out / "results_compared.csv", index=False)
+    written.append(out / "results_compared.csv")
     cells = table.iloc[:, :5].astype(str)
     cells["difference [95% CI]"] = [
         f"{d:+.4f} [{cell(low)}, {cell(high)}]"
@@ -113,7 +120,9 @@ def compare_groups(
     ]
     cells["p (t-test)"] = table.p_t.map("{:.3g}".format)
     cells["p (Wilcoxon)"] = table.p_wilcoxon.map(lambda p: "" if pd.isna(p) else f"{p:.3g}")
-    return table, cells.assign(verdict=table.verdict)
+    note = "difference = group − baseline; paired on the seeds/folds both have, Welch's t-test "
+    note += "where they share fewer than 2; Wilcoxon signed-rank from 6 pairs."
+    return [markdown(cells.assign(verdict=table.verdict)), "", note]
 
 
 def plot_groups(
