@@ -19,16 +19,17 @@ import torch
 PROVENANCE_FILE = "provenance.json"
 DIFF_FILE = "code.diff"
 CODE_DIR = Path(__file__).resolve().parent
-LIBRARIES = {"lightning": "pytorch-lightning", "hydra": "hydra-core"}  # named on their own
+LIBRARIES = {"lightning": "pytorch-lightning", "hydra": "hydra-core"}  # by distribution
 
 
 def git(code_dir: Path, *args: str) -> str | None:
+    """The output of ``git -C code_dir *args``; None: no git, not a checkout, or it hung."""
+    command = ["git", "-C", str(code_dir), *args]
     try:
-        command = ["git", "-C", str(code_dir), *args]
         return subprocess.run(
             command, capture_output=True, text=True, timeout=60, check=True
         ).stdout
-    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or it hung
+    except (OSError, subprocess.SubprocessError):
         return None
 
 
@@ -47,52 +48,32 @@ def git_state(code_dir: Path = CODE_DIR) -> dict[str, Any]:
     }
 
 
-def version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def hash_files(paths: Any, digest: Any) -> None:
-    """Names, sizes and modification times (streamed data: reading every file is not cheap)."""
-    for path in paths:
-        stat = Path(path).stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-
-
-def fingerprint(images: Any, labels: Any) -> str | None:
-    """sha256 of a split as the model sees it: uint8 tensors and labels, or the files streamed."""
+def fingerprint(images: Any, labels: torch.Tensor) -> str:
+    """sha256 of a split as the model sees it: the uint8 images and labels; for streamed files
+    their names, sizes and modification times (reading every file is not cheap)."""
     digest = hashlib.sha256()
     if isinstance(images, torch.Tensor):
         digest.update(str(tuple(images.shape)).encode())
-        digest.update(images.detach().cpu().contiguous().numpy().tobytes())
-    elif getattr(images, "paths", None) is not None:
-        hash_files(images.paths, digest)
+        digest.update(images.cpu().contiguous().numpy().tobytes())
     else:
-        return None
-    if isinstance(labels, torch.Tensor):
-        digest.update(labels.detach().cpu().contiguous().numpy().tobytes())
+        for path in map(Path, images.paths):
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    digest.update(labels.cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
 def data_fingerprints(datamodule: Any) -> dict[str, Any]:
-    """One fingerprint per split held after ``setup``; else one of the files under its data dir."""
-    found: dict[str, Any] = {}
-    for name, split in (getattr(datamodule, "splits", None) or {}).items():
-        images, labels = split if isinstance(split, (tuple, list)) else (split, None)
-        found[name] = {"size": len(images), "sha256": fingerprint(images, labels)}
-    if not found and getattr(datamodule, "data_dir", None):
-        root, digest = Path(datamodule.data_dir), hashlib.sha256()
-        hash_files(sorted(p for p in root.rglob("*") if p.is_file()), digest)
-        found["files"] = {"root": str(root), "sha256": digest.hexdigest()}
-    return found
+    """Size and fingerprint of each split the datamodule holds after ``setup``."""
+    splits = getattr(datamodule, "splits", None) or {}
+    return {name: {"size": len(x), "sha256": fingerprint(x, y)} for name, (x, y) in splits.items()}
 
 
 def collect(datamodule: Any, code_dir: Path = CODE_DIR) -> dict[str, Any]:
     """Everything needed to tell whether two runs were made from the same code, stack and data."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    versions |= {"cuda": torch.version.cuda} | {k: version(d) for k, d in LIBRARIES.items()}
+    versions = {name: importlib.metadata.version(dist) for name, dist in LIBRARIES.items()}
+    versions |= {"python": platform.python_version(), "torch": torch.__version__}
+    versions["cuda"] = torch.version.cuda
     if torch.cuda.is_available():
         devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     else:
