@@ -18,14 +18,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from imgcls.report_stats import (
-    ABSENT,
-    compare_groups,
-    fmt_value,
-    group_stats,
-    markdown,
-    plot_groups,
-)
+from imgcls.report_stats import ABSENT, compare_all, fmt_value, group_stats, markdown, plot_groups
 
 RESULTS_CSV, RESULTS_MD, CURVES_PNG = "results.csv", "results.md", "val_acc_curves.png"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -139,11 +132,7 @@ def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
                 found.append(here.resolve())
                 dirs.clear()
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    numbers = re.compile(r"(\d+)")  # natural order: 2 before 10
-    return sorted(
-        dict.fromkeys(found),
-        key=lambda p: [int(s) if s.isdigit() else s for s in numbers.split(str(p))],
-    )
+    return sorted(set(found), key=lambda p: re.sub(r"\d+", lambda m: m[0].zfill(9), str(p)))
 
 
 def plot_curves(runs: Sequence[Run], keys: Sequence[str], path: Path, labelled: int = 12) -> Path:
@@ -184,14 +173,18 @@ def build_report(
     """Collect the runs below ``roots`` and write the result files into ``out_dir``."""
     roots, found = [Path(r) for r in roots], find_run_dirs(roots)
     if not found:
-        raise ReportError(f"no run dirs found below {', '.join(map(str, roots))} (a run dir "
-                          f"holds {OVERRIDES_FILE} or config.yaml)")  # fmt: skip
+        raise ReportError(
+            f"no run dirs found below {', '.join(map(str, roots))} (a run dir holds "
+            f"{OVERRIDES_FILE} or config.yaml)"
+        )
     base = Path(os.path.commonpath([r.resolve() for r in roots]))  # runs are named relative to it
     runs = [read_run(p, p.name if p == base else str(p.relative_to(base))) for p in found]
     key = (baseline or "").partition("=")[0]
     if baseline and not any(key in r.overrides for r in runs):
-        raise ReportError(f"--baseline {baseline}: no run sets {key}; give KEY=VALUE of an "
-                          "override the runs differ in")  # fmt: skip
+        raise ReportError(
+            f"--baseline {baseline}: no run sets {key}; give KEY=VALUE of an override the runs "
+            "differ in"
+        )
     configured = (r.optimized_metric for r in runs if r.optimized_metric)
     sort_metric = sort or str(next(configured, "val/acc_best"))
     keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
@@ -202,13 +195,8 @@ def build_report(
     config_keys = [k for k in keys if k not in repeat_keys]
     frame = pd.DataFrame(
         {"run": r.name, "status": r.status, **{k: r.overrides.get(k, ABSENT) for k in keys}}
-        | {
-            "epochs": len(r.curves) or None,
-            "best_epoch": r.best_epoch,
-            "wall_time_s": r.wall_time_s,
-        }
-        | {m: r.metrics.get(m) for m in metrics}
-        | {"error": r.error}
+        | {"epochs": len(r.curves) or None, "best_epoch": r.best_epoch}
+        | {"wall_time_s": r.wall_time_s, **{m: r.metrics.get(m) for m in metrics}, "error": r.error}
         | {"group": " ".join(f"{k}={r.overrides.get(k, ABSENT)}" for k in config_keys)}
         | {"repeat": " ".join(r.overrides.get(k, ABSENT) for k in repeat_keys)}
         for r in runs
@@ -248,7 +236,7 @@ def build_report(
     if baseline:
         compared = [sort_metric] + [m for m in ["test/acc"] if m in metrics and m != sort_metric]
         md += ["", f"## Compared with `{baseline}`", ""]
-        md += compare_groups(frame, groups, config_keys, baseline, compared, out, written)
+        md += compare_all(frame, groups, config_keys, baseline, compared, out, written)
     with_curves = [r for r in runs if "val/acc" in r.curves]
     if plot and with_curves:
         written.append(plot_curves(with_curves, keys, out / CURVES_PNG))

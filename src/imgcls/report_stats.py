@@ -88,7 +88,7 @@ def compare(a: pd.Series, b: pd.Series) -> list[Any] | None:
     return [test, n, a.mean() - b.mean(), *interval, result.pvalue, p_wilcoxon, verdict]
 
 
-def compare_groups(
+def compare_all(
     frame: pd.DataFrame,
     groups: pd.DataFrame,
     keys: list[str],
