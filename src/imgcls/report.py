@@ -76,7 +76,8 @@ def tensorboard_curves(run_dir: Path) -> pd.DataFrame:
         events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
         events.Reload()
         tags = events.Tags()["scalars"]
-        epochs = {e.step: int(e.value) for e in events.Scalars("epoch")[::-1] if "epoch" in tags}
+        steps = events.Scalars("epoch")[::-1] if "epoch" in tags else []
+        epochs = {event.step: int(event.value) for event in steps}  # the first epoch of a step
         for tag in set(tags) & set(CURVE_TAGS):
             for i, event in enumerate(events.Scalars(tag)):
                 curves.setdefault(tag, {})[epochs.get(event.step, i)] = event.value

@@ -54,10 +54,9 @@ def group_stats(
     table["completed"] = by.status.agg(lambda status: status.eq("completed").sum())
     cells = table.copy()
     done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
-    summary = done.groupby("group", sort=False)[metrics].agg(["count", "mean", "std"])
-    summary = summary.reindex(table.index)  # groups without a completed run: empty
-    for metric in metrics:
-        n, mean, std = (summary[metric][s] for s in ("count", "mean", "std"))
+    for metric in metrics:  # groups without a completed run: empty
+        summary = done.groupby("group", sort=False)[metric].agg(["count", "mean", "std"])
+        n, mean, std = (summary.reindex(table.index)[s] for s in ("count", "mean", "std"))
         low, high = stats.t.interval(1 - ALPHA, n - 1, loc=mean, scale=std / np.sqrt(n))
         table[[f"{metric}_{s}" for s in SUMMARY]] = np.column_stack([n, mean, std, low, high])
         table[f"{metric}_n"] = table[f"{metric}_n"].astype("Int64")

@@ -1,8 +1,6 @@
-"""``SweepSummary``, the Hydra callback every multirun ends with (configs/hydra/default.yaml): it
-prints jobs completed / failed / skipped, the best ``optimized_metric`` and where the report is,
-and exits 1 when more than ``max_failure_rate`` of the jobs failed (default: the sweeper's
-``hydra.sweeper.max_failure_rate``, else 0), naming the failed jobs, the first error and its
-traceback file in one line."""
+"""``SweepSummary``, the Hydra callback every multirun ends with (configs/hydra/default.yaml): the
+jobs' outcome, the best ``optimized_metric`` and the report; exit 1 when more than
+``max_failure_rate`` of the jobs failed (None: ``hydra.sweeper.max_failure_rate``, else 0)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
 """``python train.py tune=lr_find`` / ``tune=batch_size`` (docs/tools.md): Lightning's Tuner on a
-throwaway Trainer (no loggers, callbacks or checkpoints) before training. It writes
-``lr_find.png`` + ``lr_find.json`` or ``batch_size.json`` into the run dir and stops there, or with
-``tune.apply=true`` puts the value into ``model.optimizer.lr`` / ``data.batch_size`` and training
-starts from fresh weights (with a OneCycle schedule the lr found is its peak, ``max_lr``).
-"""
+throwaway Trainer before training; ``tune.apply=true`` then trains with the value found."""
 
 from __future__ import annotations
 
