@@ -224,7 +224,8 @@ def build_report(
     ]
     md.append(markdown(shown.rename(columns=LABELS)))
 
-    groups, cells = group_stats(frame, config_keys, metrics)
+    done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
+    groups, cells = group_stats(frame, done, config_keys, metrics)
     repeated = " and ".join(f"`{k}`" for k in repeat_keys if k in keys)
     if repeated and frame.group.duplicated().any():
         groups.to_csv(out / "results_grouped.csv", index=False)
@@ -232,12 +233,16 @@ def build_report(
         title = f"## Mean ± std [95% CI] over {repeated} (completed runs; sample std, Student t)"
         md += ["", title, "", markdown(cells)]
         if plot and sort_metric in metrics:
-            written.append(plot_groups(frame, groups, config_keys, sort_metric, out / "groups.png"))
+            written.append(plot_groups(done, groups, config_keys, sort_metric, out / "groups.png"))
             md += ["", f"![{sort_metric} per group](groups.png)"]
     if baseline:
         compared = [sort_metric] + [m for m in ["test/acc"] if m in metrics and m != sort_metric]
         md += ["", f"## Compared with `{baseline}`", ""]
-        md += compare_all(frame, groups, config_keys, baseline, compared, out, written)
+        table, lines = compare_all(done, groups, config_keys, baseline, compared)
+        if not table.empty:
+            table.to_csv(out / "results_compared.csv", index=False)
+            written.append(out / "results_compared.csv")
+        md += lines
     with_curves = [r for r in runs if "val/acc" in r.curves]
     if plot and with_curves:
         written.append(plot_curves(with_curves, keys, out / CURVES_PNG))
@@ -247,11 +252,7 @@ def build_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="imgcls-report",
-        description=f"Every run below the given dirs side by side: {RESULTS_CSV}, {RESULTS_MD}, "
-        f"{CURVES_PNG}; repeats over seeds/folds grouped (docs/studies.md).",
-    )
+    parser = argparse.ArgumentParser("imgcls-report", description=__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun dirs (searched below)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: first dir)")
     parser.add_argument("--sort", help="metric, best first (default: optimized_metric; none)")

@@ -45,15 +45,14 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def group_stats(
-    frame: pd.DataFrame, keys: list[str], metrics: list[str]
+    frame: pd.DataFrame, done: pd.DataFrame, keys: list[str], metrics: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per ``frame.group`` (its ``keys``, runs, completed runs, and n, mean, std and 95%
-    interval of each metric), and the same as markdown cells (``mean ± std [low, high]``)."""
+    """One row per ``frame.group``: its ``keys``, runs, completed runs, and n, mean, std and 95%
+    interval of each metric over ``done`` (its completed runs); and its markdown cells."""
     by = frame.groupby("group", sort=False)
     table = by[keys].first().assign(runs=by.size())
     table["completed"] = by.status.agg(lambda status: status.eq("completed").sum())
     cells = table.copy()
-    done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
     for metric in metrics:  # groups without a completed run: empty
         summary = done.groupby("group", sort=False)[metric].agg(["count", "mean", "std"])
         n, mean, std = (summary.reindex(table.index)[s] for s in ("count", "mean", "std"))
@@ -88,18 +87,11 @@ def compare(a: pd.Series, b: pd.Series) -> list[Any] | None:
 
 
 def compare_all(
-    frame: pd.DataFrame,
-    groups: pd.DataFrame,
-    keys: list[str],
-    baseline: str,
-    metrics: list[str],
-    out: Path,
-    written: list[Path],
-) -> list[str]:
-    """Every group against the group with ``baseline`` (KEY=VALUE) and its other ``keys``: writes
-    ``results_compared.csv``; returns the markdown lines."""
+    done: pd.DataFrame, groups: pd.DataFrame, keys: list[str], baseline: str, metrics: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Every group against the group with ``baseline`` (KEY=VALUE) and its other ``keys``: the
+    ``results_compared.csv`` table and its markdown lines."""
     key, _, value = baseline.partition("=")
-    done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
     rows = []
     for label, overrides in groups[keys].iterrows() if key in keys else ():
         base = " ".join(f"{k}={v}" for k, v in {**overrides, key: value}.items())
@@ -107,11 +99,11 @@ def compare_all(
             values = (done[done.group == g].set_index("repeat")[metric] for g in (label, base))
             row = compare(*(v.dropna() for v in values)) if metric in done else None
             rows += [[label, base, metric, *row]] if row else []
-    if not rows:
-        return ["No group has a baseline group to compare with (same overrides, that value)."]
     table = pd.DataFrame(rows, columns=COMPARED)
-    table.to_csv(out / "results_compared.csv", index=False)
-    written.append(out / "results_compared.csv")
+    if not rows:
+        return table, [
+            "No group has a baseline group to compare with (same overrides, that value)."
+        ]
     cells = table.iloc[:, :5].astype(str)
     cells["difference [95% CI]"] = [
         f"{d:+.4f} [{cell(low)}, {cell(high)}]"
@@ -121,16 +113,15 @@ def compare_all(
     cells["p (Wilcoxon)"] = table.p_wilcoxon.map(lambda p: "" if pd.isna(p) else f"{p:.3g}")
     note = "difference = group − baseline; paired on the seeds/folds both have, Welch's t-test "
     note += "where they share fewer than 2; Wilcoxon signed-rank from 6 pairs."
-    return [markdown(cells.assign(verdict=table.verdict)), "", note]
+    return table, [markdown(cells.assign(verdict=table.verdict)), "", note]
 
 
 def plot_groups(
-    frame: pd.DataFrame, groups: pd.DataFrame, keys: list[str], metric: str, path: Path
+    done: pd.DataFrame, groups: pd.DataFrame, keys: list[str], metric: str, path: Path
 ) -> Path:
     """One point per completed run and the mean ± 95% CI of each group, for ``metric``."""
     figure = Figure(figsize=(max(5.0, 1.2 * len(groups) + 2), 4.5), layout="constrained")
     ax = figure.subplots()
-    done = frame[frame.status == "completed"]
     for x, (label, group) in enumerate(groups.iterrows()):
         values = done.loc[done.group == label, metric].dropna()
         jitter = 0.08 * (np.arange(len(values)) - (len(values) - 1) / 2)
