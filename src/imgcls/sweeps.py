@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,8 @@ class SweepSummary(Callback):
             finished_at = read_json(job.path / "status.json").get("finished_at", since)
             if job.status == "completed" and finished_at < since:
                 job.status = "skipped"  # finished by an earlier call (resume=true)
-        counts = dict.fromkeys(["completed", "failed", "skipped"], 0)
-        for job in jobs:
-            counts[job.status] = counts.get(job.status, 0) + 1
+        counts = Counter(dict.fromkeys(["completed", "failed", "skipped"], 0))
+        counts.update(job.status for job in jobs)
         lines = [f"sweep: {len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
         metric, goal = config.get("optimized_metric"), sweeper.get("direction")
         if not isinstance(goal, str):  # not the Optuna sweeper's: minimise losses only
