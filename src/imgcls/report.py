@@ -1,53 +1,32 @@
-"""``imgcls-report DIR...``: every run below the given dirs, side by side (docs/workflow.md).
-
-Writes ``results.csv``, ``results.md`` and ``val_acc_curves.png`` into the first dir or ``--out``;
-repeats over ``seed`` / ``data.fold`` are grouped (``results_grouped.csv``, ``groups.png``) and
-``--baseline KEY=VALUE`` compares groups (``results_compared.csv``): see ``imgcls.report_stats``.
-Out of the training path: only a multirun's end (``imgcls.sweeps``) and the command call it.
-"""
+"""``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md), with
+repeats over seeds/folds grouped and compared (``imgcls.report_stats``, docs/studies.md)."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
+import json
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import pandas as pd
 import yaml
+from matplotlib.figure import Figure
 
-from imgcls.report_stats import (
-    ABSENT,
-    CURVES_PNG,
-    GROUPS_PNG,
-    comparison_table,
-    comparisons,
-    fmt_number,
-    fmt_seconds,
-    fmt_value,
-    group_runs,
-    group_table,
-    plot_groups,
-    plot_val_acc_curves,
-    table,
-)
-from imgcls.run_dir import CONFIG_FILE, OVERRIDES_FILE, Override, RunDir, find_run_dirs
+from imgcls.report_stats import ABSENT, compare_all, fmt_value, group_stats, markdown, plot_groups
 
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
-#: runs differing only by these are repeats of one configuration
-REPEAT_KEYS = ("seed", "data.fold")
-#: overrides that say how a run was started, not what it computed
-IGNORED_OVERRIDES = ("resume",)
-METRIC_ORDER = (
-    "val/acc_best",
-    *(f"{s}/{m}" for s in ("val", "test", "train") for m in ("acc", "loss")),
-)
-CURVE_TAGS = ("val/acc", "train/loss")
-Curves = dict[str, list[tuple[int, float]]]
+RESULTS_CSV, RESULTS_MD, CURVES_PNG = "results.csv", "results.md", "val_acc_curves.png"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+REPEAT_KEYS = ("seed", "data.fold")  # runs that differ only by these repeat one configuration
+METRIC_ORDER = ["val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "train/acc"]
+METRIC_ORDER += ["train/loss"]
+CURVE_TAGS = ["val/acc", "train/loss"]
+LABELS = {"best_epoch": "best epoch", "wall_time_s": "wall time"}  # in results.md
 
 
 class ReportError(Exception):
@@ -57,138 +36,131 @@ class ReportError(Exception):
 @dataclass
 class Run:
     path: Path
-    name: str = ""
-    overrides: dict[str, str] = field(default_factory=dict)
-    status: str = "unknown"
-    error: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    curves: Curves = field(default_factory=dict)
-    epochs: int | None = None
-    best_epoch: int | None = None
-    wall_time_s: float | None = None
-    repeat: tuple[str, ...] = ()  # its seed / fold values
+    name: str
+    overrides: dict[str, str]  # without resume=, which says how it started
+    status: str
+    error: str
+    metrics: dict[str, float]
+    curves: pd.DataFrame  # CURVE_TAGS per epoch
+    best_epoch: int | None
+    wall_time_s: float | None
+    optimized_metric: str | None
 
 
-# ---------------------------------------------------------------------------------- reading
-def csv_curves(run_dir: Path) -> Curves:
-    """Per-epoch values of ``CURVE_TAGS`` from a CSVLogger's ``metrics.csv``."""
-    curves: dict[str, dict[int, float]] = {}
-    for path in sorted(run_dir.rglob("metrics.csv")):
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if not row.get("epoch"):
-                    continue
-                for tag in CURVE_TAGS:
-                    if row.get(tag):
-                        curves.setdefault(tag, {})[int(float(row["epoch"]))] = float(row[tag])
-    return {tag: sorted(values.items()) for tag, values in curves.items()}
-
-
-def tensorboard_curves(run_dir: Path) -> Curves:
-    """Per-epoch values of ``CURVE_TAGS`` from TensorBoard event files (steps mapped to epochs)."""
-    event_dirs = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")})
-    if not event_dirs:
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; empty when missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_yaml(path: Path) -> object:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def csv_curves(run_dir: Path) -> pd.DataFrame:
+    """``CURVE_TAGS`` per epoch from CSVLogger's ``metrics.csv`` files (later versions win)."""
+    frames = [pd.read_csv(path) for path in sorted(run_dir.rglob("metrics.csv"))]
+    frame = pd.concat([f for f in frames if "epoch" in f] or [pd.DataFrame({"epoch": []})])
+    return frame.groupby("epoch")[[t for t in CURVE_TAGS if t in frame]].last().rename(index=int)
+
+
+def tensorboard_curves(run_dir: Path) -> pd.DataFrame:
+    """``CURVE_TAGS`` per epoch from TensorBoard event files (steps mapped to epochs)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: dict[str, dict[int, float]] = {}
-    for event_dir in event_dirs:
-        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 1})
+    for event_dir in sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
         events.Reload()
-        tags = set(events.Tags().get("scalars", []))
-        epoch_of_step: dict[int, int] = {}
-        for event in events.Scalars("epoch") if "epoch" in tags else ():
-            epoch_of_step.setdefault(event.step, int(event.value))
-        for tag in tags.intersection(CURVE_TAGS):
+        tags = events.Tags()["scalars"]
+        steps = events.Scalars("epoch")[::-1] if "epoch" in tags else []
+        epochs = {event.step: int(event.value) for event in steps}  # the first epoch of a step
+        for tag in set(tags) & set(CURVE_TAGS):
             for i, event in enumerate(events.Scalars(tag)):
-                curves.setdefault(tag, {})[epoch_of_step.get(event.step, i)] = float(event.value)
-    return {tag: sorted(values.items()) for tag, values in curves.items()}
+                curves.setdefault(tag, {})[epochs.get(event.step, i)] = event.value
+    return pd.DataFrame(curves).sort_index()
 
 
-def read_run(run_dir: RunDir) -> Run:
-    status, metrics = run_dir.status(), run_dir.metrics()
-    overrides = map(Override.parse, run_dir.overrides())  # ~key deletes: <deleted>
-    run = Run(
-        path=run_dir.path,
-        overrides={
-            o.key: o.value or ("<deleted>" if o.deletes else "")
-            for o in overrides
-            if o.key not in IGNORED_OVERRIDES
-        },
+def wall_time(path: Path, status: dict) -> float | None:
+    """From ``status.json``'s times, else from Hydra's overrides file to the last status write."""
+    start, end = status.get("started_at"), status.get("finished_at")
+    ends = [p.stat().st_mtime for p in (path / "status.json", path / "metrics.json") if p.exists()]
+    if not isinstance(start, (int, float)) and (path / OVERRIDES_FILE).is_file() and ends:
+        start, end = (path / OVERRIDES_FILE).stat().st_mtime, max(ends)
+    if status.get("status") == "running":
+        end = time.time()
+    numbers = all(isinstance(t, (int, float)) for t in (start, end))
+    return end - start if numbers and end >= start else None
+
+
+def read_run(path: Path, name: str) -> Run:
+    status = read_json(path / "status.json")
+    metrics = read_json(path / "metrics.json") or status.get("metrics") or {}
+    overrides = {}
+    for item in read_yaml(path / OVERRIDES_FILE) or []:
+        head, sep, value = str(item).partition("=")
+        if head.lstrip("+~") != "resume":  # ~key deletes the key: <deleted>
+            overrides[head.lstrip("+~")] = value or "<deleted>" * head.startswith("~")
+    curves = csv_curves(path)
+    curves = (tensorboard_curves(path) if curves.empty else curves).dropna(how="all")
+    curves = curves.dropna(axis=1, how="all")
+    return Run(
+        path=path,
+        name=name,
+        overrides=overrides,
         status=str(status.get("status") or ("completed" if metrics else "unknown")),
         error=" ".join(str(status.get("error", "")).split()),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        wall_time_s=run_dir.wall_time(),
-        curves=csv_curves(run_dir.path) or tensorboard_curves(run_dir.path),
+        curves=curves,
+        best_epoch=curves["val/acc"].idxmax() + 1 if "val/acc" in curves else None,
+        wall_time_s=wall_time(path, status),
+        optimized_metric=(read_yaml(path / "config.yaml") or {}).get("optimized_metric"),
     )
-    epochs = {e for tag in CURVE_TAGS for e, _ in run.curves.get(tag, [])}
-    run.epochs = len(epochs) if epochs else None
-    if run.curves.get("val/acc"):
-        run.best_epoch = max(run.curves["val/acc"], key=lambda point: point[1])[0] + 1
-    return run
 
 
-def collect(roots: Sequence[Path]) -> list[Run]:
-    """Every run below ``roots``, named by its path relative to their common parent."""
-    try:
-        runs = [read_run(d) for d in find_run_dirs(roots)]
-    except NotADirectoryError as err:
-        raise ReportError(str(err)) from None
-    if not runs:
-        raise ReportError(
-            f"no run dirs found below {', '.join(map(str, roots))} (a run dir holds "
-            f"{OVERRIDES_FILE} or {CONFIG_FILE})"
-        )
-    base = Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
-    for run in runs:
-        relative = os.path.relpath(run.path, base)
-        run.name = relative if relative != "." else run.path.name
-    return runs
+def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
+    """Every run dir at or below ``roots`` (not inside run dirs), in natural order (2 before 10)."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise ReportError(f"{root} is not a directory")
+        for current, dirs, _ in os.walk(root):
+            here = Path(current)
+            if (here / OVERRIDES_FILE).is_file() or (here / "config.yaml").is_file():
+                found.append(here.resolve())
+                dirs.clear()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(set(found), key=lambda p: re.sub(r"\d+", lambda m: m[0].zfill(9), str(p)))
 
 
-def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Override keys whose values are not the same in every run (all keys for one run)."""
-    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
-    if len(runs) == 1:
-        return keys
-    return [k for k in keys if len({run.overrides.get(k, ABSENT) for run in runs}) > 1]
+def plot_curves(runs: Sequence[Run], keys: Sequence[str], path: Path, labelled: int = 12) -> Path:
+    """val/acc per epoch of every run; the ``labelled`` best get colours and a legend entry."""
+    runs = sorted(runs, key=lambda r: -r.curves["val/acc"].max())
+    figure = Figure(figsize=(9, 4.5 + 0.2 * min(len(runs), labelled)), layout="constrained")
+    ax = figure.subplots()
+    for i, run in enumerate(runs):
+        curve = run.curves["val/acc"].dropna()
+        label = ", ".join(f"{k}={fmt_value(run.overrides.get(k, ABSENT))}" for k in keys)
+        style = {"label": f"{run.name}: {label}"} if i < labelled else {"color": "0.75"}
+        ax.plot(curve.index + 1, curve, "o-" if i < labelled else "-", markersize=3, **style)
+    more = f" ({labelled} best labelled)" if len(runs) > labelled else ""
+    ax.set(xlabel="epoch", ylabel="val/acc", title=f"val/acc of {len(runs)} runs{more}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    figure.legend(fontsize=7, loc="outside lower center", frameon=False)
+    figure.savefig(path)
+    return path
 
 
-def metric_names(runs: Sequence[Run]) -> list[str]:
-    names = {n for run in runs for n in run.metrics if not n.startswith("lr-")}
-    first = [n for n in METRIC_ORDER if n in names]
-    return first + sorted(names - set(first))
-
-
-def sort_runs(runs: list[Run], metric: str) -> list[Run]:
-    """Best first by ``metric`` (ascending for losses); runs without it keep their order, last."""
-    if metric == "none":
-        return runs
-    sign = 1.0 if "loss" in metric else -1.0
-    scored = [r for r in runs if math.isfinite(r.metrics.get(metric, math.nan))]
-    others = [r for r in runs if r not in scored]
-    return sorted(scored, key=lambda r: sign * r.metrics[metric]) + others
-
-
-# ---------------------------------------------------------------------------------- the report
 @dataclass
 class Report:
-    runs: list[Run]
-    keys: list[str]
+    runs: list[Run]  # as found
+    keys: list[str]  # the overrides that differ between the runs
     markdown: str
     written: list[Path]
-
-
-def optuna_summary(roots: Sequence[Path]) -> list[str]:
-    """The best trial of each Optuna sweep among ``roots`` (``optimization_results.yaml``)."""
-    lines = []
-    for path in sorted(p for root in roots for p in root.rglob("optimization_results.yaml")):
-        result = yaml.safe_load(path.read_text()) or {}
-        if "best_value" in result:
-            params = ", ".join(f"{k}={v}" for k, v in (result.get("best_params") or {}).items())
-            best = fmt_number(result["best_value"])
-            lines.append(f"- Optuna ({path.parent.name}): best value {best} with {params}")
-    return [*lines, ""] if lines else []
 
 
 def build_report(
@@ -200,87 +172,92 @@ def build_report(
     baseline: str | None = None,
 ) -> Report:
     """Collect the runs below ``roots`` and write the result files into ``out_dir``."""
-    roots = [Path(r) for r in roots]
-    runs = collect(roots)
-    configured = (RunDir(r.path).config().get("optimized_metric") for r in runs)
-    sort_metric = sort or next((str(m) for m in configured if m), "val/acc_best")
-    runs = sort_runs(runs, sort_metric)
-    if baseline and not any(baseline.partition("=")[0] in r.overrides for r in runs):
+    roots, found = [Path(r) for r in roots], find_run_dirs(roots)
+    if not found:
         raise ReportError(
-            f"--baseline {baseline}: no run sets {baseline.partition('=')[0]}; "
-            "give KEY=VALUE of an override the runs differ in"
+            f"no run dirs found below {', '.join(map(str, roots))} (a run dir holds "
+            f"{OVERRIDES_FILE} or config.yaml)"
         )
-    keys, metrics = differing_keys(runs), metric_names(runs)
-    out = Path(out_dir) if out_dir else roots[0]
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    counts = {s: sum(r.status == s for r in runs) for s in dict.fromkeys(r.status for r in runs)}
-    md = [f"# Results: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})", ""]
-    md += optuna_summary(roots)
-    md += [f"Sorted by `{sort_metric}`, best first.", ""] if sort_metric != "none" else []
-    header = ["run", "status", *keys, "epochs", "best_epoch", "wall_time_s", *metrics, "error"]
-    rows = [
-        [run.name, run.status, *(run.overrides.get(k, ABSENT) for k in keys), run.epochs]
-        + [run.best_epoch, run.wall_time_s, *(run.metrics.get(m) for m in metrics), run.error]
-        for run in runs
-    ]
-    formats = [str, str, *[fmt_value] * len(keys), str, str, fmt_seconds]
-    formats += [*[fmt_number] * len(metrics), lambda error: error[:120]]
-    md_rows = [["run", "status", *keys, "epochs", "best epoch", "wall time", *metrics, "error"]]
-    md_rows += [
-        [f(v) if v is not None else "" for f, v in zip(formats, r, strict=True)] for r in rows
-    ]
-    md.append(table(out / RESULTS_CSV, header, rows, md_rows, written))
-
-    groups = group_runs(runs, keys, repeat_keys)
-    repeated = [k for k in repeat_keys if k in keys]
-    if repeated and any(len(g.runs) > 1 for g in groups):
-        over = " and ".join(f"`{k}`" for k in repeated)
-        title = f"## Mean ± std [95% CI] over {over} (completed runs; sample std, Student t)"
-        config_keys = [k for k in keys if k not in repeat_keys]
-        md.append(f"\n{title}\n\n" + group_table(groups, config_keys, metrics, out, written))
-        labels = [", ".join(map(fmt_value, g.overrides.values())) or "all" for g in groups]
-        if plot and sort_metric in metrics:
-            written.append(plot_groups(groups, sort_metric, labels, out / GROUPS_PNG))
-            md += ["", f"![{sort_metric} per group]({GROUPS_PNG})"]
-    if baseline:
-        compared = [sort_metric] + (["test/acc"] if "test/acc" in metrics else [])
-        md += ["", f"## Compared with `{baseline}`", ""]
-        md += comparison_table(comparisons(groups, baseline, compared), out, written)
-    with_curves = [r for r in runs if r.curves.get("val/acc")]
-    if plot and with_curves:
-        written.append(plot_val_acc_curves(with_curves, keys, out / CURVES_PNG))
-        md += ["", f"![val/acc per epoch]({CURVES_PNG})"]
-    markdown = "\n".join(md) + "\n"
-    (out / RESULTS_MD).write_text(markdown)
-    return Report(runs, keys, markdown, [written[0], out / RESULTS_MD, *written[1:]])
-
-
-# ---------------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="imgcls-report",
-        description="Put every run below the given run or multirun dirs side by side: "
-        f"writes {RESULTS_CSV}, {RESULTS_MD} and {CURVES_PNG}.",
+    base = Path(os.path.commonpath([r.resolve() for r in roots]))  # runs are named relative to it
+    runs = [read_run(p, p.name if p == base else str(p.relative_to(base))) for p in found]
+    key = (baseline or "").partition("=")[0]
+    if baseline and not any(key in r.overrides for r in runs):
+        raise ReportError(
+            f"--baseline {baseline}: no run sets {key}; give KEY=VALUE of an override the runs "
+            "differ in"
+        )
+    configured = (r.optimized_metric for r in runs if r.optimized_metric)
+    sort_metric = sort or str(next(configured, "val/acc_best"))
+    keys = list(dict.fromkeys(k for r in runs for k in r.overrides))
+    if len(runs) > 1:  # those whose values differ
+        keys = [k for k in keys if len({r.overrides.get(k, ABSENT) for r in runs}) > 1]
+    names = {m for r in runs for m in r.metrics if not m.startswith("lr-")}
+    metrics = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
+    config_keys = [k for k in keys if k not in repeat_keys]
+    frame = pd.DataFrame(
+        {"run": r.name, "status": r.status, **{k: r.overrides.get(k, ABSENT) for k in keys}}
+        | {"epochs": len(r.curves) or None, "best_epoch": r.best_epoch}
+        | {"wall_time_s": r.wall_time_s, **{m: r.metrics.get(m) for m in metrics}, "error": r.error}
+        | {"group": " ".join(f"{k}={r.overrides.get(k, ABSENT)}" for k in config_keys)}
+        | {"repeat": " ".join(r.overrides.get(k, ABSENT) for k in repeat_keys)}
+        for r in runs
     )
+    frame = frame.astype({"epochs": "Int64", "best_epoch": "Int64"})
+    if sort_metric in metrics:  # best first; runs without it last, as found
+        frame = frame.sort_values(sort_metric, ascending="loss" in sort_metric, kind="stable")
+    out = Path(out_dir or roots[0])
+    out.mkdir(parents=True, exist_ok=True)
+    frame.iloc[:, :-2].to_csv(out / RESULTS_CSV, index=False)
+    written = [out / RESULTS_CSV, out / RESULTS_MD]
+
+    counts = ", ".join(f"{n} {s}" for s, n in frame.status.value_counts(sort=False).items())
+    md = [f"# Results: {len(runs)} runs ({counts})", ""]
+    for path in sorted(p for root in roots for p in root.rglob("optimization_results.yaml")):
+        best = yaml.safe_load(path.read_text())  # an Optuna sweep's best trial
+        params = ", ".join(f"{k}={v}" for k, v in best["best_params"].items())
+        md += [f"- Optuna ({path.parent.name}): best {best['best_value']:.4f} at {params}", ""]
+    md += [f"Sorted by `{sort_metric}`, best first.", ""] if sort_metric != "none" else []
+    shown = frame.iloc[:, :-2].assign(error=frame.error.str[:120])
+    shown["wall_time_s"] = [
+        "" if pd.isna(s) else f"{s:.1f}s" if s < 60 else str(timedelta(seconds=round(s)))
+        for s in frame.wall_time_s
+    ]
+    md.append(markdown(shown.rename(columns=LABELS)))
+
+    done = frame[frame.status == "completed"].drop_duplicates(["group", "repeat"], keep="last")
+    groups, cells = group_stats(frame, done, config_keys, metrics)
+    repeated = " and ".join(f"`{k}`" for k in repeat_keys if k in keys)
+    if repeated and frame.group.duplicated().any():
+        groups.to_csv(out / "results_grouped.csv", index=False)
+        written.append(out / "results_grouped.csv")
+        title = f"## Mean ± std [95% CI] over {repeated} (completed runs; sample std, Student t)"
+        md += ["", title, "", markdown(cells)]
+        if plot and sort_metric in metrics:
+            written.append(plot_groups(done, groups, config_keys, sort_metric, out / "groups.png"))
+            md += ["", f"![{sort_metric} per group](groups.png)"]
+    if baseline:
+        compared = [sort_metric] + [m for m in ["test/acc"] if m in metrics and m != sort_metric]
+        md += ["", f"## Compared with `{baseline}`", ""]
+        table, lines = compare_all(done, groups, config_keys, baseline, compared)
+        if not table.empty:
+            table.to_csv(out / "results_compared.csv", index=False)
+            written.append(out / "results_compared.csv")
+        md += lines
+    with_curves = [r for r in runs if "val/acc" in r.curves]
+    if plot and with_curves:
+        written.append(plot_curves(with_curves, keys, out / CURVES_PNG))
+        md += ["", f"![val/acc per epoch]({CURVES_PNG})"]
+    (out / RESULTS_MD).write_text("\n".join(md) + "\n")
+    return Report(runs, keys, "\n".join(md) + "\n", written)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser("imgcls-report", description=__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun dirs (searched below)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: first dir)")
-    parser.add_argument(
-        "--sort", help="metric to sort by, best first (default: optimized_metric); 'none': as found"
-    )
-    parser.add_argument(
-        "--repeat-keys",
-        nargs="*",
-        default=list(REPEAT_KEYS),
-        help="overrides whose runs are repeats, averaged as mean ± std (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--baseline",
-        metavar="KEY=VALUE",
-        help="compare every group with the group that has this override and the same others "
-        "(paired on shared seeds/folds: t-test, Wilcoxon from 6 pairs; else Welch's t-test)",
-    )
+    parser.add_argument("--sort", help="metric, best first (default: optimized_metric; none)")
+    parser.add_argument("--repeat-keys", nargs="*", default=list(REPEAT_KEYS), help="repeats")
+    parser.add_argument("--baseline", metavar="KEY=VALUE", help="compare groups with this one")
     parser.add_argument("--no-plot", action="store_true", help=f"do not draw {CURVES_PNG}")
     args = parser.parse_args(argv)
     try:
