@@ -22,7 +22,7 @@ from imgcls.utils.errors import UserError
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 #: logger targets that need an optional extra, and the package it installs
 OPTIONAL_LOGGERS = {
-    "imgcls.loggers.mlflow_logger": "mlflow",
+    "pytorch_lightning.loggers.MLFlowLogger": "mlflow",
     "imgcls.loggers.wandb_logger": "wandb",
 }
 
