@@ -1,29 +1,54 @@
-"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...).
-
-Hydra parses the command line, composes the config and names the job (``hydra.job.name`` is the
-config's ``task_name``). Nothing heavy is imported before the task runs: ``--help``, ``--cfg job``,
-config mistakes (Hydra's messages) and bad values (``imgcls.utils.checks``, a Hydra callback)
-answer before torch and Lightning load; the task module is imported when the task starts.
-"""
+"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...):
+Hydra apps. ``--help``, ``--cfg job``, Hydra's config errors, the value checks (a Hydra callback,
+``imgcls.utils.checks``) and the config print answer before the task imports torch."""
 
 from __future__ import annotations
 
 import importlib
+import os
 from functools import partial
 from typing import Any
 
-from omegaconf import DictConfig
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgcls.config import CONFIG_DIR
 
 
+def config_summary(cfg: DictConfig) -> str:
+    """The config groups chosen, the overrides and where the full resolved config is written."""
+    hydra_cfg = HydraConfig.get()
+    chosen = sorted(
+        f"{group}={choice}"
+        for group, choice in hydra_cfg.runtime.choices.items()
+        if not group.startswith("hydra")
+        and choice is not None
+        and (CONFIG_DIR / group / f"{choice}.yaml").is_file()  # not an absent optional one
+    )
+    lines = ["config: " + " ".join(chosen)]
+    for key in ("resume", "rerun"):  # the run's saved config replaces what was composed here
+        if isinstance(OmegaConf.select(cfg, key), str):
+            lines = [f"config: the saved config of {cfg[key]} ({key}=)"]
+    lines.append("overrides: " + (" ".join(hydra_cfg.overrides.task) or "none"))
+    output = f"{cfg.paths.output_dir}/config.yaml"
+    lines.append(f"full config: {output} (extras.print_config=full prints it)")
+    return "\n".join(lines)
+
+
+def print_config(cfg: DictConfig) -> None:
+    """``extras.print_config``: ``true`` the summary, ``full`` the whole resolved config, ``false``
+    nothing; once per run (not again in the processes DDP starts)."""
+    mode = OmegaConf.select(cfg, "extras.print_config")
+    if mode and os.environ.get("LOCAL_RANK", "0") == os.environ.get("NODE_RANK", "0") == "0":
+        text = OmegaConf.to_yaml(cfg, resolve=True) if mode == "full" else config_summary(cfg)
+        print(text, flush=True)
+
+
 def launch(config_name: str, module: str) -> None:
     """Run ``<module>.run(cfg)`` as the Hydra app of ``configs/<config_name>.yaml``."""
-    import hydra
 
     def task(cfg: DictConfig) -> Any:
-        from imgcls.utils.config_print import print_config
-
         print_config(cfg)  # within a second of the start: before torch and Lightning load
         return importlib.import_module(module).run(cfg)
 
