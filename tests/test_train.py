@@ -23,7 +23,7 @@ MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 #: logger targets that need an optional extra, and the package it installs
 OPTIONAL_LOGGERS = {
     "pytorch_lightning.loggers.MLFlowLogger": "mlflow",
-    "imgcls.loggers.wandb_logger": "wandb",
+    "pytorch_lightning.loggers.WandbLogger": "wandb",
 }
 
 

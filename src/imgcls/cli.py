@@ -19,26 +19,23 @@ from imgcls.config import CONFIG_DIR
 def config_summary(cfg: DictConfig) -> str:
     """The config groups chosen, the overrides and where the full resolved config is written."""
     hydra_cfg = HydraConfig.get()
-    chosen = sorted(
-        f"{group}={choice}"
-        for group, choice in hydra_cfg.runtime.choices.items()
-        if not group.startswith("hydra")
-        and choice is not None
-        and (CONFIG_DIR / group / f"{choice}.yaml").is_file()  # not an absent optional one
-    )
+    chosen = [  # not hydra's groups, nor an absent optional one (no file)
+        f"{g}={c}"
+        for g, c in sorted(hydra_cfg.runtime.choices.items())
+        if c and not g.startswith("hydra") and (CONFIG_DIR / g / f"{c}.yaml").is_file()
+    ]
     lines = ["config: " + " ".join(chosen)]
     for key in ("resume", "rerun"):  # the run's saved config replaces what was composed here
         if isinstance(OmegaConf.select(cfg, key), str):
             lines = [f"config: the saved config of {cfg[key]} ({key}=)"]
     lines.append("overrides: " + (" ".join(hydra_cfg.overrides.task) or "none"))
-    output = f"{cfg.paths.output_dir}/config.yaml"
-    lines.append(f"full config: {output} (extras.print_config=full prints it)")
-    return "\n".join(lines)
+    full = f"{cfg.paths.output_dir}/config.yaml"
+    return "\n".join([*lines, f"full config: {full} (extras.print_config=full prints it)"])
 
 
 def print_config(cfg: DictConfig) -> None:
-    """``extras.print_config``: ``true`` the summary, ``full`` the whole resolved config, ``false``
-    nothing; once per run (not again in the processes DDP starts)."""
+    """``extras.print_config``: ``true`` the summary, ``full`` the whole resolved config; once per
+    run (not again in the processes DDP starts)."""
     mode = OmegaConf.select(cfg, "extras.print_config")
     if mode and os.environ.get("LOCAL_RANK", "0") == os.environ.get("NODE_RANK", "0") == "0":
         text = OmegaConf.to_yaml(cfg, resolve=True) if mode == "full" else config_summary(cfg)

@@ -4,11 +4,13 @@ torch, so Hydra's own compose + ``instantiate(cfg.model)`` work), and ``compose`
 from __future__ import annotations
 
 import importlib
+import netrc
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -41,12 +43,25 @@ def resumed_dir(resume: Any, new_dir: str) -> str:
     return new_dir
 
 
+def wandb_offline() -> bool:
+    """``${wandb_offline:}``: W&B offline unless ``WANDB_MODE`` (W&B's own switch) is set or an
+    API key is configured (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return False
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return True
+
+
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "run_id": lambda: secrets.token_hex(3),  # run dirs of the same second never collide
     "resumed_dir": resumed_dir,
     # resume=<run dir>: Hydra keeps that run's .hydra/ (its overrides) instead of writing ours
     "hydra_subdir": lambda resume: ".hydra" if resumed_dir(resume, "") == "" else None,
     "datamodule": datamodule_attribute,
+    "wandb_offline": wandb_offline,
     "slurm_tasks_per_node": _cluster("slurm_tasks_per_node"),
     "slurm_gpus_per_node": _cluster("slurm_gpus_per_node"),
 }

@@ -55,7 +55,10 @@ def missing_keys(node: Any, prefix: str = "") -> list[str]:
     return [m for k, v in node.items() if k != "hydra" for m in missing_keys(v, f"{prefix}{k}.")]
 
 
-def _path_problem(key: str, path: Path) -> str | None:
+def _path_problem(key: str, value: Any) -> str | None:
+    if not isinstance(value, str) or value.lower() in ("true", "false", "null", ""):
+        return None
+    path = Path(value).expanduser()
     if not path.exists():
         return "does not exist; check the path (relative paths start where you run the command)"
     if key == "resume":
@@ -74,30 +77,27 @@ def _path_problem(key: str, path: Path) -> str | None:
     return None
 
 
+def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
+
+
 def bad_value(cfg: DictConfig, required: bool = True) -> str | None:
     """The first value of ``cfg`` a run cannot use, as ``<key>=<value>: <problem>; <fix>``
     (``required``: also a ``???`` left out)."""
     for key in missing_keys(OmegaConf.to_container(cfg)) if required else ():
         return f"{key}=???: is required; add {key}=... to the command"
     for key, (ok, problem) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_resolution_failure=False)
-        if value is not ABSENT and not ok(value):
+        if (value := _select(cfg, key, ABSENT)) is not ABSENT and not ok(value):
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             return f"{key}={value if isinstance(value, str) else json.dumps(value)}: {problem}"
     for name in ("mlflow", "wandb"):  # the loggers of the optional extras
-        if OmegaConf.select(cfg, f"logger.{name}") and not importlib.util.find_spec(name):
+        if _select(cfg, f"logger.{name}") and not importlib.util.find_spec(name):
             return f"logger={name} needs the {name} package; pip install -e '.[{name}]'"
-    if (
-        OmegaConf.select(cfg, "data.root", default=ABSENT, throw_on_resolution_failure=False)
-        is None
-    ):
+    if _select(cfg, "data.root", ABSENT) is None:
         return "data.root=null: this dataset reads your image folder; add data.root=PATH"
     for key in ("ckpt_path", "init_from", "resume", "data.root"):
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if isinstance(value, str) and value.lower() not in ("true", "false", "null", ""):
-            problem = _path_problem(key, Path(value).expanduser())
-            if problem:
-                return f"{key}={value}: {problem}"
+        if problem := _path_problem(key, value := _select(cfg, key)):
+            return f"{key}={value}: {problem}"
     return None
 
 
