@@ -1,9 +1,6 @@
-"""Fine-tuning schedule: train the head alone, then the whole net with a lower backbone lr.
-
-Lightning's ``BackboneFinetuning`` expects ``pl_module.backbone`` and gives the new group only an
-``lr``; :class:`ImageClassifier` keeps its network at ``.net`` (the backbone: everything but the
-head, :mod:`imgcls.models.freezing`), and its schedulers need every ``*lr`` key of a group.
-"""
+"""Train the head alone, then the whole net with a lower backbone lr. Not Lightning's
+``BackboneFinetuning``: it expects ``pl_module.backbone`` and gives the new group only an ``lr``,
+where the schedulers need every ``*lr`` key (the backbone: :mod:`imgcls.models.freezing`)."""
 
 from __future__ import annotations
 
@@ -19,9 +16,8 @@ SCHEDULER_GROUP_LISTS = ("base_lrs", "lr_lambdas", "min_lrs")
 
 
 class HeadFirstFinetuning(BaseFinetuning):
-    """Freeze ``pl_module.net``'s backbone for ``unfreeze_at_epoch`` epochs, then add it to the
-    optimizer as a second group whose lr keys (``lr``, ``initial_lr``, ``max_lr`` ...) are the
-    head's times ``backbone_lr_factor``. ``BaseFinetuning`` restores the group on resume."""
+    """Freeze ``net``'s backbone for ``unfreeze_at_epoch`` epochs, then add it as a second group
+    with the head's lr keys (``lr``, ``initial_lr``, ``max_lr`` ...) x ``backbone_lr_factor``."""
 
     def __init__(self, unfreeze_at_epoch: int = 2, backbone_lr_factor: float = 0.1) -> None:
         super().__init__()

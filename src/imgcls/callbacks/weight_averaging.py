@@ -21,13 +21,9 @@ def ema_update(
 
 
 class EMAWeights(WeightAveraging):
-    """EMA of the weights every ``update_every_n_steps`` steps, with the decay warm-up above
-    (TensorFlow's ``ExponentialMovingAverage(num_updates=)`` rule): Lightning's
-    ``EMAWeightAveraging`` has a fixed decay, and with 0.999 a short run tests its initial weights.
-
-    Lightning's callback reloads the raw weights whenever a checkpoint is restored; here only a
-    resumed fit does, so ``trainer.test(ckpt_path=best)`` tests the averaged ``state_dict`` as
-    eval.py and predict.py do."""
+    """EMA with the decay warm-up above (TensorFlow's ``ExponentialMovingAverage(num_updates=)``):
+    Lightning's ``EMAWeightAveraging`` has a fixed decay, with which a short run tests its initial
+    weights. Only a resumed fit reloads the raw weights: a tested checkpoint is tested averaged."""
 
     def __init__(
         self,
