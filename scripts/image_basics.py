@@ -9,7 +9,6 @@ wrapping around (uint8 250 + 10 is 255, not 4).
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +40,30 @@ def describe(image: Any) -> dict[str, Any]:
     return info | {"mean": array.mean().item(), "expected_range": expected, "in_expected_range": ok}
 
 
-def _via_torch(image: Any, convert: Any) -> Any:  # a NumPy array through torch and back
-    if isinstance(image, torch.Tensor):
-        return convert(image)
-    return convert(torch.from_numpy(np.ascontiguousarray(image))).numpy()
+def numpy_too(op: Any) -> Any:
+    """``op`` of tensors, for NumPy arrays too (through torch and back)."""
+
+    def apply(image: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(image, torch.Tensor):
+            return op(image, *args, **kwargs)
+        return op(torch.from_numpy(np.ascontiguousarray(image)), *args, **kwargs).numpy()
+
+    return apply
 
 
-def as_float(image: Any) -> Any:
-    """Integer image -> float32 ``[0, 1]`` (divided by the dtype's maximum, 255 for uint8)."""
-    return _via_torch(image, lambda t: to_float(t).float())
+#: integer image -> float32 [0, 1] (divided by the dtype's maximum, 255 for uint8); any image ->
+#: uint8 (floats x 255 and uint16 / 257, rounded; other integers clipped)
+as_float, as_uint8 = numpy_too(lambda t: to_float(t).float()), numpy_too(to_uint8)
 
 
-def as_uint8(image: Any) -> Any:
-    """Any image -> uint8: floats x 255 and uint16 / 257, rounded; other integers clipped."""
-    return _via_torch(image, to_uint8)
-
-
-def adjust_brightness(image: Any, delta: float = 0.0, factor: float = 1.0) -> Any:
+@numpy_too
+def adjust_brightness(image: torch.Tensor, delta: float = 0.0, factor: float = 1.0) -> Any:
     """``image * factor + delta`` (``delta`` in the image's units), clipped, in its dtype."""
     if factor < 0:
         raise ValueError(f"brightness factor must be >= 0, got {factor}")
-
-    def adjust(t: torch.Tensor) -> torch.Tensor:
-        out = t.double() * factor + delta
-        return (out.clamp(0, 1) if t.is_floating_point() else out.round().clamp(0, 255)).to(t.dtype)
-
-    return _via_torch(image, adjust)
+    out = image.double() * factor + delta
+    out = out.clamp(0, 1) if image.is_floating_point() else out.round().clamp(0, 255)
+    return out.to(image.dtype)
 
 
 def darken_region(image: Any, box: tuple[int, int, int, int], factor: float = 0.5) -> Any:
@@ -81,16 +78,12 @@ def darken_region(image: Any, box: tuple[int, int, int, int], factor: float = 0.
     return out
 
 
-# the operations as transforms, chained by ``nn.Sequential`` or ``v2.Compose``
-ToFloat, ToUint8 = partial(v2.Lambda, as_float), partial(v2.Lambda, as_uint8)
+def _transform(op: Any) -> Any:  # ``op`` with its arguments fixed: a transform for v2.Compose
+    return lambda *args, **kwargs: v2.Lambda(lambda image: op(image, *args, **kwargs))
 
 
-def Brightness(delta: float = 0.0, factor: float = 1.0) -> v2.Lambda:  # noqa: N802
-    return v2.Lambda(partial(adjust_brightness, delta=delta, factor=factor))
-
-
-def DarkenRegion(box: tuple[int, int, int, int], factor: float = 0.5) -> v2.Lambda:  # noqa: N802
-    return v2.Lambda(partial(darken_region, box=box, factor=factor))
+ToFloat, ToUint8 = _transform(as_float), _transform(as_uint8)
+Brightness, DarkenRegion = _transform(adjust_brightness), _transform(darken_region)
 
 
 def digit_sample(data_dir: Path) -> tuple[np.ndarray, str]:
