@@ -1,6 +1,5 @@
 """The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...):
-Hydra apps. ``--help``, ``--cfg job``, Hydra's config errors, the value checks (a Hydra callback,
-``imgcls.utils.checks``) and the config print answer before the task imports torch."""
+Hydra apps; Hydra's errors, the value checks (``imgcls.utils.checks``) come before torch loads."""
 
 from __future__ import annotations
 
@@ -33,20 +32,15 @@ def config_summary(cfg: DictConfig) -> str:
     return "\n".join([*lines, f"full config: {full} (extras.print_config=full prints it)"])
 
 
-def print_config(cfg: DictConfig) -> None:
-    """``extras.print_config``: ``true`` the summary, ``full`` the whole resolved config; once per
-    run (not again in the processes DDP starts)."""
-    mode = OmegaConf.select(cfg, "extras.print_config")
-    if mode and os.environ.get("LOCAL_RANK", "0") == os.environ.get("NODE_RANK", "0") == "0":
-        text = OmegaConf.to_yaml(cfg, resolve=True) if mode == "full" else config_summary(cfg)
-        print(text, flush=True)
-
-
 def launch(config_name: str, module: str) -> None:
-    """Run ``<module>.run(cfg)`` as the Hydra app of ``configs/<config_name>.yaml``."""
+    """Run ``<module>.run(cfg)`` as the Hydra app of ``configs/<config_name>.yaml``, after the
+    ``extras.print_config`` print (``true``: the summary, ``full``: the resolved config; rank 0)."""
 
     def task(cfg: DictConfig) -> Any:
-        print_config(cfg)  # within a second of the start: before torch and Lightning load
+        mode = OmegaConf.select(cfg, "extras.print_config")
+        if mode and os.environ.get("LOCAL_RANK", "0") == os.environ.get("NODE_RANK", "0") == "0":
+            text = OmegaConf.to_yaml(cfg, resolve=True) if mode == "full" else config_summary(cfg)
+            print(text, flush=True)  # within a second: before torch and Lightning load
         return importlib.import_module(module).run(cfg)
 
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()

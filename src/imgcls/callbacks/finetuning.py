@@ -39,9 +39,8 @@ class HeadFirstFinetuning(BaseFinetuning):
             return
         modules = backbone_modules(pl_module.net)
         set_trainable(modules, True)  # a resumed run restored the group, frozen by the setup
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        params = [p for m in modules for p in m.parameters(recurse=False)]
-        new = [p for p in params if id(p) not in in_optimizer]
+        in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
+        new = [p for m in modules for p in m.parameters(recurse=False) if p not in in_optimizer]
         if new:
             group = {
                 key: value * self.backbone_lr_factor if key.endswith("lr") else value
@@ -51,14 +50,12 @@ class HeadFirstFinetuning(BaseFinetuning):
             optimizer.add_param_group({**group, "params": new})
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Give the schedulers an entry for each added group (like the first group's), also
-        after a resume (a scheduler's state holds no ``lr_lambdas``)."""
+        """The schedulers' lists get an entry per added group (after a resume: ``lr_lambdas``)."""
         super().on_train_epoch_start(trainer, pl_module)
         for config in trainer.lr_scheduler_configs:
             groups = config.scheduler.optimizer.param_groups
             for name in SCHEDULER_GROUP_LISTS:
                 values = getattr(config.scheduler, name, [])
                 for group in groups[len(values) :] if values else []:
-                    values.append(
-                        group.get("initial_lr", group["lr"]) if name == "base_lrs" else values[0]
-                    )
+                    lr = group.get("initial_lr", group["lr"])
+                    values.append(lr if name == "base_lrs" else values[0])

@@ -42,22 +42,20 @@ def tensorboards(trainer: pl.Trainer) -> list[Any]:
 
 
 class ClassificationPlots(pl.Callback):
-    """``training_curves.png`` and ``.csv`` (the plotted points) at the end of fit (not under
-    ``fast_dev_run``). The history is kept in checkpoints: resumed runs plot every epoch."""
+    """``training_curves.png`` and ``.csv`` at the end of fit; checkpoints keep the history."""
 
     def __init__(self, save_dir: str | None = None) -> None:
         self.save_dir = save_dir
         self.history: dict[int, dict[str, float]] = {}  # epoch -> {metric: value}
-        self.pending: tuple[pl.Trainer, int] | None = None  # an epoch's train metrics, unread
+        self.pending: tuple[pl.Trainer, int] | None = None  # an epoch whose train/ is unread
 
     def record(self, trainer: pl.Trainer, split: str, epoch: int) -> None:
-        if not trainer.fast_dev_run and not trainer.sanity_checking:
-            metrics, names = trainer.callback_metrics, (f"{split}/loss", f"{split}/acc")
-            values = {n: float(metrics[n]) for n in names if n in metrics}
-            self.history.setdefault(epoch, {}).update(values)
+        metrics, names = trainer.callback_metrics, (f"{split}/loss", f"{split}/acc")
+        values = {n: float(metrics[n]) for n in names if n in metrics}
+        self.history.setdefault(epoch, {}).update(values)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self.record(trainer, "val", trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -95,9 +93,8 @@ class ClassificationPlots(pl.Callback):
 
 
 class AugmentationGrid(pl.Callback):
-    """The first ``num_images`` training images through the datamodule's own train pipeline
-    (normalisation undone, the RNG forked: the run's randomness is unchanged) when training
-    starts: TensorBoard's ``train/augmented_samples`` and ``save_path``."""
+    """The first training images through the datamodule's train pipeline, normalisation undone,
+    when training starts (the RNG forked: the run's randomness is unchanged)."""
 
     def __init__(self, num_images: int = 32, nrow: int = 8, save_path: str | None = None) -> None:
         self.num_images, self.nrow, self.save_path = num_images, nrow, save_path

@@ -1,6 +1,5 @@
-"""Checks before any work, as a Hydra callback (after composing, before the run dir is made; no
-torch): each problem is one line, ``error: <key>=<value>: <what is wrong>; <how to fix>``, exit 2.
-"""
+"""Checks after composing, before the run dir is made and torch loads (a Hydra callback): each
+problem is one line, ``error: <key>=<value>: <what is wrong>; <how to fix>``, and exit code 2."""
 
 from __future__ import annotations
 
@@ -82,8 +81,7 @@ def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
 
 
 def bad_value(cfg: DictConfig, required: bool = True) -> str | None:
-    """The first value of ``cfg`` a run cannot use, as ``<key>=<value>: <problem>; <fix>``
-    (``required``: also a ``???`` left out)."""
+    """The first value a run cannot use, ``<key>=<value>: <problem>; <fix>`` (or a ``???``)."""
     for key in missing_keys(OmegaConf.to_container(cfg)) if required else ():
         return f"{key}=???: is required; add {key}=... to the command"
     for key, (ok, problem) in RULES.items():
@@ -122,8 +120,7 @@ def unwritable(directory: str) -> str | None:
 
 
 class PreRunChecks(Callback):
-    """Hydra callback: refuse a run with one line before it starts. A multirun checks the values
-    it starts with (the jobs' swept values are checked where they are used)."""
+    """A multirun checks the values it starts with (the swept ones are checked where used)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from imgcls.utils.cluster import check_shared_run_dir  # one run dir for SLURM/torchrun
