@@ -40,8 +40,6 @@ RULES = {
                           "is not a Lightning precision; use " + ", ".join(PRECISIONS[7:13])),
     "trainer.max_epochs": (lambda v: v is None or _int(v, -1), "must be >= 0, or -1; e.g. 10"),
     "callbacks.ema.decay": (lambda v: _number(v) and 0 <= v <= 1, "must be in [0, 1]; e.g. 0.999"),
-    "callbacks.ema.update_every_n_steps": (lambda v: _int(v, 1), "must be >= 1; e.g. 1"),
-    "callbacks.finetuning.unfreeze_at_epoch": (lambda v: _int(v, 0), "must be >= 0; e.g. 2"),
     "callbacks.finetuning.backbone_lr_factor": (lambda v: _number(v) and v > 0,
                                                 "must be a positive number; e.g. 0.1"),
 }  # fmt: skip
