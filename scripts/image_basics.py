@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import ImageOps
+from sklearn.datasets import load_digits
+from torchvision.datasets import MNIST
 from torchvision.transforms import v2
 
 from imgcls.imaging import open_image, to_float, to_uint8
@@ -32,10 +34,10 @@ def load_image(path: str | Path, mode: str | None = None) -> np.ndarray:
 def describe(image: Any) -> dict[str, Any]:
     """Shape, dtype, value range, and whether that is the dtype's ``(0, max)`` or ``(0.0, 1.0)``."""
     array = image.numpy(force=True) if isinstance(image, torch.Tensor) else np.asarray(image)
-    floating = np.issubdtype(array.dtype, np.floating)
-    expected = (0.0, 1.0) if floating else (0, int(np.iinfo(array.dtype).max))
+    dtype, array = str(array.dtype), array.astype(np.uint8) if array.dtype == bool else array
+    expected = (0.0, 1.0) if array.dtype.kind == "f" else (0, int(np.iinfo(array.dtype).max))
     lo, hi = array.min().item(), array.max().item()
-    info = {"shape": array.shape, "dtype": str(array.dtype), "min": lo, "max": hi}
+    info = {"shape": array.shape, "dtype": dtype, "min": lo, "max": hi}
     ok = expected[0] <= lo and hi <= expected[1]
     return info | {"mean": array.mean().item(), "expected_range": expected, "in_expected_range": ok}
 
@@ -89,13 +91,9 @@ Brightness, DarkenRegion = _transform(adjust_brightness), _transform(darken_regi
 def digit_sample(data_dir: Path) -> tuple[np.ndarray, str]:
     """One handwritten digit as uint8: MNIST's first test image if on disk, else sklearn's."""
     try:
-        from torchvision.datasets import MNIST
-
         dataset = MNIST(str(data_dir), train=False, download=False)
         return dataset.data[0].numpy(), f"MNIST test[0] (label {int(dataset.targets[0])})"
     except (RuntimeError, OSError):
-        from sklearn.datasets import load_digits
-
         digits = load_digits()
         image = np.kron(as_uint8(digits.images[0] / 16.0), np.ones((3, 3), dtype=np.uint8))
         return image, f"sklearn digits[0] (label {int(digits.target[0])})"
