@@ -1,9 +1,7 @@
-"""Run from a clone without installing: ``python export.py ckpt_path=PATH format=onnx``."""
-
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runs from a clone, uninstalled
 from imgcls.cli import export  # noqa: E402
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
-"""Run from a clone without installing: ``python train.py model=tinynet data=digits``."""
-
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runs from a clone, uninstalled
 from imgcls.cli import train  # noqa: E402
 
 if __name__ == "__main__":

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from imgcls import loggers
 from imgcls.train import train
-from imgcls.utils.errors import UserError
 
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
@@ -138,27 +137,41 @@ def test_tensorboard_and_csv_still_log_beside_them(many_loggers_run) -> None:
 
 
 def test_wandb_goes_online_only_with_a_key_or_an_explicit_mode(monkeypatch, tmp_path) -> None:
+    from hydra.utils import instantiate
+
+    from imgcls import compose
+
+    def offline(*overrides: str) -> bool:
+        cfg = compose(["logger=wandb", *overrides], output_dir=str(tmp_path))
+        return instantiate(cfg.logger.wandb)._offline
+
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert loggers.wandb_logger(save_dir=str(tmp_path))._offline
+    assert offline()
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password k" + "0" * 39)
-    assert not loggers.wandb_logger(save_dir=str(tmp_path))._offline  # `wandb login` stored a key
+    assert not offline()  # `wandb login` stored a key
     (tmp_path / "netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert not loggers.wandb_logger(save_dir=str(tmp_path))._offline
+    assert not offline()
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own switch is left to W&B
-    assert not loggers.wandb_logger(save_dir=str(tmp_path))._offline
-    assert loggers.wandb_logger(save_dir=str(tmp_path), offline=True)._offline
+    assert not offline()
+    assert offline("logger.wandb.offline=true")
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch) -> None:
-    real_find_spec = loggers.importlib.util.find_spec
+    import importlib.util
+
+    from imgcls import compose
+    from imgcls.utils.checks import bad_value
+
+    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        loggers.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a),
     )
-    with pytest.raises(UserError, match=r"logger=mlflow needs the mlflow package.*\[mlflow\]"):
-        loggers.mlflow_logger(experiment_name="x")
+    message = bad_value(compose(["logger=mlflow"], output_dir="x"))
+    assert re.fullmatch(r"logger=mlflow needs the mlflow package.*\[mlflow\]'", message)
+    assert bad_value(compose(["logger=wandb"], output_dir="x")) is None

@@ -22,8 +22,8 @@ from imgcls.utils.errors import UserError
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 #: logger targets that need an optional extra, and the package it installs
 OPTIONAL_LOGGERS = {
-    "imgcls.loggers.mlflow_logger": "mlflow",
-    "imgcls.loggers.wandb_logger": "wandb",
+    "pytorch_lightning.loggers.MLFlowLogger": "mlflow",
+    "pytorch_lightning.loggers.WandbLogger": "wandb",
 }
 
 

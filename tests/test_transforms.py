@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from imgcls.callbacks.augmentation_grid import AugmentationGrid
+from imgcls.callbacks.plots import AugmentationGrid
 from imgcls.data.base import ImageDataModule
 from imgcls.data.transforms import (
     AUGMENT_PRESETS,

@@ -1,9 +1,5 @@
-"""imgcls: a Hydra + PyTorch Lightning template for image classification.
-
-Importing it registers the config resolvers (``imgcls.config``; no torch is imported), so
-Hydra's own compose API works as well as ``imgcls.compose(overrides=[...])``.
-``imgcls.load_model(ckpt)`` (``imgcls.api``) is imported on first use.
-"""
+"""imgcls: a Hydra + PyTorch Lightning template for image classification. ``import imgcls``
+registers the config resolvers without importing torch; ``imgcls.load_model`` loads on first use."""
 
 from typing import Any
 

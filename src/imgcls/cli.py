@@ -1,30 +1,46 @@
-"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...).
-
-Hydra parses the command line, composes the config and names the job (``hydra.job.name`` is the
-config's ``task_name``). Nothing heavy is imported before the task runs: ``--help``, ``--cfg job``,
-config mistakes (Hydra's messages) and bad values (``imgcls.utils.checks``, a Hydra callback)
-answer before torch and Lightning load; the task module is imported when the task starts.
-"""
+"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...):
+Hydra apps; Hydra's errors, the value checks (``imgcls.utils.checks``) come before torch loads."""
 
 from __future__ import annotations
 
 import importlib
+import os
 from functools import partial
 from typing import Any
 
-from omegaconf import DictConfig
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgcls.config import CONFIG_DIR
 
 
+def config_summary(cfg: DictConfig) -> str:
+    """The config groups chosen, the overrides and where the full resolved config is written."""
+    hydra_cfg = HydraConfig.get()
+    chosen = [  # not hydra's groups, nor an absent optional one (no file)
+        f"{g}={c}"
+        for g, c in sorted(hydra_cfg.runtime.choices.items())
+        if c and not g.startswith("hydra") and (CONFIG_DIR / g / f"{c}.yaml").is_file()
+    ]
+    lines = ["config: " + " ".join(chosen)]
+    for key in ("resume", "rerun"):  # the run's saved config replaces what was composed here
+        if isinstance(OmegaConf.select(cfg, key), str):
+            lines = [f"config: the saved config of {cfg[key]} ({key}=)"]
+    lines.append("overrides: " + (" ".join(hydra_cfg.overrides.task) or "none"))
+    full = f"{cfg.paths.output_dir}/config.yaml"
+    return "\n".join([*lines, f"full config: {full} (extras.print_config=full prints it)"])
+
+
 def launch(config_name: str, module: str) -> None:
-    """Run ``<module>.run(cfg)`` as the Hydra app of ``configs/<config_name>.yaml``."""
-    import hydra
+    """Run ``<module>.run(cfg)`` as the Hydra app of ``configs/<config_name>.yaml``, after the
+    ``extras.print_config`` print (``true``: the summary, ``full``: the resolved config; rank 0)."""
 
     def task(cfg: DictConfig) -> Any:
-        from imgcls.utils.config_print import print_config
-
-        print_config(cfg)  # within a second of the start: before torch and Lightning load
+        mode = OmegaConf.select(cfg, "extras.print_config")
+        if mode and os.environ.get("LOCAL_RANK", "0") == os.environ.get("NODE_RANK", "0") == "0":
+            text = OmegaConf.to_yaml(cfg, resolve=True) if mode == "full" else config_summary(cfg)
+            print(text, flush=True)  # within a second: before torch and Lightning load
         return importlib.import_module(module).run(cfg)
 
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()

@@ -1,17 +1,16 @@
-"""Where the Hydra configs live, imgcls's resolvers, and ``compose`` (a config as a run has it).
-
-The resolvers are registered when ``imgcls`` is imported, without importing torch, so Hydra's own
-API works: ``import imgcls``, then ``hydra.compose`` and ``instantiate(cfg.model)``.
-"""
+"""Where the Hydra configs live, imgcls's resolvers (registered on ``import imgcls``, without
+torch, so Hydra's own compose + ``instantiate(cfg.model)`` work), and ``compose``."""
 
 from __future__ import annotations
 
 import importlib
+import netrc
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -23,15 +22,12 @@ _datamodules: dict[str, Any] = {}
 
 def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
     """``${datamodule:num_classes}``: a shape fact (``num_classes``, ``in_channels``,
-    ``image_size``) read from the configured datamodule, cached per data config."""
+    ``image_size``) of the configured datamodule, instantiated once per data config."""
     from hydra.utils import instantiate
 
-    data_cfg = _root_.get("data")
-    if data_cfg is None:
-        raise ValueError(f"${{datamodule:{name}}} needs a `data` config to read {name} from")
-    key = OmegaConf.to_yaml(data_cfg, resolve=True)
+    key = OmegaConf.to_yaml(_root_.data, resolve=True)
     if key not in _datamodules:
-        _datamodules[key] = instantiate(data_cfg)
+        _datamodules[key] = instantiate(_root_.data)
     return getattr(_datamodules[key], name)
 
 
@@ -41,11 +37,22 @@ def _cluster(name: str) -> Callable[..., Any]:
 
 
 def resumed_dir(resume: Any, new_dir: str) -> str:
-    """``hydra.run.dir``: the run dir ``resume=<run dir>`` names (the run continues there), else
-    a new one."""
+    """``hydra.run.dir``: the run dir ``resume=<run dir>`` continues, else a new one."""
     if isinstance(resume, str) and resume.lower() not in ("true", "false", "null", "none", ""):
         return str(Path(resume).expanduser().resolve())
     return new_dir
+
+
+def wandb_offline() -> bool:
+    """``${wandb_offline:}``: W&B offline unless ``WANDB_MODE`` (W&B's own switch) is set or an
+    API key is configured (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return False
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return True
 
 
 RESOLVERS: dict[str, Callable[..., Any]] = {
@@ -54,14 +61,14 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     # resume=<run dir>: Hydra keeps that run's .hydra/ (its overrides) instead of writing ours
     "hydra_subdir": lambda resume: ".hydra" if resumed_dir(resume, "") == "" else None,
     "datamodule": datamodule_attribute,
+    "wandb_offline": wandb_offline,
     "slurm_tasks_per_node": _cluster("slurm_tasks_per_node"),
     "slurm_gpus_per_node": _cluster("slurm_gpus_per_node"),
 }
 
 
 def setup_config_environment() -> None:
-    """Register the resolvers and default ``IMGCLS_ROOT`` to this clone (idempotent; done on
-    ``import imgcls``)."""
+    """Register the resolvers and default ``IMGCLS_ROOT`` to this clone (idempotent)."""
     os.environ.setdefault("IMGCLS_ROOT", str(REPO_ROOT))
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
@@ -71,21 +78,16 @@ def setup_config_environment() -> None:
 def compose(
     overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None
 ) -> DictConfig:
-    """The config ``python <config_name>.py <overrides>`` runs, composed by Hydra's compose API.
-
-    ``paths.output_dir`` is the run dir Hydra would make (or ``output_dir``); nothing is created
-    until a run writes there. Hydra's own exceptions report mistakes. ``imgcls.train.train(cfg)``
-    trains with it.
-    """
+    """The config ``python <config_name>.py <overrides>`` runs (Hydra's compose API), its
+    ``paths.output_dir`` the run dir Hydra would make (or ``output_dir``; nothing is created)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    run_dir = output_dir or OmegaConf.select(cfg, "hydra.run.dir")
     with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir or cfg.hydra.run.dir)
         del cfg["hydra"]
-        cfg.paths.output_dir = str(run_dir)
     return cfg
 
 
