@@ -1,4 +1,4 @@
-"""``FolderDataModule``: a folder of class folders (scanning in ``scan``, reading in ``read``)."""
+"""``FolderDataModule``: a folder of class folders (files in ``scan``, decoding in ``read``)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,13 @@ import torch
 
 from imgcls.data.base import ImageDataModule, Split
 from imgcls.data.folder import read
-from imgcls.data.folder.scan import (
-    FolderIndex,
-    FolderLayout,
-    carve_missing_splits,
-    find_layout,
-    scan_files,
-)
+from imgcls.data.folder.scan import Items, carve_missing_splits, find_layout, scan_files
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = (0.449,), (0.226,)
+#: ImageNet's statistics by channels (grayscale: the channels' mean)
+IMAGENET = {3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}
 
 
 class FolderDataModule(ImageDataModule):
@@ -61,26 +55,20 @@ class FolderDataModule(ImageDataModule):
             or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
         ):
             raise UserError(
-                f"data.split={list(split) if split is not None else split} must be three fractions "
-                "[train, val, test] that sum to 1 with train > 0, e.g. data.split=[0.8,0.1,0.1]"
+                f"data.split={split} must be three fractions [train, val, test] that sum to 1 "
+                "with train > 0, e.g. data.split=[0.8,0.1,0.1]"
             )
-        if normalize not in ("imagenet", "auto", "none"):
-            raise UserError(
-                f"data.normalize={normalize!r} is not supported; use one of "
-                "['imagenet', 'auto', 'none'] (or set data.mean and data.std)"
-            )
-        if on_bad_image not in ("skip", "error"):
-            raise UserError(
-                f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
-            )
+        for key, value, allowed in [
+            ("normalize", normalize, ["imagenet", "auto", "none"]),
+            ("on_bad_image", on_bad_image, ["skip", "error"]),
+        ]:
+            if value not in allowed:
+                raise UserError(f"data.{key}={value!r} is not supported; use one of {allowed}")
         self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
         self.native_channels = channels = 1 if grayscale else 3
+        self.default_mean, self.default_std = IMAGENET[channels]
         if normalize == "none":
             self.default_mean, self.default_std = (0.0,) * channels, (1.0,) * channels
-        elif grayscale:
-            self.default_mean, self.default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
-        else:
-            self.default_mean, self.default_std = IMAGENET_MEAN, IMAGENET_STD
         self.split_fractions, self.normalize_mode = fractions, normalize
         self.on_bad_image = on_bad_image
         self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
@@ -91,38 +79,40 @@ class FolderDataModule(ImageDataModule):
 
     @property
     def all_class_names(self) -> list[str]:  # type: ignore[override]
-        return self.layout.class_names
+        return self.layout[0]
 
     @cached_property
-    def layout(self) -> FolderLayout:
-        """Layout and class names: lists two folders at most (shape facts stay cheap)."""
+    def layout(self) -> tuple[list[str], dict[str, Path]]:
+        """Class names and split folders: lists two folders at most (shape facts stay cheap)."""
         return find_layout(self.root)
 
     @cached_property
-    def index(self) -> FolderIndex:
+    def files(self) -> dict[str, Items]:
         """The files of every split (scanned once, nothing decoded)."""
-        index, hp = scan_files(self.layout), self.hparams
-        carve_missing_splits(index, self.split_fractions, hp.seed, hp.num_folds is not None)
-        return index
+        (classes, dirs), hp = self.layout, self.hparams
+        files = scan_files(classes, dirs)
+        given, k_fold = dirs["train"] != self.root, hp.num_folds is not None
+        carve_missing_splits(files, self.root, given, self.split_fractions, hp.seed, k_fold)
+        return files
 
     def load_split(self, split: str) -> Split:
         if self._decoded is None:
-            hp = self.hparams
+            hp, root = self.hparams, self.root
+            args = (self.in_channels, self.image_size, hp.resize)
+            workers = self.decode_workers
             self._decoded = read.read_splits(
-                self.index,
-                self.in_channels,
-                self.image_size,
-                in_memory=hp.in_memory,
-                on_bad_image=self.on_bad_image,
-                workers=self.decode_workers,
-                k_fold=hp.num_folds is not None,
-                resize=hp.resize,
+                self.files, root, args, hp.in_memory, self.on_bad_image, workers
             )
+            trained = set(self._decoded["train"][1].tolist())
+            if missing := [c for i, c in enumerate(self.all_class_names) if i not in trained]:
+                raise UserError(
+                    f"data.root={root}: no readable training images for classes {missing}; "
+                    "add images to those class folders"
+                )
         return self._decoded[split]
 
     def load_val_split(self) -> Split | None:
-        val = self.load_split("val")
-        return None if self.hparams.num_folds is not None and len(val[1]) == 0 else val
+        return self.load_split("val") if self.hparams.num_folds is None else None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -150,7 +140,7 @@ class FolderDataModule(ImageDataModule):
             "fold": hp.fold,
             "on_bad_image": self.on_bad_image,
         }
-        return read.stats_key(self.index, settings)
+        return read.stats_key(self.files, self.root, settings)
 
     def _apply_stats(self, stats: read.Stats) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
@@ -181,13 +171,11 @@ class FolderDataModule(ImageDataModule):
     def state_dict(self) -> dict[str, Any]:
         # the statistics used travel in checkpoints (eval/predict normalise like training)
         state, normalize = super().state_dict(), self.pipeline.normalize
-        if self._stats_pending:
-            return state
-        return {
-            **state,
-            "mean": normalize.mean.flatten().tolist(),
-            "std": normalize.std.flatten().tolist(),
-        }
+        if not self._stats_pending:
+            state.update(
+                mean=normalize.mean.flatten().tolist(), std=normalize.std.flatten().tolist()
+            )
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
