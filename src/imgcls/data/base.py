@@ -171,7 +171,9 @@ class ImageDataModule(pl.LightningDataModule):
             train_idx, val_idx = self.train_val_indices(labels)
             val = images[val_idx], labels[val_idx]
             images, labels = images[train_idx], labels[train_idx]
-        splits = {"train": (images, labels), "val": self._keep_classes(val)}
+        else:
+            val = self._keep_classes(val)
+        splits = {"train": (images, labels), "val": val}
         splits["test"] = self._keep_classes(self.load_split("test"))
         self.splits = {name: (self.resize(x), y) for name, (x, y) in splits.items()}
 
