@@ -7,6 +7,7 @@ use generators seeded from ``data.seed`` (the same on every DDP rank), augmentat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,13 +19,6 @@ from imgcls.data.transforms import RESIZE_MODES, BatchPipeline, resize_uint8
 from imgcls.utils.errors import UserError
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
-
-
-def missing_data(name: str, data_dir: str, folder: object, files: list[str], reason: object):
-    return UserError(
-        f"{name} is not in data.data_dir={data_dir} and could not be downloaded ({reason}); "
-        f"copy {', '.join(files)} into {folder}/ or train offline with data=digits"
-    )
 
 
 def device_free_memory(device: torch.device) -> int | None:
@@ -94,6 +88,24 @@ class ImageDataModule(pl.LightningDataModule):
         self._device_decisions: dict[torch.device, bool] = {}
         self._train_loader: Any = None
         self._loader_state: dict[str, int] | None = None  # restored from a checkpoint
+
+    def fetch(self, folder: Path, files: Sequence[str], calls: list[dict], listed=None) -> None:
+        """Unless ``files`` are in ``folder``: ``self.dataset(**call, download=True)`` for each of
+        ``calls`` (torchvision downloads, md5-checked); with ``data.download=false`` or a failure,
+        one line naming ``listed`` (default ``files``)."""
+        if all((folder / name).is_file() for name in files):
+            return
+        try:
+            if not self.download:
+                raise OSError("data.download=false")
+            for call in calls:
+                self.dataset(**call, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; bad md5 a RuntimeError
+            raise UserError(
+                f"{self.dataset.__name__} is not in data.data_dir={self.data_dir} and could not be "
+                f"downloaded ({str(err).splitlines()[0] if str(err) else err!r}); copy "
+                f"{', '.join(listed or files)} into {folder}/ or train offline with data=digits"
+            ) from err
 
     def load_split(self, split: str) -> Split:
         """Raw ``"train"`` or ``"test"`` split as (uint8 ``[N, C, H, W]``, int64 ``[N]``)."""
