@@ -6,6 +6,7 @@ use generators seeded from ``data.seed`` (the same on every DDP rank), augmentat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,21 @@ from imgcls.data.transforms import RESIZE_MODES, BatchPipeline, resize_uint8
 from imgcls.utils.errors import UserError
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
+
+
+def stratified_split(labels: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(rest, taken) indices, ``count`` taken: each class's share within one of its proportion,
+    seeded by ``seed`` alone (not the global RNG); every class keeps one sample in ``rest``."""
+    generator, keys = torch.Generator().manual_seed(seed), torch.full((len(labels),), math.inf)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)][1:]
+        offset = torch.rand(1, generator=generator)
+        keys[members] = (torch.arange(len(members)) + offset) / (len(members) + 1)
+    taken = keys.argsort(stable=True)[:count]
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[taken[keys[taken] < math.inf]] = False
+    return rest.nonzero().flatten(), (~rest).nonzero().flatten()
 
 
 def device_free_memory(device: torch.device) -> int | None:
@@ -157,7 +173,7 @@ class ImageDataModule(pl.LightningDataModule):
         return images[keep], remap[labels][keep]
 
     def train_val_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Seeded train/validation index split (a stratified fold when ``num_folds`` is set)."""
+        """Seeded, stratified train/validation indices (a fold when ``num_folds`` is set)."""
         hp, n = self.hparams, len(labels)
         if hp.num_folds is not None:
             from sklearn.model_selection import StratifiedKFold
@@ -171,8 +187,7 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.val_size={hp.val_size} leaves no training or no validation data "
                 f"out of {n} samples"
             )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
-        return order[n_val:], order[:n_val]
+        return stratified_split(labels, n_val, hp.seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -14,7 +14,7 @@ import torch
 
 from imgcls.data.base import ImageDataModule, Split
 from imgcls.data.folder import read
-from imgcls.data.folder.scan import Items, carve_missing_splits, find_layout, scan_files
+from imgcls.data.folder.scan import Items, carve_test, find_layout, scan_files
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class FolderDataModule(ImageDataModule):
         self.split_fractions, self.normalize_mode = fractions, normalize
         self.on_bad_image = on_bad_image
         self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
-        super().__init__(image_size=image_size, **kwargs)
+        # the validation share of what is left once the test split is set aside (base carves it)
+        val_size = fractions[1] / (fractions[0] + fractions[1])
+        super().__init__(image_size=image_size, val_size=val_size or 0.5, **kwargs)
         self._decoded: dict[str, Split] | None = None
         # normalize=auto: statistics known once computed, read from the cache or a checkpoint
         self._stats_pending = normalize == "auto" and self.hparams.mean is None
@@ -91,8 +93,9 @@ class FolderDataModule(ImageDataModule):
         """The files of every split (scanned once, nothing decoded)."""
         (classes, dirs), hp = self.layout, self.hparams
         files = scan_files(classes, dirs)
-        given, k_fold = dirs["train"] != self.root, hp.num_folds is not None
-        carve_missing_splits(files, self.root, given, self.split_fractions, hp.seed, k_fold)
+        carve_test(files, self.root, dirs["train"] != self.root, self.split_fractions[2])
+        if hp.num_folds is not None:  # the folds split train/ and val/ together
+            files["train"] += files.pop("val", [])
         return files
 
     def load_split(self, split: str) -> Split:
@@ -112,7 +115,19 @@ class FolderDataModule(ImageDataModule):
         return self._decoded[split]
 
     def load_val_split(self) -> Split | None:
-        return self.load_split("val") if self.hparams.num_folds is None else None
+        if "val" in self.files:
+            return self.load_split("val")
+        if self.hparams.num_folds is None and self.split_fractions[1] <= 0:
+            raise UserError(
+                f"data.root={self.root} has no val/ folder and data.split gives val 0; "
+                "set a val fraction, e.g. data.split=[0.8,0.1,0.1], or use data.num_folds"
+            )
+        if self.hparams.num_folds is None and self.layout[1]["train"] != self.root:
+            log.info(
+                f"data.root={self.root} has no val/ folder: the validation split is carved from "
+                f"train/ (stratified, data.seed={self.hparams.seed})"
+            )
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

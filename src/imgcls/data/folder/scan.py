@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets.folder import make_dataset
 
+from imgcls.data.base import stratified_split
 from imgcls.imaging import IMAGE_SUFFIXES
 from imgcls.utils.errors import UserError
 
@@ -77,59 +78,28 @@ def scan_files(classes: list[str], dirs: dict[str, Path]) -> dict[str, Items]:
     return files
 
 
-def take_stratified(items: Items, fraction: float, seed: int) -> tuple[Items, Items]:
-    """(rest, taken): ``round(fraction * n)`` items, each class's share within one item of its
-    proportion (seeded); every class keeps at least one item in ``rest``."""
-    generator, labels = torch.Generator().manual_seed(seed), torch.tensor([i[1] for i in items])
-    keys = torch.full((len(items),), math.inf)
-    for label in labels.unique():
-        members = (labels == label).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)][1:]
-        offset = torch.rand(1, generator=generator)
-        keys[members] = (torch.arange(len(members)) + offset) / (len(members) + 1)
-    order = keys.argsort(stable=True)[: math.floor(fraction * len(items) + 0.5)]
-    taken = {i for i in order.tolist() if keys[i] < math.inf}
-    return [x for i, x in enumerate(items) if i not in taken], [items[i] for i in sorted(taken)]
-
-
-def carve_missing_splits(
-    files: dict[str, Items], root: Path, given: bool, fractions, seed: int, k_fold: bool
-) -> None:
-    """Carve a missing test split (fixed seed), then a missing validation split (``seed``) from
-    train, stratified; with ``k_fold`` validation images join the pool the folds split. ``given``:
-    root holds train/ (the carving is logged)."""
-    train_frac, val_frac, test_frac = fractions
-    if "test" not in files:
-        if test_frac <= 0:
-            raise UserError(
-                f"data.root={root} has no test/ folder and data.split gives test 0; "
-                "set a test fraction, e.g. data.split=[0.8,0.1,0.1]"
-            )
-        files["train"], files["test"] = take_stratified(files["train"], test_frac, TEST_SPLIT_SEED)
-        if given:
-            log.info(
-                f"data.root={root} has no test/ folder: the test split is {test_frac:.0%} of "
-                f"train/ ({len(files['test'])} images, stratified, fixed seed), "
-                "set aside before validation and training"
-            )
-    if k_fold:
-        files["train"] += files.pop("val", [])
-    elif "val" not in files:
-        if val_frac <= 0:
-            raise UserError(
-                f"data.root={root} has no val/ folder and data.split gives val 0; "
-                "set a val fraction, e.g. data.split=[0.8,0.1,0.1], or use data.num_folds"
-            )
-        fraction = val_frac / (train_frac + val_frac)  # of the train + val share that is left
-        files["train"], files["val"] = take_stratified(files["train"], fraction, seed)
-        if given:
-            log.info(
-                f"data.root={root} has no val/ folder: the validation split is "
-                f"{len(files['val'])} images of train/ (stratified, data.seed={seed})"
-            )
-    for split, items in files.items():
-        if not items:
-            raise UserError(
-                f"data.root={root}: too few images to carve a {split} split with "
-                f"data.split={list(fractions)}; add images or raise the fraction"
-            )
+def carve_test(files: dict[str, Items], root: Path, given: bool, fraction: float) -> None:
+    """Without a test/ folder, a stratified share of train (fixed seed) is the test split."""
+    if "test" in files:
+        return
+    if fraction <= 0:
+        raise UserError(
+            f"data.root={root} has no test/ folder and data.split gives test 0; "
+            "set a test fraction, e.g. data.split=[0.8,0.1,0.1]"
+        )
+    pool = files["train"]
+    count = math.floor(fraction * len(pool) + 0.5)
+    rest, test = stratified_split(
+        torch.tensor([label for _, label in pool]), count, TEST_SPLIT_SEED
+    )
+    files["train"], files["test"] = [pool[i] for i in rest], [pool[i] for i in test]
+    if not files["test"]:
+        raise UserError(
+            f"data.root={root}: too few images to carve a test split with data.split; "
+            "add images or raise the fraction"
+        )
+    if given:
+        log.info(
+            f"data.root={root} has no test/ folder: the test split is {fraction:.0%} of train/ "
+            f"({len(test)} images, stratified, fixed seed), set aside before validation"
+        )
