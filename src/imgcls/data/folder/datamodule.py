@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -44,16 +43,9 @@ class FolderDataModule(ImageDataModule):
                 "data=folder needs data.root=PATH: a folder of class folders (PATH/<class>/*.jpg) "
                 "or of train/ val/ test/ folders holding class folders"
             )
-        try:
-            fractions = tuple(float(f) for f in split)
-        except (TypeError, ValueError):
-            fractions = ()
-        if (
-            len(fractions) != 3
-            or min(fractions) < 0
-            or fractions[0] <= 0
-            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
-        ):
+        fractions = tuple(float(f) for f in split if isinstance(f, (int, float)))
+        valid = len(fractions) == 3 and min(fractions) >= 0 < fractions[0]
+        if not valid or abs(sum(fractions) - 1) > 1e-6:
             raise UserError(
                 f"data.split={split} must be three fractions [train, val, test] that sum to 1 "
                 "with train > 0, e.g. data.split=[0.8,0.1,0.1]"
@@ -102,9 +94,8 @@ class FolderDataModule(ImageDataModule):
         if self._decoded is None:
             hp, root = self.hparams, self.root
             args = (self.in_channels, self.image_size, hp.resize)
-            workers = self.decode_workers
             self._decoded = read.read_splits(
-                self.files, root, args, hp.in_memory, self.on_bad_image, workers
+                self.files, root, args, hp.in_memory, self.on_bad_image, self.decode_workers
             )
             trained = set(self._decoded["train"][1].tolist())
             if missing := [c for i, c in enumerate(self.all_class_names) if i not in trained]:
@@ -143,18 +134,17 @@ class FolderDataModule(ImageDataModule):
             self._apply_stats(stats)
 
     def _stats_key(self) -> str:
-        hp = self.hparams
-        settings = {
-            "image_size": self.image_size,
-            **({"resize": "crop"} if hp.resize == "crop" else {}),  # old keys stay valid
-            "grayscale": self.grayscale,
-            "split": list(self.split_fractions),
-            "seed": hp.seed,
-            "classes": list(hp.classes) if hp.classes is not None else None,
-            "num_folds": hp.num_folds,
-            "fold": hp.fold,
-            "on_bad_image": self.on_bad_image,
-        }
+        keys = [
+            "resize",
+            "grayscale",
+            "split",
+            "seed",
+            "classes",
+            "num_folds",
+            "fold",
+            "on_bad_image",
+        ]
+        settings = {key: self.hparams.get(key) for key in keys} | {"image_size": self.image_size}
         return read.stats_key(self.files, self.root, settings)
 
     def _apply_stats(self, stats: read.Stats) -> None:
@@ -167,32 +157,26 @@ class FolderDataModule(ImageDataModule):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if self._stats_pending:  # normalize=auto before setup: the cache, else the images
-            try:
-                cached = read.read_cached(self.root, self._stats_key())
-            except UserError:
-                cached = None
-            if cached is not None:
-                self._apply_stats(cached)
-            elif not self.root.is_dir():
+            if not self.root.is_dir():
                 raise UserError(
                     f"data.normalize=auto needs the training images in data.root={self.root} (or "
                     f"their statistics in {self.root / read.STATS_CACHE}) to normalise "
                     "like training did; restore them, or pass data.mean=[...] data.std=[...]"
                 )
+            if cached := read.read_cached(self.root, self._stats_key()):
+                self._apply_stats(cached)
             else:
                 self.setup("fit")
         return super().preprocess(images)
 
     def state_dict(self) -> dict[str, Any]:
-        # the statistics used travel in checkpoints (eval/predict normalise like training)
-        state, normalize = super().state_dict(), self.pipeline.normalize
-        if not self._stats_pending:
-            state.update(
-                mean=normalize.mean.flatten().tolist(), std=normalize.std.flatten().tolist()
-            )
+        state = super().state_dict()
+        if not self._stats_pending:  # in checkpoints: eval and predict normalise like training
+            for name in ("mean", "std"):
+                state[name] = getattr(self.pipeline.normalize, name).flatten().tolist()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if "mean" in state_dict and "std" in state_dict:
-            self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
+        if "mean" in state_dict:
+            self._apply_stats(state_dict)
