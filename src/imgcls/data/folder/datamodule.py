@@ -1,4 +1,4 @@
-"""``FolderDataModule``: a folder of class folders (files in ``scan``, decoding in ``read``)."""
+"""``FolderDataModule``: a folder of class folders (its files and images: ``read``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 
 from imgcls.data.base import ImageDataModule, Split
 from imgcls.data.folder import read
-from imgcls.data.folder.scan import Items, carve_test, find_layout, scan_files
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,14 +77,14 @@ class FolderDataModule(ImageDataModule):
     @cached_property
     def layout(self) -> tuple[list[str], dict[str, Path]]:
         """Class names and split folders: lists two folders at most (shape facts stay cheap)."""
-        return find_layout(self.root)
+        return read.find_layout(self.root)
 
     @cached_property
-    def files(self) -> dict[str, Items]:
+    def files(self) -> dict[str, read.Items]:
         """The files of every split (scanned once, nothing decoded)."""
         (classes, dirs), hp = self.layout, self.hparams
-        files = scan_files(classes, dirs)
-        carve_test(files, self.root, dirs["train"] != self.root, self.split_fractions[2])
+        files = read.scan_files(classes, dirs)
+        read.carve_test(files, self.root, dirs["train"] != self.root, self.split_fractions[2])
         if hp.num_folds is not None:  # the folds split train/ and val/ together
             files["train"] += files.pop("val", [])
         return files
