@@ -1,8 +1,6 @@
 """The base LightningDataModule: splits, class subsets, k-fold, loaders and shape metadata.
-
-A subclass names its classes and loads its raw splits as uint8 tensors (``load_split``). Splits
-use generators seeded from ``data.seed`` (the same on every DDP rank), augmentation the global RNG.
-"""
+Splits use generators seeded from ``data.seed`` (the same on every DDP rank), augmentation the
+global RNG."""
 
 from __future__ import annotations
 
@@ -87,9 +85,7 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.fold={fold} is out of range for data.num_folds={num_folds}; "
                 f"use 0..{num_folds - 1}"
             )
-        if num_folds is None and not (
-            0 < val_size < 1 or (val_size >= 1 and float(val_size).is_integer())
-        ):
+        if num_folds is None and not (0 < val_size < 1 or val_size == int(val_size) >= 1):
             raise UserError(
                 f"data.val_size must be a fraction in (0, 1) or a count, not {val_size}"
             )
@@ -106,9 +102,8 @@ class ImageDataModule(pl.LightningDataModule):
         self._loader_state: dict[str, int] | None = None  # restored from a checkpoint
 
     def fetch(self, folder: Path, files: Sequence[str], calls: list[dict], listed=None) -> None:
-        """Unless ``files`` are in ``folder``: ``self.dataset(**call, download=True)`` for each of
-        ``calls`` (torchvision downloads, md5-checked); with ``data.download=false`` or a failure,
-        one line naming ``listed`` (default ``files``)."""
+        """Unless ``files`` are in ``folder``, torchvision downloads (``self.dataset(**call)`` for
+        each of ``calls``); offline, one line naming ``listed`` (default ``files``)."""
         if all((folder / name).is_file() for name in files):
             return
         try:

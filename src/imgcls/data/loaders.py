@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,32 +14,24 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.data.transforms import BatchPipeline
 
 
+@dataclass(eq=False)
 class TensorBatchLoader:
-    """Whole batches sliced from an in-memory uint8 tensor (on the training device with
-    ``data.on_device``): no per-sample work, no workers (benchmarks/throughput.py shows why).
+    """Whole batches sliced from a uint8 tensor, no workers (benchmarks/throughput.py shows why).
+    The order is a function of (seed, epoch), the same on every DDP rank; training shards have
+    equal length, evaluation shards hold every sample once; ``state_dict`` (epoch, batches
+    served) lets a mid-epoch resume continue."""
 
-    The order is a function of (seed, epoch), the same on every DDP rank; training shards are cut
-    to equal length, evaluation shards keep every sample once (synced metrics equal one
-    process's). ``state_dict`` (epoch, batches served) lets a mid-epoch resume continue.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool = False,
-        seed: int = 0,
-        epoch_fn: Callable[[], int] = lambda: 0,
-        shard: tuple[int, int] = (0, 1),  # (rank, world size)
-        pin_memory: bool = False,
-    ) -> None:
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.shuffle, self.drop_last, self.seed, self.epoch_fn = shuffle, drop_last, seed, epoch_fn
-        (self.rank, self.world_size), self.pin_memory = shard, pin_memory
-        self.position = {"epoch": -1, "batches": 0}  # what this epoch has served so far
-        self.resume_at: dict[str, int] = {}
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    shuffle: bool
+    drop_last: bool = False
+    seed: int = 0
+    epoch_fn: Callable[[], int] = lambda: 0
+    shard: tuple[int, int] = (0, 1)  # (rank, world size)
+    pin_memory: bool = False
+    position: dict[str, int] = field(default_factory=lambda: {"epoch": -1, "batches": 0})
+    resume_at: dict[str, int] = field(default_factory=dict)  # a loaded state, for one epoch
 
     def state_dict(self) -> dict[str, int]:
         return dict(self.position)
@@ -47,20 +40,20 @@ class TensorBatchLoader:
         self.resume_at = dict(state)
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        size = n // self.world_size if self.shuffle else len(range(self.rank, n, self.world_size))
+        (rank, world_size), n = self.shard, len(self.labels)
+        size = n // world_size if self.shuffle else len(range(rank, n, world_size))
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # a generator: the epoch and a loaded state are read at the first batch, after restoring
-        n, epoch = len(self.labels), self.epoch_fn()
+        (rank, world_size), n, epoch = self.shard, len(self.labels), self.epoch_fn()
         start = self.resume_at.get("batches", 0) if self.resume_at.get("epoch") == epoch else 0
         self.resume_at = {}
         order = torch.arange(n)
         if self.shuffle:  # seeded by epoch: the same order on every rank and after a resume
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=generator)[: n // self.world_size * self.world_size]
-        order = order[self.rank :: self.world_size].to(self.labels.device)
+            order = torch.randperm(n, generator=generator)[: n // world_size * world_size]
+        order = order[rank::world_size].to(self.labels.device)
         for step in range(start, len(self)):
             self.position = {"epoch": epoch, "batches": step + 1}
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
@@ -70,11 +63,14 @@ class TensorBatchLoader:
             yield images, labels
 
 
+@dataclass(eq=False)
 class TensorImageDataset(Dataset):
     """Per-sample view of a uint8 image tensor, transformed like the batch path (standard path)."""
 
-    def __init__(self, images, labels, pipeline: BatchPipeline, train: bool) -> None:
-        self.images, self.labels, self.pipeline, self.train = images, labels, pipeline, train
+    images: Any
+    labels: torch.Tensor
+    pipeline: BatchPipeline
+    train: bool
 
     def __len__(self) -> int:
         return len(self.labels)
