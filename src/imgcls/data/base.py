@@ -43,7 +43,7 @@ class ImageDataModule(pl.LightningDataModule):
     """Shared behaviour of every imgcls datamodule; subclasses implement ``load_split``."""
 
     all_class_names: Sequence[str] = ()  # every class of the dataset, in label order
-    native_channels, native_size = 1, 28  # channels and (square) side as stored
+    in_channels, native_size = 1, 28  # channels and (square) side as stored
     default_mean: Sequence[float] = (0.5,)  # the dataset's normalisation statistics
     default_std: Sequence[float] = (0.5,)
 
@@ -133,10 +133,6 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    @property
-    def in_channels(self) -> int:
-        return self.native_channels
 
     @property
     def image_size(self) -> int:

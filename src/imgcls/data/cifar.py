@@ -30,7 +30,7 @@ class CIFAR10DataModule(ImageDataModule):
     dataset, label_key = CIFAR10, "labels"
     all_class_names = ("airplane", "automobile", "bird", "cat", "deer")
     all_class_names += ("dog", "frog", "horse", "ship", "truck")
-    native_channels, native_size = 3, 32
+    in_channels, native_size = 3, 32
     default_mean, default_std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
     def __init__(self, download: bool = True, val_size: float = 5000, **kwargs) -> None:

@@ -21,7 +21,7 @@ class SVHNDataModule(ImageDataModule):
 
     dataset = SVHN
     all_class_names = tuple(str(d) for d in range(10))
-    native_channels, native_size = 3, 32
+    in_channels, native_size = 3, 32
     default_mean, default_std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
     def __init__(

@@ -56,7 +56,7 @@ class FolderDataModule(ImageDataModule):
             if value not in allowed:
                 raise UserError(f"data.{key}={value!r} is not supported; use one of {allowed}")
         self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
-        self.native_channels = channels = 1 if grayscale else 3
+        self.in_channels = channels = 1 if grayscale else 3
         self.default_mean, self.default_std = IMAGENET[channels]
         if normalize == "none":
             self.default_mean, self.default_std = (0.0,) * channels, (1.0,) * channels

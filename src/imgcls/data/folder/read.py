@@ -94,21 +94,14 @@ def carve_test(files: dict[str, Items], root: Path, given: bool, fraction: float
     """Without a test/ folder, a stratified share of train (fixed seed) is the test split."""
     if "test" in files:
         return
-    if fraction <= 0:
-        raise UserError(
-            f"data.root={root} has no test/ folder and data.split gives test 0; "
-            "set a test fraction, e.g. data.split=[0.8,0.1,0.1]"
-        )
     pool = files["train"]
     count = math.floor(fraction * len(pool) + 0.5)
-    rest, test = stratified_split(
-        torch.tensor([label for _, label in pool]), count, TEST_SPLIT_SEED
-    )
+    rest, test = stratified_split(torch.tensor([i[1] for i in pool]), count, TEST_SPLIT_SEED)
     files["train"], files["test"] = [pool[i] for i in rest], [pool[i] for i in test]
-    if not files["test"]:
+    if not test.numel():
         raise UserError(
-            f"data.root={root}: too few images to carve a test split with data.split; "
-            "add images or raise the fraction"
+            f"data.root={root} has no test/ folder and data.split carves no test images from "
+            "its images; add images or raise the test fraction, e.g. data.split=[0.8,0.1,0.1]"
         )
     if given:
         log.info(
@@ -127,8 +120,8 @@ class FileImages:
 
     dtype = torch.uint8
 
-    def __init__(self, paths: list[Path], channels: int, size: int, resize: str, workers: int):
-        self.paths, self.args, self.workers = list(paths), (channels, size, resize), workers
+    def __init__(self, paths: list[Path], channels: int, size: int, resize: str) -> None:
+        self.paths, self.args = list(paths), (channels, size, resize)
         self.shape = (len(self.paths), channels, size, size)
 
     def __len__(self) -> int:
@@ -137,14 +130,10 @@ class FileImages:
     def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor | FileImages:
         if isinstance(key, torch.Tensor):
             index = key.nonzero().flatten() if key.dtype == torch.bool else key.flatten()
-            return FileImages([self.paths[i] for i in index.tolist()], *self.args, self.workers)
-        if not isinstance(key, slice):
-            return decode_image(self.paths[key], *self.args)
-        with ThreadPoolExecutor(self.workers) as pool:
-            images = list(pool.map(lambda path: decode_image(path, *self.args), self.paths[key]))
-        return (
-            torch.stack(images) if images else torch.empty((0, *self.shape[1:]), dtype=self.dtype)
-        )
+            return FileImages([self.paths[i] for i in index.tolist()], *self.args)
+        if isinstance(key, slice):
+            return torch.stack([decode_image(path, *self.args) for path in self.paths[key]])
+        return decode_image(self.paths[key], *self.args)
 
 
 def read_splits(
@@ -185,7 +174,7 @@ def read_splits(
         if not kept:
             raise UserError(f"data.root={root}: no readable images left in the {split} split")
         images, labels = zip(*kept, strict=True)
-        stacked = torch.stack(images) if in_memory else FileImages(images, *args, workers)
+        stacked = torch.stack(images) if in_memory else FileImages(images, *args)
         splits[split] = (stacked, torch.tensor(labels))
     return splits
 
