@@ -1,8 +1,5 @@
-"""Batched augmentation on float batches ``[B, C, H, W]`` in ``[0, 1]`` (presets: docs/data.md).
-
-Random parameters are drawn per sample from the global (per-rank) RNG: torchvision's v2 transforms
-draw one set per call, i.e. per batch, so the batch path and the per-sample path would differ.
-"""
+"""Batched augmentation of float batches ``[B, C, H, W]`` in ``[0, 1]`` (presets: docs/data.md),
+drawn per sample from the global (per-rank) RNG: torchvision's v2 transforms draw once per call."""
 
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ from torchvision.transforms.v2 import functional as TF
 from imgcls.imaging import to_float, to_uint8
 from imgcls.utils.errors import UserError
 
-__all__ = ["to_float", "to_uint8"]  # re-exported: the package's dtype conversions
 RESIZE_MODES = ("squash", "crop")
 
 
@@ -182,7 +178,7 @@ AUGMENT_PRESETS: dict[str, Callable[[], list[nn.Module]]] = {
 def build_augment(name: str | Sequence[str] | None, random_erasing: float = 0.0) -> nn.Sequential:
     """The training-time augmentation as one module: presets in order, then random erasing."""
     names = [name] if isinstance(name, str) else list(name or [])
-    if unknown := [key for key in names if key not in AUGMENT_PRESETS and key not in ("", "null")]:
+    if unknown := [key for key in names if key not in AUGMENT_PRESETS]:
         raise UserError(
             f"unknown augmentation preset data.augment={unknown[0]!r}; "
             f"choose one of {sorted(AUGMENT_PRESETS)} or a list of them"
@@ -191,7 +187,7 @@ def build_augment(name: str | Sequence[str] | None, random_erasing: float = 0.0)
         raise UserError(
             f"data.random_erasing must be a probability in [0, 1], not {random_erasing}"
         )
-    modules = [m for key in names if key in AUGMENT_PRESETS for m in AUGMENT_PRESETS[key]()]
+    modules = [module for key in names for module in AUGMENT_PRESETS[key]()]
     return nn.Sequential(*modules, *([RandomErasing(p=random_erasing)] if random_erasing else []))
 
 
