@@ -103,11 +103,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def fetch(self, folder: Path, files: Sequence[str], calls: list[dict], listed=None) -> None:
         """Unless ``files`` are in ``folder``, torchvision downloads (``self.dataset(**call)`` for
-        each of ``calls``); offline, one line naming ``listed`` (default ``files``)."""
+        each of ``calls``); with ``data.download=false`` or offline, one line naming ``listed``."""
         if all((folder / name).is_file() for name in files):
             return
         try:
-            if not self.download:
+            if not self.hparams.download:
                 raise OSError("data.download=false")
             for call in calls:
                 self.dataset(**call, download=True)

@@ -35,7 +35,6 @@ class CIFAR10DataModule(ImageDataModule):
 
     def __init__(self, download: bool = True, val_size: float = 5000, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
-        self.download = download
         self.folder = Path(self.data_dir) / self.dataset.base_folder
 
     def files(self, split: str) -> list[str]:

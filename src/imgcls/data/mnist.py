@@ -20,7 +20,6 @@ class MNISTDataModule(ImageDataModule):
 
     def __init__(self, download: bool = True, val_size: float = 5000, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
-        self.download = download
 
     def prepare_data(self) -> None:
         # torchvision extracts the .gz files (downloading missing ones): the extracted files count

@@ -28,7 +28,7 @@ class SVHNDataModule(ImageDataModule):
         self, download: bool = True, use_extra: bool = False, val_size: float = 5000, **kwargs
     ) -> None:
         super().__init__(val_size=val_size, **kwargs)
-        self.download, self.root = download, Path(self.data_dir) / "svhn"
+        self.root = Path(self.data_dir) / "svhn"
         self.needed = ["train", "test", *(["extra"] if use_extra else [])]
 
     def prepare_data(self) -> None:

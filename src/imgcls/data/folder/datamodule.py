@@ -55,14 +55,11 @@ class FolderDataModule(ImageDataModule):
         ]:
             if value not in allowed:
                 raise UserError(f"data.{key}={value!r} is not supported; use one of {allowed}")
-        self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
+        self.root = Path(str(root)).expanduser()
         self.in_channels = channels = 1 if grayscale else 3
         self.default_mean, self.default_std = IMAGENET[channels]
         if normalize == "none":
             self.default_mean, self.default_std = (0.0,) * channels, (1.0,) * channels
-        self.split_fractions, self.normalize_mode = fractions, normalize
-        self.on_bad_image = on_bad_image
-        self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
         # the validation share of what is left once the test split is set aside (base carves it)
         val_size = fractions[1] / (fractions[0] + fractions[1])
         super().__init__(image_size=image_size, val_size=val_size or 0.5, **kwargs)
@@ -84,7 +81,7 @@ class FolderDataModule(ImageDataModule):
         """The files of every split (scanned once, nothing decoded)."""
         (classes, dirs), hp = self.layout, self.hparams
         files = read.scan_files(classes, dirs)
-        read.carve_test(files, self.root, dirs["train"] != self.root, self.split_fractions[2])
+        read.carve_test(files, self.root, dirs["train"] != self.root, hp.split[2])
         if hp.num_folds is not None:  # the folds split train/ and val/ together
             files["train"] += files.pop("val", [])
         return files
@@ -93,8 +90,9 @@ class FolderDataModule(ImageDataModule):
         if self._decoded is None:
             hp, root = self.hparams, self.root
             args = (self.in_channels, self.image_size, hp.resize)
+            workers = hp.decode_workers or min(8, os.cpu_count() or 1)
             self._decoded = read.read_splits(
-                self.files, root, args, hp.in_memory, self.on_bad_image, self.decode_workers
+                self.files, root, args, hp.in_memory, hp.on_bad_image, workers
             )
             trained = set(self._decoded["train"][1].tolist())
             if missing := [c for i, c in enumerate(self.all_class_names) if i not in trained]:
@@ -107,7 +105,7 @@ class FolderDataModule(ImageDataModule):
     def load_val_split(self) -> Split | None:
         if "val" in self.files:
             return self.load_split("val")
-        if self.hparams.num_folds is None and self.split_fractions[1] <= 0:
+        if self.hparams.num_folds is None and self.hparams.split[1] <= 0:
             raise UserError(
                 f"data.root={self.root} has no val/ folder and data.split gives val 0; "
                 "set a val fraction, e.g. data.split=[0.8,0.1,0.1], or use data.num_folds"
@@ -151,7 +149,7 @@ class FolderDataModule(ImageDataModule):
         self._stats_pending = False
         log.info(
             f"normalising with mean={stats['mean']} std={stats['std']} "
-            f"(data.normalize={self.normalize_mode})"
+            f"(data.normalize={self.hparams.normalize})"
         )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
