@@ -46,6 +46,7 @@ class ImageDataModule(pl.LightningDataModule):
     in_channels, native_size = 1, 28  # channels and (square) side as stored
     default_mean: Sequence[float] = (0.5,)  # the dataset's normalisation statistics
     default_std: Sequence[float] = (0.5,)
+    stratified = False  # validation carved class by class (else a seeded random draw)
 
     def __init__(
         self,
@@ -164,7 +165,7 @@ class ImageDataModule(pl.LightningDataModule):
         return images[keep], remap[labels][keep]
 
     def train_val_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Seeded, stratified train/validation indices (a fold when ``num_folds`` is set)."""
+        """Seeded train/validation indices (a stratified fold when ``num_folds`` is set)."""
         hp, n = self.hparams, len(labels)
         if hp.num_folds is not None:
             from sklearn.model_selection import StratifiedKFold
@@ -178,7 +179,10 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.val_size={hp.val_size} leaves no training or no validation data "
                 f"out of {n} samples"
             )
-        return stratified_split(labels, n_val, hp.seed)
+        if self.stratified:
+            return stratified_split(labels, n_val, hp.seed)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
+        return order[n_val:], order[:n_val]
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -24,7 +24,7 @@ IMAGENET = {3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.
 class FolderDataModule(ImageDataModule):
     """Image classification on a folder of class folders (``data=folder data.root=PATH``)."""
 
-    native_size = 64
+    native_size, stratified = 64, True
 
     def __init__(
         self,
