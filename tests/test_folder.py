@@ -60,7 +60,7 @@ def test_flat_layout_classes_split_and_bad_files(tmp_path, caplog):
     assert dm._decoded is None
     assert dm.class_names == ["apple", "banana", "cherry"]
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (3, 3, 16)
-    assert dm._decoded is None and "index" not in vars(dm)  # not even the files were listed
+    assert dm._decoded is None and "files" not in vars(dm)  # not even the files were listed
 
     with caplog.at_level(logging.INFO, logger="imgcls.data.folder.read"):
         dm.setup("fit")
@@ -103,7 +103,7 @@ def test_split_layout_used_as_given_and_missing_val_carved(tmp_path):
         write_class_images(root / "train" / name, channel, 8, seed=k)
         write_class_images(root / "test" / name, channel, 3, seed=10 + k)
     dm = make(root, split=[0.75, 0.25, 0.0])
-    assert dm.layout.kind == "splits"
+    assert dm.layout[1] == {"train": root / "train", "test": root / "test"}
     dm.setup()
     assert len(dm.splits["test"][1]) == 9  # the test folder as given
     assert len(dm.splits["val"][1]) == 6  # 25 % of each train class

@@ -28,7 +28,7 @@ class RandomImages(ImageDataModule):
     """Random uint8 images with 3 channels at 20x20 (tiny, no files)."""
 
     all_class_names = ("a", "b", "c")
-    native_channels = 3
+    in_channels = 3
     native_size = 20
     default_mean = (0.5, 0.4, 0.3)
     default_std = (0.2, 0.25, 0.3)

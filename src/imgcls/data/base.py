@@ -1,12 +1,12 @@
 """The base LightningDataModule: splits, class subsets, k-fold, loaders and shape metadata.
-
-A subclass names its classes and loads its raw splits as uint8 tensors (``load_split``). Splits
-use generators seeded from ``data.seed`` (the same on every DDP rank), augmentation the global RNG.
-"""
+Splits use generators seeded from ``data.seed`` (the same on every DDP rank), augmentation the
+global RNG."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,11 +20,19 @@ from imgcls.utils.errors import UserError
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 labels [N]
 
 
-def missing_data(name: str, data_dir: str, folder: object, files: list[str], reason: object):
-    return UserError(
-        f"{name} is not in data.data_dir={data_dir} and could not be downloaded ({reason}); "
-        f"copy {', '.join(files)} into {folder}/ or train offline with data=digits"
-    )
+def stratified_split(labels: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(rest, taken) indices, ``count`` taken: each class's share within one of its proportion,
+    seeded by ``seed`` alone (not the global RNG); every class keeps one sample in ``rest``."""
+    generator, keys = torch.Generator().manual_seed(seed), torch.full((len(labels),), math.inf)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)][1:]
+        offset = torch.rand(1, generator=generator)
+        keys[members] = (torch.arange(len(members)) + offset) / (len(members) + 1)
+    taken = keys.argsort(stable=True)[:count]
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[taken[keys[taken] < math.inf]] = False
+    return rest.nonzero().flatten(), (~rest).nonzero().flatten()
 
 
 def device_free_memory(device: torch.device) -> int | None:
@@ -35,9 +43,10 @@ class ImageDataModule(pl.LightningDataModule):
     """Shared behaviour of every imgcls datamodule; subclasses implement ``load_split``."""
 
     all_class_names: Sequence[str] = ()  # every class of the dataset, in label order
-    native_channels, native_size = 1, 28  # channels and (square) side as stored
+    in_channels, native_size = 1, 28  # channels and (square) side as stored
     default_mean: Sequence[float] = (0.5,)  # the dataset's normalisation statistics
     default_std: Sequence[float] = (0.5,)
+    stratified = False  # validation carved class by class (else a seeded random draw)
 
     def __init__(
         self,
@@ -67,15 +76,48 @@ class ImageDataModule(pl.LightningDataModule):
         for key, value in list(self.hparams.items()):
             if isinstance(value, Container):
                 self.hparams[key] = OmegaConf.to_container(value, resolve=True)
-        self.data_dir = str(data_dir)
-        self._check_args()
-        mean, std = mean or self.default_mean, std or self.default_std
-        self.pipeline = BatchPipeline(mean, std, augment, random_erasing=random_erasing)
+        self.data_dir, hp = str(data_dir), self.hparams
+        if min(batch_size, eval_batch_size or 1) < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_folds is not None and num_folds < 2:
+            raise UserError(f"data.num_folds must be >= 2, got {num_folds}")
+        if num_folds is not None and not 0 <= fold < num_folds:
+            raise UserError(
+                f"data.fold={fold} is out of range for data.num_folds={num_folds}; "
+                f"use 0..{num_folds - 1}"
+            )
+        if num_folds is None and not (0 < val_size < 1 or val_size == int(val_size) >= 1):
+            raise UserError(
+                f"data.val_size must be a fraction in (0, 1) or a count, not {val_size}"
+            )
+        if resize not in RESIZE_MODES:
+            raise UserError(f"data.resize={resize!r} is not supported; use squash or crop")
+        if image_size is not None and image_size < 8:
+            raise UserError(f"data.image_size must be >= 8, got {image_size}")
+        mean, std = hp.mean or self.default_mean, hp.std or self.default_std
+        self.pipeline = BatchPipeline(mean, std, hp.augment, random_erasing=random_erasing)
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}  # data.on_device copies, by split
         self._device_decisions: dict[torch.device, bool] = {}
         self._train_loader: Any = None
         self._loader_state: dict[str, int] | None = None  # restored from a checkpoint
+
+    def fetch(self, folder: Path, files: Sequence[str], calls: list[dict], listed=None) -> None:
+        """Unless ``files`` are in ``folder``, torchvision downloads (``self.dataset(**call)`` for
+        each of ``calls``); with ``data.download=false`` or offline, one line naming ``listed``."""
+        if all((folder / name).is_file() for name in files):
+            return
+        try:
+            if not self.hparams.download:
+                raise OSError("data.download=false")
+            for call in calls:
+                self.dataset(**call, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; bad md5 a RuntimeError
+            raise UserError(
+                f"{self.dataset.__name__} is not in data.data_dir={self.data_dir} and could not be "
+                f"downloaded ({str(err).splitlines()[0] if str(err) else err!r}); copy "
+                f"{', '.join(listed or files)} into {folder}/ or train offline with data=digits"
+            ) from err
 
     def load_split(self, split: str) -> Split:
         """Raw ``"train"`` or ``"test"`` split as (uint8 ``[N, C, H, W]``, int64 ``[N]``)."""
@@ -94,33 +136,8 @@ class ImageDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     @property
-    def in_channels(self) -> int:
-        return self.native_channels
-
-    @property
     def image_size(self) -> int:
         return int(self.hparams.image_size or self.native_size)
-
-    def _check_args(self) -> None:
-        hp = self.hparams
-        if hp.batch_size < 1 or (hp.eval_batch_size is not None and hp.eval_batch_size < 1):
-            raise UserError(f"data.batch_size must be >= 1, got {hp.batch_size}")
-        if hp.num_folds is not None:
-            if hp.num_folds < 2:
-                raise UserError(f"data.num_folds must be >= 2, got {hp.num_folds}")
-            if not 0 <= hp.fold < hp.num_folds:
-                raise UserError(
-                    f"data.fold={hp.fold} is out of range for data.num_folds={hp.num_folds}; "
-                    f"use 0..{hp.num_folds - 1}"
-                )
-        elif not (0 < hp.val_size < 1 or (hp.val_size >= 1 and float(hp.val_size).is_integer())):
-            raise UserError(
-                f"data.val_size must be a fraction in (0, 1) or a whole count, got {hp.val_size}"
-            )
-        if hp.resize not in RESIZE_MODES:
-            raise UserError(f"data.resize={hp.resize!r} is not supported; use squash or crop")
-        if hp.image_size is not None and hp.image_size < 8:
-            raise UserError(f"data.image_size must be >= 8, got {hp.image_size}")
 
     def _class_indices(self) -> list[int]:
         classes, names = self.hparams.classes, list(self.all_class_names)
@@ -128,37 +145,33 @@ class ImageDataModule(pl.LightningDataModule):
             return list(range(len(names)))
         indices = []
         for c in classes:
-            if isinstance(c, str) and c in names:
-                indices.append(names.index(c))
-            elif isinstance(c, int) and 0 <= c < len(names):
-                indices.append(c)
-            else:
+            if not (c in names if isinstance(c, str) else 0 <= c < len(names)):
                 raise UserError(
                     f"data.classes entry {c!r} is not a class of this dataset; "
                     f"use indices 0..{len(names) - 1} or names {names}"
                 )
+            indices.append(names.index(c) if isinstance(c, str) else c)
         if len(set(indices)) < 2:
             raise UserError(f"data.classes must name at least two distinct classes, got {classes}")
         return indices
 
     def _keep_classes(self, split: Split) -> Split:
         images, labels = split
-        indices = self._class_indices()
-        if indices == list(range(len(self.all_class_names))):
+        if self.hparams.classes is None:
             return images, labels
         remap = torch.full((len(self.all_class_names),), -1, dtype=torch.long)
-        remap[torch.tensor(indices)] = torch.arange(len(indices))
+        remap[self._class_indices()] = torch.arange(self.num_classes)
         keep = remap[labels] >= 0
         return images[keep], remap[labels][keep]
 
     def train_val_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Seeded train/validation index split (a stratified fold when ``num_folds`` is set)."""
+        """Seeded train/validation indices (a stratified fold when ``num_folds`` is set)."""
         hp, n = self.hparams, len(labels)
         if hp.num_folds is not None:
             from sklearn.model_selection import StratifiedKFold
 
             folds = StratifiedKFold(n_splits=hp.num_folds, shuffle=True, random_state=hp.seed)
-            train_idx, val_idx = list(folds.split(torch.zeros(n), labels.numpy()))[hp.fold]
+            train_idx, val_idx = list(folds.split(labels.numpy(), labels.numpy()))[hp.fold]
             return torch.from_numpy(train_idx), torch.from_numpy(val_idx)
         n_val = int(round(hp.val_size * n)) if hp.val_size < 1 else int(hp.val_size)
         if not 0 < n_val < n:
@@ -166,6 +179,8 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.val_size={hp.val_size} leaves no training or no validation data "
                 f"out of {n} samples"
             )
+        if self.stratified:
+            return stratified_split(labels, n_val, hp.seed)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
         return order[n_val:], order[:n_val]
 
@@ -173,27 +188,20 @@ class ImageDataModule(pl.LightningDataModule):
         if self.splits:
             return
         images, labels = self._keep_classes(self.load_split("train"))
-        given_val = self.load_val_split()
-        if given_val is not None:
-            val_images, val_labels = self._keep_classes(given_val)
-        if given_val is not None and self.hparams.num_folds is None:
-            train, val = (images, labels), (val_images, val_labels)
-        else:
-            if given_val is not None:  # k-fold over the whole pool: train + given validation
-                images, val_images = self.resize(images), self.resize(val_images)
-                cat = getattr(images, "concat", None)  # lazy FileImages concatenate themselves
-                images = cat(val_images) if cat else torch.cat([images, val_images])
-                labels = torch.cat([labels, val_labels])
+        val = self.load_val_split()
+        if val is None:
             train_idx, val_idx = self.train_val_indices(labels)
-            train, val = (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
-        test = self._keep_classes(self.load_split("test"))
-        splits = {"train": train, "val": val, "test": test}
+            val = images[val_idx], labels[val_idx]
+            images, labels = images[train_idx], labels[train_idx]
+        else:
+            val = self._keep_classes(val)
+        splits = {"train": (images, labels), "val": val}
+        splits["test"] = self._keep_classes(self.load_split("test"))
         self.splits = {name: (self.resize(x), y) for name, (x, y) in splits.items()}
 
     def class_counts(self) -> torch.Tensor:
         """Images per class in the training split (int64 ``[num_classes]``)."""
-        if not self.splits:
-            self.setup("fit")
+        self.setup("fit")
         return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
 
     def _use_device_copies(self, device: torch.device) -> bool:
@@ -209,26 +217,21 @@ class ImageDataModule(pl.LightningDataModule):
                     f"data.on_device=true needs {needed / 2**30:.2f} GiB on {device} but only "
                     f"{free / 2**30:.2f} GiB are free; set data.on_device=false"
                 )
-            self._device_decisions[device] = bool(on_device) or (
-                free is not None and needed <= free // 4
-            )
+            fits = free is not None and needed <= free // 4
+            self._device_decisions[device] = bool(on_device) or fits
         return self._device_decisions[device]
 
     def _training_device(self) -> torch.device:
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def _split_tensors(self, split: str) -> Split:
-        device = self._training_device()
-        if not self.hparams.in_memory or not self._use_device_copies(device):
-            return self.splits[split]
-        cached = self._device_splits.get(split)
-        if cached is None or cached[0].device != device:
-            cached = self._device_splits[split] = tuple(t.to(device) for t in self.splits[split])
-        return cached
-
     def _loader(self, split: str, train: bool) -> Any:
-        images, labels = self._split_tensors(split)
+        images, labels = self.splits[split]
+        device = self._training_device()
+        if self.hparams.in_memory and self._use_device_copies(device):
+            if split not in self._device_splits or self._device_splits[split][0].device != device:
+                self._device_splits[split] = (images.to(device), labels.to(device))
+            images, labels = self._device_splits[split]
         return build_loader(images, labels, self.pipeline, self.hparams, self.trainer, train)
 
     def teardown(self, stage: str | None = None) -> None:

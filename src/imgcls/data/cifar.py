@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from imgcls.data.base import ImageDataModule, Split, missing_data
+from imgcls.data.base import ImageDataModule, Split
 
 CIFAR100_CLASSES = """
 apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
@@ -30,41 +30,27 @@ class CIFAR10DataModule(ImageDataModule):
     dataset, label_key = CIFAR10, "labels"
     all_class_names = ("airplane", "automobile", "bird", "cat", "deer")
     all_class_names += ("dog", "frog", "horse", "ship", "truck")
-    native_channels, native_size = 3, 32
+    in_channels, native_size = 3, 32
     default_mean, default_std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
     def __init__(self, download: bool = True, val_size: float = 5000, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
-        self.download = download
         self.folder = Path(self.data_dir) / self.dataset.base_folder
 
     def files(self, split: str) -> list[str]:
-        return [name for name, _ in getattr(self.dataset, f"{split}_list")]
-
-    def _missing(self, reason: object) -> Exception:
-        files = self.files("train") + self.files("test")
-        return missing_data(self.dataset.__name__, self.data_dir, self.folder, files, reason)
+        return [name for name, _md5 in getattr(self.dataset, f"{split}_list")]
 
     def prepare_data(self) -> None:
-        if all((self.folder / name).is_file() for s in ("train", "test") for name in self.files(s)):
-            return
-        if not self.download:
-            raise self._missing("data.download=false")
-        try:
-            self.dataset(self.data_dir, download=True)
-        except (OSError, RuntimeError) as err:  # URLError is an OSError; bad md5 a RuntimeError
-            raise self._missing(str(err).splitlines()[0] if str(err) else err) from err
+        self.fetch(self.folder, self.files("train") + self.files("test"), [{"root": self.data_dir}])
 
     def load_split(self, split: str) -> Split:
-        data, labels = [], []
-        for name in self.files(split):
-            if not (self.folder / name).is_file():
-                raise self._missing(f"{name} not found")
-            with (self.folder / name).open("rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels += list(entry[self.label_key])
-        return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long)
+        entries = [
+            pickle.loads((self.folder / name).read_bytes(), encoding="latin1")
+            for name in self.files(split)
+        ]
+        data = np.concatenate([np.asarray(e["data"], dtype=np.uint8) for e in entries])
+        labels = [label for entry in entries for label in entry[self.label_key]]
+        return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.tensor(labels)
 
 
 class CIFAR100DataModule(CIFAR10DataModule):

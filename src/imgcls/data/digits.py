@@ -7,12 +7,10 @@ import torch.nn.functional as F
 
 from imgcls.data.base import ImageDataModule, Split
 
-TEST_FRACTION = 0.2
-TEST_SPLIT_SEED = 0  # fixed: the test set is the same for every run and every seed
-
 
 class DigitsDataModule(ImageDataModule):
-    """1,797 8x8 digits (UCI), upscaled to 1x28x28 so every MNIST model runs on them unchanged."""
+    """1,797 8x8 digits (UCI), upscaled to 1x28x28 so every MNIST model runs on them unchanged;
+    a fixed stratified 20% test split (the same for every seed)."""
 
     all_class_names = tuple(str(d) for d in range(10))
     default_mean, default_std = (0.1557,), (0.2773,)
@@ -20,26 +18,15 @@ class DigitsDataModule(ImageDataModule):
     def __init__(self, val_size: float = 0.15, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
 
-    @staticmethod
-    def _load_all() -> Split:
+    def load_split(self, split: str) -> Split:
         from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
 
         digits = load_digits()
         small = torch.from_numpy(digits.images).float().unsqueeze(1) * (255.0 / 16.0)
         # MNIST's layout: the digit fills a 20x20 box centred in a 28x28 frame
-        images = F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False)
-        images = F.pad(images, (4, 4, 4, 4))
-        return images.round().clamp(0, 255).to(torch.uint8), torch.from_numpy(digits.target).long()
-
-    def load_split(self, split: str) -> Split:
-        from sklearn.model_selection import train_test_split
-
-        images, labels = self._load_all()
-        train_idx, test_idx = train_test_split(
-            range(len(labels)),
-            test_size=TEST_FRACTION,
-            stratify=labels.numpy(),
-            random_state=TEST_SPLIT_SEED,
-        )
-        idx = torch.tensor(train_idx if split == "train" else test_idx)
-        return images[idx], labels[idx]
+        images = F.pad(F.interpolate(small, size=(20, 20), mode="bilinear"), (4, 4, 4, 4))
+        labels = torch.from_numpy(digits.target).long()
+        parts = train_test_split(range(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+        idx = torch.tensor(parts[split == "test"])
+        return images[idx].round().clamp(0, 255).to(torch.uint8), labels[idx]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,34 +14,24 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.data.transforms import BatchPipeline
 
 
+@dataclass(eq=False)
 class TensorBatchLoader:
-    """Whole batches sliced from an in-memory uint8 tensor (on the training device with
-    ``data.on_device``): no per-sample work, no workers (benchmarks/throughput.py shows why).
+    """Whole batches sliced from a uint8 tensor, no workers (benchmarks/throughput.py shows why).
+    The order is a function of (seed, epoch), the same on every DDP rank; training shards have
+    equal length, evaluation shards hold every sample once; ``state_dict`` (epoch, batches
+    served) lets a mid-epoch resume continue."""
 
-    The order is a function of (seed, epoch), the same on every DDP rank; training shards are cut
-    to equal length, evaluation shards keep every sample once (synced metrics equal one
-    process's). ``state_dict`` (epoch, batches served) lets a mid-epoch resume continue.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool = False,
-        seed: int = 0,
-        epoch_fn: Callable[[], int] = lambda: 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pin_memory: bool = False,
-    ) -> None:
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
-        self.seed, self.epoch_fn = seed, epoch_fn
-        self.position = {"epoch": -1, "batches": 0}  # what this epoch has served so far
-        self.resume_at: dict[str, int] | None = None
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    shuffle: bool
+    drop_last: bool = False
+    seed: int = 0
+    epoch_fn: Callable[[], int] = lambda: 0
+    shard: tuple[int, int] = (0, 1)  # (rank, world size)
+    pin_memory: bool = False
+    position: dict[str, int] = field(default_factory=lambda: {"epoch": -1, "batches": 0})
+    resume_at: dict[str, int] = field(default_factory=dict)  # a loaded state, for one epoch
 
     def state_dict(self) -> dict[str, int]:
         return dict(self.position)
@@ -48,30 +39,21 @@ class TensorBatchLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.resume_at = dict(state)
 
-    def _shard_size(self) -> int:
-        n = len(self.labels)
-        if self.shuffle:  # training: equal shards
-            return n // self.world_size
-        return len(range(self.rank, n, self.world_size))
-
     def __len__(self) -> int:
-        size = self._shard_size()
+        (rank, world_size), n = self.shard, len(self.labels)
+        size = n // world_size if self.shuffle else len(range(rank, n, world_size))
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # a generator: the epoch and a loaded state are read at the first batch, after restoring
-        n, epoch, start = len(self.labels), self.epoch_fn(), 0
-        if self.resume_at is not None and self.resume_at["epoch"] == epoch:
-            start = self.resume_at["batches"]
-        self.resume_at = None
-        if self.shuffle:
-            # seeded by epoch: the same order on every rank and after a resume
+        (rank, world_size), n, epoch = self.shard, len(self.labels), self.epoch_fn()
+        start = self.resume_at.get("batches", 0) if self.resume_at.get("epoch") == epoch else 0
+        self.resume_at = {}
+        order = torch.arange(n)
+        if self.shuffle:  # seeded by epoch: the same order on every rank and after a resume
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=generator)
-            order = order[: self._shard_size() * self.world_size]
-        else:
-            order = torch.arange(n)
-        order = order[self.rank :: self.world_size].to(self.labels.device)
+            order = torch.randperm(n, generator=generator)[: n // world_size * world_size]
+        order = order[rank::world_size].to(self.labels.device)
         for step in range(start, len(self)):
             self.position = {"epoch": epoch, "batches": step + 1}
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
@@ -81,13 +63,14 @@ class TensorBatchLoader:
             yield images, labels
 
 
+@dataclass(eq=False)
 class TensorImageDataset(Dataset):
     """Per-sample view of a uint8 image tensor, transformed like the batch path (standard path)."""
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, pipeline: BatchPipeline, train: bool
-    ) -> None:
-        self.images, self.labels, self.pipeline, self.train = images, labels, pipeline, train
+    images: Any
+    labels: torch.Tensor
+    pipeline: BatchPipeline
+    train: bool
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,38 +80,28 @@ class TensorImageDataset(Dataset):
         return image, self.labels[index]
 
 
-def build_loader(
-    images, labels, pipeline: BatchPipeline, hp: Any, trainer: Any, train: bool
-) -> Any:
+def build_loader(images, labels, pipeline: BatchPipeline, hp: Any, trainer: Any, train: bool):
     """The split's loader for the datamodule's hyperparameters ``hp`` (``data.*``)."""
     batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
     # data.drop_last=null: drop when the model replays CUDA graphs (one batch shape)
-    module = getattr(trainer, "lightning_module", None)
-    cuda_graphs = bool(getattr(module, "uses_cuda_graphs", False))
-    drop_last = train and (cuda_graphs if hp.drop_last is None else hp.drop_last)
+    graphs = getattr(getattr(trainer, "lightning_module", None), "uses_cuda_graphs", False)
+    drop_last = train and bool(graphs if hp.drop_last is None else hp.drop_last)
     pin_memory = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    shard = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
     overfitting = trainer is not None and bool(trainer.overfit_batches)  # debug=overfit
     if hp.in_memory:
+        # overfitting: one seeded order for every epoch, so the first batches stay the same
+        epoch_fn = (lambda: 0) if overfitting else lambda: getattr(trainer, "current_epoch", 0)
+        pin_memory = pin_memory and images.device.type == "cpu"
         return TensorBatchLoader(
-            images,
-            labels,
-            batch_size,
-            shuffle=train,
-            drop_last=drop_last,
-            seed=hp.seed,
-            # overfitting: one seeded order for every epoch, so the first batches stay the same
-            epoch_fn=(lambda: 0) if overfitting else lambda: getattr(trainer, "current_epoch", 0),
-            rank=rank,
-            world_size=world_size,
-            pin_memory=pin_memory and images.device.type == "cpu",
+            images, labels, batch_size, train, drop_last, hp.seed, epoch_fn, shard, pin_memory
         )
     dataset = TensorImageDataset(images, labels, pipeline, train=train)
     # Lightning's DistributedSampler pads the last shard with repeats, which synced metrics would
     # count twice: every sample once (a DistributedSampler subclass, so Lightning keeps it)
     sampler = None
-    if not train and world_size > 1:
-        sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
+    if not train and shard[1] > 1:
+        sampler = UnrepeatedDistributedSampler(dataset, shard[1], shard[0], shuffle=False)
     workers = min(8, os.cpu_count() or 1) if hp.num_workers is None else hp.num_workers
     return DataLoader(
         dataset,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torchvision.datasets import MNIST, FashionMNIST
 
-from imgcls.data.base import ImageDataModule, Split, missing_data
+from imgcls.data.base import ImageDataModule, Split
 
 MNIST_FILES = tuple(name for name, _md5 in MNIST.resources)
 
@@ -21,27 +20,17 @@ class MNISTDataModule(ImageDataModule):
 
     def __init__(self, download: bool = True, val_size: float = 5000, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
-        self.download = download
-
-    def _missing(self, reason: object) -> Exception:
-        raw = Path(self.data_dir) / self.dataset.__name__ / "raw"
-        files = [name for name, _md5 in self.dataset.resources]
-        return missing_data(self.dataset.__name__, self.data_dir, raw, files, reason)
 
     def prepare_data(self) -> None:
-        try:
-            for train in (True, False):
-                self.dataset(self.data_dir, train=train, download=self.download)
-        except (OSError, RuntimeError) as err:  # URLError is an OSError; bad md5 a RuntimeError
-            raise self._missing(str(err).splitlines()[0] if str(err) else err) from err
+        # torchvision extracts the .gz files (downloading missing ones): the extracted files count
+        files = [name for name, _md5 in self.dataset.resources]
+        raw = Path(self.data_dir) / self.dataset.__name__ / "raw"
+        calls = [{"root": self.data_dir, "train": train} for train in (True, False)]
+        self.fetch(raw, [name.removesuffix(".gz") for name in files], calls, files)
 
     def load_split(self, split: str) -> Split:
-        try:
-            dataset = self.dataset(self.data_dir, train=split == "train", download=False)
-        except RuntimeError as err:
-            raise self._missing("dataset not found") from err
-        images: torch.Tensor = dataset.data.unsqueeze(1)
-        return images, dataset.targets.long()
+        dataset = self.dataset(self.data_dir, train=split == "train")
+        return dataset.data.unsqueeze(1), dataset.targets.long()
 
 
 class FashionMNISTDataModule(MNISTDataModule):

@@ -1,8 +1,5 @@
-"""Batched augmentation on float batches ``[B, C, H, W]`` in ``[0, 1]`` (presets: docs/data.md).
-
-Random parameters are drawn per sample from the global (per-rank) RNG: torchvision's v2 transforms
-draw one set per call, i.e. per batch, so the batch path and the per-sample path would differ.
-"""
+"""Batched augmentation of float batches ``[B, C, H, W]`` in ``[0, 1]`` (presets: docs/data.md),
+drawn per sample from the global (per-rank) RNG: torchvision's v2 transforms draw once per call."""
 
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ from torchvision.transforms.v2 import functional as TF
 from imgcls.imaging import to_float, to_uint8
 from imgcls.utils.errors import UserError
 
-__all__ = ["to_float", "to_uint8"]  # re-exported: the package's dtype conversions
 RESIZE_MODES = ("squash", "crop")
 
 
@@ -37,10 +33,8 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        if len(mean) != len(std):
-            raise UserError(f"normalisation mean {list(mean)} and std {list(std)} differ in length")
-        if any(s <= 0 for s in std):
-            raise UserError(f"normalisation std must be positive, got {list(std)}")
+        if len(mean) != len(std) or min(std) <= 0:
+            raise UserError(f"normalisation mean {mean} and std {std}: one positive std per mean")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -51,31 +45,31 @@ class Normalize(nn.Module):
         return images * self.std.to(images.device) + self.mean.to(images.device)
 
 
-def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
-    return lo + torch.rand(n, device=device) * (hi - lo)
+def uniform(images: torch.Tensor, lo: float, hi: float, shape=(-1,)) -> torch.Tensor:
+    """One draw per sample of ``images`` from ``[lo, hi)``, shaped ``shape``."""
+    return (lo + torch.rand(len(images), device=images.device) * (hi - lo)).view(shape)
 
 
-def _warp(images: torch.Tensor, theta: list[list[torch.Tensor]], padding: str) -> torch.Tensor:
-    """Resample each sample by its affine matrix ``theta`` (2 x 3 rows of ``[N]`` tensors)."""
-    matrix = torch.stack([torch.stack(row, 1) for row in theta], 1).to(images.dtype)
+def warp(images: torch.Tensor, rows: list[list[torch.Tensor]], padding: str) -> torch.Tensor:
+    """Resample each sample by its affine matrix (2 x 3 ``rows`` of ``[N]`` tensors)."""
+    matrix = torch.stack([torch.stack(row, 1) for row in rows], 1).to(images.dtype)
     grid = F.affine_grid(matrix, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, padding_mode=padding, align_corners=False)
 
 
 class RandomAffine(nn.Module):
-    """Per-sample rotation, isotropic scale and translation (one ``grid_sample`` for the batch)."""
+    """Per-sample rotation (degrees), isotropic scale and translation (a fraction of the side)."""
 
     def __init__(self, degrees: float = 0.0, translate: float = 0.0, scale=(1.0, 1.0)) -> None:
         super().__init__()
         self.degrees, self.translate, self.scale = degrees, translate, tuple(scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        n, device = images.shape[0], images.device
-        angle = _uniform(n, -1, 1, device) * math.radians(self.degrees)
-        scale = _uniform(n, *self.scale, device)
-        dx, dy = (_uniform(n, -1, 1, device) * 2 * self.translate for _ in range(2))
+        angle = uniform(images, -1, 1) * math.radians(self.degrees)
+        scale = uniform(images, *self.scale)
+        dx, dy = (uniform(images, -2, 2) * self.translate for _ in range(2))
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        return _warp(images, [[cos, -sin, dx], [sin, cos, dy]], "zeros")
+        return warp(images, [[cos, -sin, dx], [sin, cos, dy]], "zeros")
 
 
 class RandomResizedCrop(nn.Module):
@@ -83,16 +77,13 @@ class RandomResizedCrop(nn.Module):
 
     def __init__(self, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
         super().__init__()
-        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.scale, self.log_ratio = tuple(scale), tuple(math.log(r) for r in ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        n, device = images.shape[0], images.device
-        area = _uniform(n, *self.scale, device)
-        ratio = torch.exp(_uniform(n, *(math.log(r) for r in self.ratio), device))
+        area, ratio = uniform(images, *self.scale), torch.exp(uniform(images, *self.log_ratio))
         w, h = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
-        cx, cy = _uniform(n, -1, 1, device) * (1 - w), _uniform(n, -1, 1, device) * (1 - h)
-        zero = torch.zeros_like(w)
-        return _warp(images, [[w, zero, cx], [zero, h, cy]], "border")
+        x, y, zero = uniform(images, -1, 1) * (1 - w), uniform(images, -1, 1) * (1 - h), 0 * w
+        return warp(images, [[w, zero, x], [zero, h, y]], "border")
 
 
 class RandomPadCrop(nn.Module):
@@ -112,15 +103,10 @@ class RandomPadCrop(nn.Module):
 
 
 class RandomHorizontalFlip(nn.Module):
-    """Flip each sample left-right with probability ``p``."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        super().__init__()
-        self.p = p
+    """Flip each sample left-right with probability 0.5."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        flip = torch.rand(images.shape[0], device=images.device) < self.p
-        return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        return torch.where(uniform(images, 0, 1, (-1, 1, 1, 1)) < 0.5, images.flip(-1), images)
 
 
 class ColorJitter(nn.Module):
@@ -131,17 +117,12 @@ class ColorJitter(nn.Module):
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        def factor(amount: float) -> torch.Tensor:
-            return 1 + _uniform(images.shape[0], -amount, amount, images.device).view(-1, 1, 1, 1)
-
-        if self.brightness:
-            images = images * factor(self.brightness)
-        if self.contrast:
-            mean = images.mean(dim=(1, 2, 3), keepdim=True)
-            images = (images - mean) * factor(self.contrast) + mean
-        if self.saturation and images.shape[1] == 3:
-            gray = images.mean(dim=1, keepdim=True)
-            images = (images - gray) * factor(self.saturation) + gray
+        images = images * uniform(images, 1 - self.brightness, 1 + self.brightness, (-1, 1, 1, 1))
+        for amount, dims in [(self.contrast, (1, 2, 3)), (self.saturation, (1,))]:
+            if amount and (len(dims) == 3 or images.shape[1] == 3):  # saturation: colour only
+                mean = images.mean(dim=dims, keepdim=True)
+                images = (images - mean) * uniform(images, 1 - amount, 1 + amount, (-1, 1, 1, 1))
+                images = images + mean
         return images.clamp(0, 1)
 
 
@@ -150,20 +131,20 @@ class RandomErasing(nn.Module):
 
     def __init__(self, p: float = 0.25, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> None:
         super().__init__()
-        self.p, self.scale, self.ratio = p, tuple(scale), tuple(ratio)
+        self.p, self.scale, self.log_ratio = p, tuple(scale), tuple(math.log(r) for r in ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        (n, _, height, width), device, view = images.shape, images.device, (-1, 1, 1, 1)
-        area = _uniform(n, *self.scale, device)
-        ratio = torch.exp(_uniform(n, *(math.log(r) for r in self.ratio), device))
-        h = (torch.sqrt(area * ratio) * height).round().clamp(1, height).view(view)
-        w = (torch.sqrt(area / ratio) * width).round().clamp(1, width).view(view)
-        top = (torch.rand(n, device=device).view(view) * (height - h + 1)).floor()
-        left = (torch.rand(n, device=device).view(view) * (width - w + 1)).floor()
-        rows = torch.arange(height, device=device).view(1, 1, -1, 1)
-        cols = torch.arange(width, device=device).view(1, 1, 1, -1)
+        (_, _, height, width), view = images.shape, (-1, 1, 1, 1)
+        area = uniform(images, *self.scale, view)
+        ratio = torch.exp(uniform(images, *self.log_ratio, view))
+        h = (torch.sqrt(area * ratio) * height).round().clamp(1, height)
+        w = (torch.sqrt(area / ratio) * width).round().clamp(1, width)
+        top = (uniform(images, 0, 1, view) * (height - h + 1)).floor()
+        left = (uniform(images, 0, 1, view) * (width - w + 1)).floor()
+        rows = torch.arange(height, device=images.device).view(1, 1, -1, 1)
+        cols = torch.arange(width, device=images.device).view(1, 1, 1, -1)
         inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-        erase = (torch.rand(n, device=device) < self.p).view(view) & inside
+        erase = (uniform(images, 0, 1, view) < self.p) & inside
         return torch.where(erase, torch.rand_like(images), images)
 
 
@@ -179,11 +160,7 @@ class PerSampleUInt8(nn.Module):
 
 
 def _natural() -> list[nn.Module]:
-    return [
-        RandomResizedCrop(scale=(0.35, 1.0)),
-        RandomHorizontalFlip(),
-        ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-    ]
+    return [RandomResizedCrop(), RandomHorizontalFlip(), ColorJitter(0.2, 0.2, 0.2)]
 
 
 AUGMENT_PRESETS: dict[str, Callable[[], list[nn.Module]]] = {
@@ -198,25 +175,20 @@ AUGMENT_PRESETS: dict[str, Callable[[], list[nn.Module]]] = {
 }
 
 
-def build_augment(name: str | Sequence[str] | None, random_erasing: float = 0.0) -> nn.Module:
+def build_augment(name: str | Sequence[str] | None, random_erasing: float = 0.0) -> nn.Sequential:
     """The training-time augmentation as one module: presets in order, then random erasing."""
-    names = [] if name is None else [name] if isinstance(name, str) else [str(n) for n in name]
-    modules: list[nn.Module] = []
-    for key in names:
-        key = "none" if key in ("", "null") else key
-        if key not in AUGMENT_PRESETS:
-            raise UserError(
-                f"unknown augmentation preset data.augment={key!r}; "
-                f"choose one of {sorted(AUGMENT_PRESETS)} or a list of them"
-            )
-        modules.extend(AUGMENT_PRESETS[key]())
+    names = [name] if isinstance(name, str) else list(name or [])
+    if unknown := [key for key in names if key not in AUGMENT_PRESETS]:
+        raise UserError(
+            f"unknown augmentation preset data.augment={unknown[0]!r}; "
+            f"choose one of {sorted(AUGMENT_PRESETS)} or a list of them"
+        )
     if not 0 <= random_erasing <= 1:
         raise UserError(
-            f"data.random_erasing must be a probability in [0, 1], got {random_erasing}"
+            f"data.random_erasing must be a probability in [0, 1], not {random_erasing}"
         )
-    if random_erasing > 0:
-        modules.append(RandomErasing(p=random_erasing))
-    return nn.Sequential(*modules)
+    modules = [module for key in names for module in AUGMENT_PRESETS[key]()]
+    return nn.Sequential(*modules, *([RandomErasing(p=random_erasing)] if random_erasing else []))
 
 
 class BatchPipeline(nn.Module):

@@ -1,10 +1,5 @@
-"""Your own images: one folder per class, optionally split into train/ val/ test/ (docs/data.md).
+"""Your own images: one folder per class, optionally in train/ val/ test/ (docs/data.md)."""
 
-Modules: ``scan`` (layout, files, carved splits), ``read`` (decoding, bad files, streaming,
-``normalize=auto`` statistics), ``datamodule`` (``FolderDataModule``, the target).
-"""
-
-from imgcls.data.folder.datamodule import FolderDataModule
-from imgcls.data.folder.read import STATS_CACHE, FileImages
-
-__all__ = ["STATS_CACHE", "FileImages", "FolderDataModule"]
+from imgcls.data.folder.datamodule import FolderDataModule as FolderDataModule
+from imgcls.data.folder.read import STATS_CACHE as STATS_CACHE
+from imgcls.data.folder.read import FileImages as FileImages

@@ -1,9 +1,8 @@
-"""``FolderDataModule``: a folder of class folders (scanning in ``scan``, reading in ``read``)."""
+"""``FolderDataModule``: a folder of class folders (its files and images: ``read``)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -14,25 +13,18 @@ import torch
 
 from imgcls.data.base import ImageDataModule, Split
 from imgcls.data.folder import read
-from imgcls.data.folder.scan import (
-    FolderIndex,
-    FolderLayout,
-    carve_missing_splits,
-    find_layout,
-    scan_files,
-)
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = (0.449,), (0.226,)
+#: ImageNet's statistics by channels (grayscale: the channels' mean)
+IMAGENET = {3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}
 
 
 class FolderDataModule(ImageDataModule):
     """Image classification on a folder of class folders (``data=folder data.root=PATH``)."""
 
-    native_size = 64
+    native_size, stratified = 64, True
 
     def __init__(
         self,
@@ -50,79 +42,80 @@ class FolderDataModule(ImageDataModule):
                 "data=folder needs data.root=PATH: a folder of class folders (PATH/<class>/*.jpg) "
                 "or of train/ val/ test/ folders holding class folders"
             )
-        try:
-            fractions = tuple(float(f) for f in split)
-        except (TypeError, ValueError):
-            fractions = ()
-        if (
-            len(fractions) != 3
-            or min(fractions) < 0
-            or fractions[0] <= 0
-            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
-        ):
+        fractions = tuple(float(f) for f in split if isinstance(f, (int, float)))
+        valid = len(fractions) == 3 and min(fractions) >= 0 < fractions[0]
+        if not valid or abs(sum(fractions) - 1) > 1e-6:
             raise UserError(
-                f"data.split={list(split) if split is not None else split} must be three fractions "
-                "[train, val, test] that sum to 1 with train > 0, e.g. data.split=[0.8,0.1,0.1]"
+                f"data.split={split} must be three fractions [train, val, test] that sum to 1 "
+                "with train > 0, e.g. data.split=[0.8,0.1,0.1]"
             )
-        if normalize not in ("imagenet", "auto", "none"):
-            raise UserError(
-                f"data.normalize={normalize!r} is not supported; use one of "
-                "['imagenet', 'auto', 'none'] (or set data.mean and data.std)"
-            )
-        if on_bad_image not in ("skip", "error"):
-            raise UserError(
-                f"data.on_bad_image={on_bad_image!r} is not supported; use skip or error"
-            )
-        self.root, self.grayscale = Path(str(root)).expanduser(), bool(grayscale)
-        self.native_channels = channels = 1 if grayscale else 3
+        for key, value, allowed in [
+            ("normalize", normalize, ["imagenet", "auto", "none"]),
+            ("on_bad_image", on_bad_image, ["skip", "error"]),
+        ]:
+            if value not in allowed:
+                raise UserError(f"data.{key}={value!r} is not supported; use one of {allowed}")
+        self.root = Path(str(root)).expanduser()
+        self.in_channels = channels = 1 if grayscale else 3
+        self.default_mean, self.default_std = IMAGENET[channels]
         if normalize == "none":
             self.default_mean, self.default_std = (0.0,) * channels, (1.0,) * channels
-        elif grayscale:
-            self.default_mean, self.default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
-        else:
-            self.default_mean, self.default_std = IMAGENET_MEAN, IMAGENET_STD
-        self.split_fractions, self.normalize_mode = fractions, normalize
-        self.on_bad_image = on_bad_image
-        self.decode_workers = decode_workers or min(8, os.cpu_count() or 1)
-        super().__init__(image_size=image_size, **kwargs)
+        # the validation share of what is left once the test split is set aside (base carves it)
+        val_size = fractions[1] / (fractions[0] + fractions[1])
+        super().__init__(image_size=image_size, val_size=val_size or 0.5, **kwargs)
         self._decoded: dict[str, Split] | None = None
         # normalize=auto: statistics known once computed, read from the cache or a checkpoint
         self._stats_pending = normalize == "auto" and self.hparams.mean is None
 
     @property
     def all_class_names(self) -> list[str]:  # type: ignore[override]
-        return self.layout.class_names
+        return self.layout[0]
 
     @cached_property
-    def layout(self) -> FolderLayout:
-        """Layout and class names: lists two folders at most (shape facts stay cheap)."""
-        return find_layout(self.root)
+    def layout(self) -> tuple[list[str], dict[str, Path]]:
+        """Class names and split folders: lists two folders at most (shape facts stay cheap)."""
+        return read.find_layout(self.root)
 
     @cached_property
-    def index(self) -> FolderIndex:
+    def files(self) -> dict[str, read.Items]:
         """The files of every split (scanned once, nothing decoded)."""
-        index, hp = scan_files(self.layout), self.hparams
-        carve_missing_splits(index, self.split_fractions, hp.seed, hp.num_folds is not None)
-        return index
+        (classes, dirs), hp = self.layout, self.hparams
+        files = read.scan_files(classes, dirs)
+        read.carve_test(files, self.root, dirs["train"] != self.root, hp.split[2])
+        if hp.num_folds is not None:  # the folds split train/ and val/ together
+            files["train"] += files.pop("val", [])
+        return files
 
     def load_split(self, split: str) -> Split:
         if self._decoded is None:
-            hp = self.hparams
+            hp, root = self.hparams, self.root
+            args = (self.in_channels, self.image_size, hp.resize)
+            workers = hp.decode_workers or min(8, os.cpu_count() or 1)
             self._decoded = read.read_splits(
-                self.index,
-                self.in_channels,
-                self.image_size,
-                in_memory=hp.in_memory,
-                on_bad_image=self.on_bad_image,
-                workers=self.decode_workers,
-                k_fold=hp.num_folds is not None,
-                resize=hp.resize,
+                self.files, root, args, hp.in_memory, hp.on_bad_image, workers
             )
+            trained = set(self._decoded["train"][1].tolist())
+            if missing := [c for i, c in enumerate(self.all_class_names) if i not in trained]:
+                raise UserError(
+                    f"data.root={root}: no readable training images for classes {missing}; "
+                    "add images to those class folders"
+                )
         return self._decoded[split]
 
     def load_val_split(self) -> Split | None:
-        val = self.load_split("val")
-        return None if self.hparams.num_folds is not None and len(val[1]) == 0 else val
+        if "val" in self.files:
+            return self.load_split("val")
+        if self.hparams.num_folds is None and self.hparams.split[1] <= 0:
+            raise UserError(
+                f"data.root={self.root} has no val/ folder and data.split gives val 0; "
+                "set a val fraction, e.g. data.split=[0.8,0.1,0.1], or use data.num_folds"
+            )
+        if self.hparams.num_folds is None and self.layout[1]["train"] != self.root:
+            log.info(
+                f"data.root={self.root} has no val/ folder: the validation split is carved from "
+                f"train/ (stratified, data.seed={self.hparams.seed})"
+            )
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -138,58 +131,49 @@ class FolderDataModule(ImageDataModule):
             self._apply_stats(stats)
 
     def _stats_key(self) -> str:
-        hp = self.hparams
-        settings = {
-            "image_size": self.image_size,
-            **({"resize": "crop"} if hp.resize == "crop" else {}),  # old keys stay valid
-            "grayscale": self.grayscale,
-            "split": list(self.split_fractions),
-            "seed": hp.seed,
-            "classes": list(hp.classes) if hp.classes is not None else None,
-            "num_folds": hp.num_folds,
-            "fold": hp.fold,
-            "on_bad_image": self.on_bad_image,
-        }
-        return read.stats_key(self.index, settings)
+        keys = [
+            "resize",
+            "grayscale",
+            "split",
+            "seed",
+            "classes",
+            "num_folds",
+            "fold",
+            "on_bad_image",
+        ]
+        settings = {key: self.hparams.get(key) for key in keys} | {"image_size": self.image_size}
+        return read.stats_key(self.files, self.root, settings)
 
     def _apply_stats(self, stats: read.Stats) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
         self._stats_pending = False
         log.info(
             f"normalising with mean={stats['mean']} std={stats['std']} "
-            f"(data.normalize={self.normalize_mode})"
+            f"(data.normalize={self.hparams.normalize})"
         )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if self._stats_pending:  # normalize=auto before setup: the cache, else the images
-            try:
-                cached = read.read_cached(self.root, self._stats_key())
-            except UserError:
-                cached = None
-            if cached is not None:
-                self._apply_stats(cached)
-            elif not self.root.is_dir():
+            if not self.root.is_dir():
                 raise UserError(
                     f"data.normalize=auto needs the training images in data.root={self.root} (or "
                     f"their statistics in {self.root / read.STATS_CACHE}) to normalise "
                     "like training did; restore them, or pass data.mean=[...] data.std=[...]"
                 )
+            if cached := read.read_cached(self.root, self._stats_key()):
+                self._apply_stats(cached)
             else:
                 self.setup("fit")
         return super().preprocess(images)
 
     def state_dict(self) -> dict[str, Any]:
-        # the statistics used travel in checkpoints (eval/predict normalise like training)
-        state, normalize = super().state_dict(), self.pipeline.normalize
-        if self._stats_pending:
-            return state
-        return {
-            **state,
-            "mean": normalize.mean.flatten().tolist(),
-            "std": normalize.std.flatten().tolist(),
-        }
+        state = super().state_dict()
+        if not self._stats_pending:  # in checkpoints: eval and predict normalise like training
+            for name in ("mean", "std"):
+                state[name] = getattr(self.pipeline.normalize, name).flatten().tolist()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if "mean" in state_dict and "std" in state_dict:
-            self._apply_stats({"mean": list(state_dict["mean"]), "std": list(state_dict["std"])})
+        if "mean" in state_dict:
+            self._apply_stats(state_dict)

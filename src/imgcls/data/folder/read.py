@@ -1,27 +1,113 @@
-"""Reading a folder's images (decoded into memory, or checked and streamed) and their statistics."""
+"""A folder's images: its layout and files, their decoding (into memory, or checked and
+streamed), the test split it lacks, and the ``normalize=auto`` statistics."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.datasets.folder import make_dataset
 
-from imgcls.data.base import Split
-from imgcls.data.folder.scan import FolderIndex
+from imgcls.data.base import stratified_split
 from imgcls.data.transforms import resize_uint8
-from imgcls.imaging import check_image_file, load_image_tensor
+from imgcls.imaging import IMAGE_SUFFIXES, check_image_file, load_image_tensor
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+TEST_SPLIT_SEED = 0  # fixed: carving test images never depends on the run's seed
+Items = list[tuple[Path, int]]  # (image file, label)
 MAX_LISTED = 20
+#: normalize=auto: the training split's mean/std, cached in root under a key of its files and the
+#: split settings, so later runs, eval.py and predict.py normalise like training did
+STATS_CACHE = "imgcls_stats.json"
+Stats = dict[str, list[float]]  # {"mean": [...], "std": [...]}
+
+
+def subdirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def find_layout(root: Path) -> tuple[list[str], dict[str, Path]]:
+    """The class names and the folders ``root`` gives (train always, val and test if present);
+    lists ``root`` and ``root/train`` only."""
+    if not root.is_dir():
+        raise UserError(
+            f"data.root={root} does not exist or is not a folder; point data.root at a folder "
+            "of class folders (<class>/*.jpg) or of train/ val/ test/ folders"
+        )
+    names, dirs = subdirs(root), {"train": root}
+    if "train" in names and set(names) <= {n for aliases in SPLIT_DIRS.values() for n in aliases}:
+        dirs = {}
+        for split, aliases in SPLIT_DIRS.items():
+            found = [name for name in names if name in aliases]
+            if len(found) > 1:
+                raise UserError(
+                    f"data.root={root} has several validation folders {found}; keep one"
+                )
+            if found:
+                dirs[split] = root / found[0]
+    classes = subdirs(dirs["train"])
+    if len(classes) < 2:
+        raise UserError(
+            f"data.root={root}: {'only one class folder' if classes else 'no class folders'} in "
+            f"{dirs['train']}; classification needs at least two, each holding its images "
+            "(<class>/*.jpg)"
+        )
+    return classes, dirs
+
+
+def scan_files(classes: list[str], dirs: dict[str, Path]) -> dict[str, Items]:
+    """The image files of every split (recursive, by suffix in any case, hidden ones left out)."""
+    files = {}
+    for split, folder in dirs.items():
+        present = subdirs(folder)
+        if stray := sorted(set(present) - set(classes)):
+            raise UserError(
+                f"{folder / stray[0]} is not a class of {dirs['train']} (classes: {classes}); "
+                "every split must use the training split's class folders"
+            )
+
+        def is_image(path: str, skip: int = len(str(folder))) -> bool:
+            return Path(path).suffix.lower() in IMAGE_SUFFIXES and "/." not in path[skip:]
+
+        to_index = {name: classes.index(name) for name in present}
+        found = make_dataset(folder, to_index, is_valid_file=is_image, allow_empty=True)
+        if empty := sorted(set(to_index.values()) - {label for _, label in found}):
+            raise UserError(
+                f"class folder {folder / classes[empty[0]]} holds no image files "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder"
+            )
+        files[split] = [(Path(path), label) for path, label in found]
+    return files
+
+
+def carve_test(files: dict[str, Items], root: Path, given: bool, fraction: float) -> None:
+    """Without a test/ folder, a stratified share of train (fixed seed) is the test split."""
+    if "test" in files:
+        return
+    pool = files["train"]
+    count = math.floor(fraction * len(pool) + 0.5)
+    rest, test = stratified_split(torch.tensor([i[1] for i in pool]), count, TEST_SPLIT_SEED)
+    files["train"], files["test"] = [pool[i] for i in rest], [pool[i] for i in test]
+    if not test.numel():
+        raise UserError(
+            f"data.root={root} has no test/ folder and data.split carves no test images from "
+            "its images; add images or raise the test fraction, e.g. data.split=[0.8,0.1,0.1]"
+        )
+    if given:
+        log.info(
+            f"data.root={root} has no test/ folder: the test split is {fraction:.0%} of train/ "
+            f"({len(test)} images, stratified, fixed seed), set aside before validation"
+        )
 
 
 def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -> torch.Tensor:
@@ -29,132 +115,78 @@ def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -
 
 
 class FileImages:
-    """Streaming (``in_memory=false``): a uint8 ``[N, C, S, S]`` stand-in decoding on access (an
-    int: one image, a slice: a batch, a mask or index tensor: a lazy subset); pickles as paths."""
+    """Streaming (``in_memory=false``): uint8 ``[N, C, S, S]`` images decoded on access (an int:
+    one image, a slice: a batch); an index tensor or mask gives a lazy subset."""
 
     dtype = torch.uint8
 
-    def __init__(
-        self, paths: Sequence[Path], channels: int, size: int, workers: int = 1, resize="squash"
-    ) -> None:
-        self.paths, self.channels, self.size, self.workers = list(paths), channels, size, workers
-        self.resize = resize
+    def __init__(self, paths: list[Path], channels: int, size: int, resize: str) -> None:
+        self.paths, self.args = list(paths), (channels, size, resize)
         self.shape = (len(self.paths), channels, size, size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _decode(self, path: Path) -> torch.Tensor:
-        return decode_image(path, self.channels, self.size, self.resize)
-
-    def _subset(self, paths: Sequence[Path]) -> FileImages:
-        return FileImages(paths, self.channels, self.size, self.workers, self.resize)
-
     def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor | FileImages:
         if isinstance(key, torch.Tensor):
-            indices = key.nonzero().flatten() if key.dtype == torch.bool else key.flatten()
-            return self._subset([self.paths[i] for i in indices.tolist()])
-        if not isinstance(key, slice):
-            return self._decode(self.paths[int(key)])
-        if not self.paths[key]:
-            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return torch.stack(list(pool.map(self._decode, self.paths[key])))
-
-    def concat(self, other: FileImages) -> FileImages:
-        return self._subset(self.paths + other.paths)
+            index = key.nonzero().flatten() if key.dtype == torch.bool else key.flatten()
+            return FileImages([self.paths[i] for i in index.tolist()], *self.args)
+        if isinstance(key, slice):
+            return torch.stack([decode_image(path, *self.args) for path in self.paths[key]])
+        return decode_image(self.paths[key], *self.args)
 
 
 def read_splits(
-    index: FolderIndex,
-    channels: int,
-    size: int,
-    in_memory: bool,
-    on_bad_image: str,
-    workers: int,
-    k_fold: bool,
-    resize: str = "squash",
-) -> dict[str, Split]:
-    """Every split as (images, labels): decoded, or ``FileImages`` (headers checked) streaming.
-    Unreadable images are listed once, then skipped or fatal (``on_bad_image``)."""
-    root = index.layout.root
+    files: dict[str, Items], root: Path, args: tuple, in_memory: bool, on_bad_image: str, workers
+) -> dict[str, tuple[Any, torch.Tensor]]:
+    """Every split as (images, labels), decoded or ``FileImages`` (headers checked); unreadable
+    images are listed once, then skipped or fatal (``on_bad_image``). ``args``: channels, size,
+    resize."""
 
     def read_one(path: Path) -> torch.Tensor | Path | str:
         try:
-            if in_memory:
-                return decode_image(path, channels, size, resize)
-            check_image_file(path)
-            return path
-        except UserError as err:
-            return str(err)
+            return decode_image(path, *args) if in_memory else check_image_file(path) or path
         except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
-            return f"{path}: unreadable image ({type(err).__name__}: {err})"
+            return str(err) if isinstance(err, UserError) else f"{path}: unreadable ({err!r})"
 
-    items = [(split, path, label) for split, files in index.files.items() for path, label in files]
+    items = [(split, *item) for split, split_items in files.items() for item in split_items]
     log.info(f"{'decoding' if in_memory else 'checking'} {len(items)} images from data.root={root}")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(read_one, [path for _, path, _ in items]))
-    bad = [r for r in results if isinstance(r, str)]
-    if bad and on_bad_image == "error":
-        more = f"; ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise UserError(
-            f"{len(bad)} unreadable images in data.root={root}: {'; '.join(bad[:MAX_LISTED])}"
-            f"{more}; fix or delete them, or set data.on_bad_image=skip"
-        )
-    if bad:
+    if bad := [result for result in results if isinstance(result, str)]:
+        if on_bad_image == "error":
+            more = f"; ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+            raise UserError(
+                f"{len(bad)} unreadable images in data.root={root}: {'; '.join(bad[:MAX_LISTED])}"
+                f"{more}; fix or delete them, or set data.on_bad_image=skip"
+            )
         log.warning(
             f"skipping {len(bad)} of {len(items)} images that cannot be read "
             "(data.on_bad_image=skip):\n  " + "\n  ".join(bad)
         )
-    splits: dict[str, Split] = {}
-    for split in index.files:
+    splits = {}
+    for split in files:
         kept = [
-            (result, label)
-            for (s, _, label), result in zip(items, results, strict=True)
-            if s == split and not isinstance(result, str)
+            (r, i[2])
+            for i, r in zip(items, results, strict=True)
+            if i[0] == split and not isinstance(r, str)
         ]
-        if not kept and (split != "val" or not k_fold):
+        if not kept:
             raise UserError(f"data.root={root}: no readable images left in the {split} split")
-        labels = torch.tensor([label for _, label in kept], dtype=torch.long)
-        if not in_memory:
-            images = FileImages([path for path, _ in kept], channels, size, workers, resize)
-        elif kept:
-            images = torch.stack([image for image, _ in kept])
-        else:
-            images = torch.empty((0, channels, size, size), dtype=torch.uint8)
-        splits[split] = (images, labels)
-    names = index.layout.class_names
-    missing = [names[i] for i in sorted(set(range(len(names))) - set(splits["train"][1].tolist()))]
-    if missing:
-        raise UserError(
-            f"data.root={root}: no readable training images for classes {missing}; "
-            "add images to those class folders"
-        )
-    if in_memory:
-        total = sum(images.numel() for images, _ in splits.values())
-        log.info(
-            f"decoded {len(items) - len(bad)} images at {channels}x{size}x{size} "
-            f"({total / 1e6:.0f} MB in memory)"
-        )
+        images, labels = zip(*kept, strict=True)
+        stacked = torch.stack(images) if in_memory else FileImages(images, *args)
+        splits[split] = (stacked, torch.tensor(labels))
     return splits
 
 
-# normalize=auto: the training split's per-channel mean/std, cached in root under a key of its
-# files and every split setting, so later runs, eval.py and predict.py normalise like training
-STATS_CACHE = "imgcls_stats.json"
-
-Stats = dict[str, list[float]]  # {"mean": [...], "std": [...]}
-
-
-def stats_key(index: FolderIndex, settings: dict[str, Any]) -> str:
-    """Identifies a training split: the files (paths, sizes, labels) and the split ``settings``."""
-    root = index.layout.root
-    files = [
+def stats_key(files: dict[str, Items], root: Path, settings: dict[str, Any]) -> str:
+    """Identifies a training split: its files (paths, sizes, labels) and the split ``settings``."""
+    listed = [
         [split, str(path.relative_to(root)), path.stat().st_size, label]
-        for split, items in sorted(index.files.items())
+        for split, items in sorted(files.items())
         for path, label in items
     ]
-    encoded = json.dumps({"files": files, **settings}, sort_keys=True, default=str).encode()
+    encoded = json.dumps({"files": listed, **settings}, sort_keys=True, default=str).encode()
     return hashlib.sha1(encoded).hexdigest()[:16]
 
 
@@ -169,8 +201,7 @@ def _cache(root: Path) -> dict[str, Any]:
 def read_cached(root: Path, key: str) -> Stats | None:
     """The cached statistics under ``key``, or ``None`` (no cache, no entry, unreadable)."""
     try:
-        entry = _cache(root)[key]
-        return {name: [float(v) for v in entry[name]] for name in ("mean", "std")}
+        return {name: [float(v) for v in _cache(root)[key][name]] for name in ("mean", "std")}
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -188,16 +219,12 @@ def write_cached(root: Path, key: str, stats: Stats) -> None:
 
 
 def compute_stats(images: Any) -> Stats:
-    """Per-channel mean and std (in [0, 1] units) of uint8 images ``[N, C, H, W]``, in float64
-    chunks (``images`` may be ``FileImages``: each chunk is decoded when it is needed)."""
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
+    """Per-channel mean and std (in [0, 1] units) of uint8 ``[N, C, H, W]`` images (or
+    ``FileImages``), summed in float64 chunks."""
+    sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
     for start in range(0, len(images), 1024):
         chunk = images[start : start + 1024].double().div_(255.0)
-        total += chunk.sum(dim=(0, 2, 3))
-        squares += chunk.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (squares / count - mean.square()).clamp(min=0).sqrt().clamp(min=1 / 255)
+        sums += torch.stack([chunk.sum(dim=(0, 2, 3)), chunk.square().sum(dim=(0, 2, 3))])
+    mean, squares = sums / (images.shape[0] * images.shape[2] * images.shape[3])
+    std = (squares - mean.square()).clamp(min=0).sqrt().clamp(min=1 / 255)
     return {"mean": mean.tolist(), "std": std.tolist()}
