@@ -109,9 +109,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Cla
     from its stored config with the data config's preprocessing, or a model written by export.py
     (``.onnx``/``.pt`` with its ``.json`` beside it). ``device="auto"``: a GPU when there is one.
     """
-    from imgcls.checkpoints import restore
     from imgcls.config import setup_config_environment
     from imgcls.export import ExportedClassifier, is_exported
+    from imgcls.utils.checkpoint import restore
 
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

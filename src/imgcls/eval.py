@@ -10,17 +10,11 @@ import torch
 from omegaconf import DictConfig
 
 from imgcls.callbacks.eval_report import EvalReport
-from imgcls.checkpoints import restore, store_temperature
+from imgcls.lifecycle import run_dir
 from imgcls.train import build_trainer
+from imgcls.utils.checkpoint import restore, store_temperature
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import (
-    apply_extras,
-    instantiate_list,
-    quiet_other_ranks,
-    report_errors,
-    run_dir,
-    to_floats,
-)
+from imgcls.utils.runs import apply_extras, instantiate_list, report_errors, to_floats
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +77,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @report_errors
 def run(cfg: DictConfig) -> dict[str, float]:
-    quiet_other_ranks()
     apply_extras(cfg)
     metrics = evaluate(cfg)
     for name, value in sorted(metrics.items()):

@@ -17,10 +17,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from imgcls.checkpoints import restore
 from imgcls.data.transforms import Normalize, resize_uint8, to_float
+from imgcls.lifecycle import run_dir
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import apply_extras, report_errors, run_dir
+from imgcls.utils.runs import apply_extras, report_errors
 
 log = logging.getLogger(__name__)
 

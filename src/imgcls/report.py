@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from imgcls.lifecycle import CONFIG_FILE, OVERRIDES_FILE, RunDir, find_run_dirs
 from imgcls.report_stats import (
     ABSENT,
     CURVES_PNG,
@@ -34,7 +35,7 @@ from imgcls.report_stats import (
     plot_val_acc_curves,
     table,
 )
-from imgcls.run_dir import CONFIG_FILE, OVERRIDES_FILE, Override, RunDir, find_run_dirs
+from imgcls.utils.runs import Override
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

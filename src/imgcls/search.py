@@ -14,8 +14,6 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls.run_dir import RunDir
-
 _MISSING = object()
 
 
@@ -69,5 +67,7 @@ class FailedTrialsToOptuna(Callback):
             and isinstance(value, float)
             and math.isnan(value)
         ):
+            from imgcls.lifecycle import RunDir  # the run's status (Lightning: imported late)
+
             error = RunDir(config.hydra.runtime.output_dir).status().get("error")
             job_return.return_value = f"failed: {error or 'the objective is NaN'}"

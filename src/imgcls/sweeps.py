@@ -17,20 +17,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from imgcls.run_dir import ERROR_FILE, RunDir
-
 #: at most this many failed jobs are listed (with their error); the report has them all
 MAX_LISTED_FAILURES = 5
 #: file times may trail the clock by this much (coarse file systems)
 CLOCK_SLACK_S = 1.0
 #: where a failed run keeps its traceback (the life cycle's ``traceback.txt``, formerly error.txt)
-TRACEBACK_FILES = ("traceback.txt", ERROR_FILE)
+TRACEBACK_FILES = ("traceback.txt",)
 
 
 def this_sweep(runs: list[Any], started_at: float) -> list[Any]:
     """The report's runs (``imgcls.report.Run``) that Hydra started since ``started_at`` (their
     ``.hydra/`` is written when they start; not those of an earlier call in the same sweep dir),
     with their status as the sweep sees it."""
+    from imgcls.lifecycle import RunDir  # at a multirun's end: Lightning is loaded by then
+
     jobs = []
     for run in runs:
         run_dir = RunDir(run.path)

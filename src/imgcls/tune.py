@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.tuner import Tuner
 
 # the run life cycle: where the run dir is and how its files are written
-from imgcls.run_dir import write_json
+from imgcls.lifecycle import run_dir as run_dir_of
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import run_dir as run_dir_of
+from imgcls.utils.runs import write_json
 
 log = logging.getLogger(__name__)
 
