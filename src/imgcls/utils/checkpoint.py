@@ -183,7 +183,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.save(checkpoint, temporary)
+            with temporary.open("wb") as file:
+                torch.save(checkpoint, file)
             temporary.replace(path)
         finally:
             temporary.unlink(missing_ok=True)
