@@ -77,9 +77,8 @@ def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         if deletes or given is None or key.split(".")[0].split("/")[0] in NOT_HYPERPARAMETERS:
             continue
         value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
-        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-            value = given  # a group picked with a dot key (data=digits): its name
-        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        # a group picked with a dot key (data=digits), or a list: as given
+        params[key] = value if isinstance(value, (int, float, str, bool)) else given
     return params
 
 

@@ -26,6 +26,11 @@ UNREADABLE = (
     "is not a readable checkpoint (truncated, corrupt or not a torch file); use another .ckpt, "
     "e.g. the run's checkpoints/last.ckpt"
 )
+HOLDS_CODE = (
+    "is not a readable checkpoint: it holds Python objects other than tensors and plain data, "
+    "refused because loading them could run code; use a checkpoint written by imgcls (a run's "
+    "checkpoints/*.ckpt)"
+)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -70,17 +75,10 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise UserError(f"ckpt_path={path} {UNREADABLE}") from err
-        # torch's message goes on to suggest weights_only=False: never pass that on
-        raise UserError(
-            f"ckpt_path={path} is not a readable checkpoint: it holds Python objects other than "
-            "tensors and plain data, refused because loading them could run code; use a "
-            "checkpoint written by imgcls (a run's checkpoints/*.ckpt)"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise UserError(f"ckpt_path={path} {UNREADABLE}") from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        # torch's message on other objects suggests weights_only=False: never pass that on
+        code = isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()
+        raise UserError(f"ckpt_path={path} {HOLDS_CODE if code else UNREADABLE}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(
             f"ckpt_path={path} is a torch file but not a Lightning checkpoint (no state_dict)"
