@@ -216,7 +216,7 @@ def test_a_checkpoint_holding_code_is_refused_without_torch_advice(tmp_path: Pat
 
 
 def test_a_run_dir_as_ckpt_path_means_its_best_or_last_checkpoint(tmp_path: Path, caplog) -> None:
-    from imgcls.checkpoints import find_checkpoint
+    from imgcls.utils.checkpoint import find_checkpoint
     from imgcls.utils.errors import UserError
 
     caplog.set_level("INFO")

@@ -375,8 +375,7 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
 def test_resume_continues_from_the_newest_checkpoint_of_a_run_dir(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from imgcls.checkpoints import resumed_config
-    from imgcls.run_dir import RunDir
+    from imgcls.lifecycle import RunDir, resumed_config
 
     run_dir = tmp_path / "run"
     latest_checkpoint = RunDir(run_dir).latest_checkpoint

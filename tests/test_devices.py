@@ -48,9 +48,9 @@ def test_gpu_requested_without_gpu_is_one_clear_line(monkeypatch) -> None:
 def test_explicit_conflicting_devices_is_rejected(monkeypatch) -> None:
     fake_gpus(monkeypatch, 4)
     with pytest.raises(UserError, match="conflicts with trainer.devices=4"):
-        apply_gpus(trainer_cfg(devices=4), 2, explicit_keys={"devices"})
+        apply_gpus(trainer_cfg(devices=4), 2, devices_given=True)
     cfg = trainer_cfg(devices=2)
-    apply_gpus(cfg, 2, explicit_keys={"devices"})  # agreeing values are fine
+    apply_gpus(cfg, 2, devices_given=True)  # agreeing values are fine
     assert cfg.devices == 2
 
 

@@ -15,11 +15,11 @@ from sklearn.metrics import classification_report
 
 import imgcls
 from imgcls.callbacks.eval_report import EvalReport
-from imgcls.checkpoints import restore
 from imgcls.eval import run as eval_run
 from imgcls.evaluation.report import ece, fit_temperature, grad_cam, write_report
 from imgcls.export import run as export_run
 from imgcls.train import train
+from imgcls.utils.checkpoint import restore
 
 from .conftest import compose_config, run_cli
 

@@ -93,8 +93,7 @@ def test_a_plain_ctrl_c_still_marks_the_run_interrupted(tmp_path: Path) -> None:
     """Ctrl-C outside a trainer call (data loading) or a second one: not left 'running'."""
     from omegaconf import OmegaConf
 
-    from imgcls.lifecycle import interruptible
-    from imgcls.run_dir import RunDir
+    from imgcls.lifecycle import RunDir, interruptible
 
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
     RunDir(tmp_path).write_status("running")

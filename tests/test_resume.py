@@ -9,10 +9,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from imgcls.checkpoints import relocated, resumed_config
+from imgcls.lifecycle import resumed_config
 from imgcls.train import train
 from imgcls.utils.checks import bad_value
 from imgcls.utils.errors import UserError
+from imgcls.utils.runs import relocated
 
 TINY = ["data=digits", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 TINY += ["trainer.limit_val_batches=1", "test=false", "callbacks=lean", "logger=csv"]

@@ -10,11 +10,9 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.checkpoints import resumed_config
-from imgcls.run_dir import RunDir, log_start
-from imgcls.train import train
+from imgcls.lifecycle import RunDir, resumed_config
+from imgcls.train import ensure_seed, log_start, train
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import ensure_seed
 
 from .conftest import run_cli
 
@@ -88,7 +86,7 @@ def test_resume_continues_the_saved_config_in_its_own_dir_and_new_values_win(tmp
 
 def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) -> None:
     old = fake_run(tmp_path / "old", "[]\n", checkpoint="epoch_003.ckpt")
-    with caplog.at_level(logging.INFO, logger="imgcls.run_dir"):
+    with caplog.at_level(logging.INFO, logger="imgcls.train"):
         log_start(old / "checkpoints" / "epoch_003.ckpt", RunDir(tmp_path / "new"))
         log_start(old / "checkpoints" / "epoch_003.ckpt", RunDir(old))
     branched, continued = caplog.messages
@@ -99,7 +97,7 @@ def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) ->
 def test_a_requeue_checkpoint_is_the_run_dirs_newest_state(tmp_path) -> None:
     """ckpt_path=<run dir> and resume= agree on the newest state, and starting from a requeue's
     hpc_ckpt in the run's own dir continues that run."""
-    from imgcls.checkpoints import find_checkpoint
+    from imgcls.utils.checkpoint import find_checkpoint
 
     run = fake_run(tmp_path / "run", "- data=digits\n")
     hpc = run / "hpc_ckpt_1.ckpt"
@@ -161,7 +159,7 @@ def test_init_from_loads_the_weights_only_and_trains_its_own_epochs(make_cfg, tw
     import torch
     from hydra.utils import instantiate
 
-    from imgcls.lifecycle import init_weights
+    from imgcls.utils.checkpoint import init_weights
 
     last = two_epoch_run / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)["state_dict"]
@@ -181,7 +179,7 @@ def test_init_from_loads_the_weights_only_and_trains_its_own_epochs(make_cfg, tw
 def test_init_from_refuses_another_head_unless_asked_to_reset_it(make_cfg, two_epoch_run):
     from hydra.utils import instantiate
 
-    from imgcls.lifecycle import init_weights
+    from imgcls.utils.checkpoint import init_weights
 
     three = instantiate(make_cfg("train", [*TINY, "model.num_classes=3"]).model)
     with pytest.raises(UserError, match=r"shape \(10, .*\) there and \(3, .*init_from_reset_head"):

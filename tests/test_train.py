@@ -12,11 +12,11 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcls.checkpoints import restore
 from imgcls.config import CONFIG_DIR
 from imgcls.lifecycle import RunInfo
 from imgcls.models.classifier import ImageClassifier
 from imgcls.train import build_trainer, train
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

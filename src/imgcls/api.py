@@ -118,7 +118,7 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Cla
     """The classifier of a checkpoint (a ``.ckpt``, or a run dir: its best one) with its data
     config's preprocessing, or of a model exported by export.py (``.onnx``/``.pt`` with its
     ``.json``). ``device="auto"``: a GPU when there is one."""
-    from imgcls.checkpoints import restore
+    from imgcls.utils.checkpoint import restore
 
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

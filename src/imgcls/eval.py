@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig
 
 from imgcls.callbacks.eval_report import EvalReport
-from imgcls.checkpoints import restore, store_temperature
-from imgcls.lifecycle import build_trainer
+from imgcls.lifecycle import run_dir
+from imgcls.train import build_trainer
 from imgcls.utils import runs
+from imgcls.utils.checkpoint import restore, store_temperature
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ def match_data(restored: Any) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    runs.quiet_other_ranks()
     runs.apply_extras(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     restored = restore(cfg.ckpt_path, data_override=cfg.get("data"))
@@ -66,10 +66,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         path = store_temperature(cfg.ckpt_path, report.temperature)
         log.info(f"temperature {report.temperature:.4f} stored in {path}")
     if trainer.is_global_zero:
-        runs.run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
+        run_dir(cfg).write_metrics({"ckpt_path": str(cfg.ckpt_path), **metrics})
     for name, value in sorted(metrics.items()):
         log.info(f"{name}: {value:.4f}")
-    log.info(f"run dir: {runs.run_dir(cfg).path}")
+    log.info(f"run dir: {run_dir(cfg).path}")
     return metrics
 
 

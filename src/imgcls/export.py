@@ -12,9 +12,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from imgcls.api import load_model
-from imgcls.checkpoints import restore
+from imgcls.lifecycle import run_dir
+from imgcls.utils.checkpoint import restore
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import apply_extras, report_errors, run_dir
+from imgcls.utils.runs import apply_extras, report_errors
 
 log = logging.getLogger(__name__)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}

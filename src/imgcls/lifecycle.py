@@ -1,10 +1,10 @@
-"""A run's life cycle while it trains (the run dir's files are ``imgcls.run_dir``'s): the
-Trainer (``build_trainer``), what checkpoints are and carry, reuse (``init_from``, ``ckpt_path``),
-randomness per rank and across resumes, Ctrl-C/SIGTERM, SLURM requeues and the run's status."""
+"""A run's life cycle: its dir (config, status, metrics, traceback, checkpoints), ``resume=``,
+what checkpoints carry (config, RNG states), Ctrl-C/SIGTERM, SLURM requeues and failures."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -12,289 +12,288 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_method
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import (
-    ModelCheckpoint,
-    ModelSummary,
-    OnExceptionCheckpoint,
-    ProgressBar,
-)
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from imgcls.checkpoints import find_checkpoint
-from imgcls.run_dir import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, REQUEUED, RunDir
-from imgcls.utils.checkpoint import RUN_INFO_KEY, read_checkpoint
-from imgcls.utils.devices import apply_gpus, apply_matmul_precision
+from imgcls.utils import runs
+from imgcls.utils.checkpoint import RUN_INFO_KEY, latest_checkpoint
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import explicit_overrides, is_multirun, run_dir
 
 log = logging.getLogger(__name__)
 
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # Hydra writes it when the job starts
+CONFIG_FILE, STATUS_FILE, METRICS_FILE = "config.yaml", "status.json", "metrics.json"
+ERROR_FILE, CHECKPOINT_DIR, REQUEUED = "traceback.txt", "checkpoints", "requeued"
 #: logged when the training loop starts: from here on a signal saves a resumable checkpoint
 TRAINING_STARTED = "training started: Ctrl-C or SIGTERM saves a resumable checkpoint"
-#: ``trainer.enable_progress_bar=false`` leaves out the progress bar callback instead of failing
-SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary": ModelSummary}
+#: what fixes a run's number of optimizer steps (a OneCycle or warm-up schedule is sized by them)
+STEP_KEYS = ("trainer.max_epochs", "trainer.max_steps", "data.batch_size",
+             "trainer.accumulate_grad_batches", "trainer.limit_train_batches")  # fmt: skip
 
 
-def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``; ``trainer.gpus`` (0 = CPU, N GPUs, -1 = all)
-    becomes accelerator/devices, after ``float32_matmul_precision`` is applied."""
-    apply_matmul_precision(cfg.get("float32_matmul_precision"))
-    trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
-    gpus = trainer_cfg.pop("gpus", None)
-    apply_gpus(trainer_cfg, gpus, explicit_overrides("trainer"))
-    switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if trainer_cfg.get(k) is False)
-    kept = [c for c in callbacks if not isinstance(c, switched_off)]
-    if SLURMEnvironment.detect() and "plugins" not in kwargs:
-        # Lightning's own requeue: SIGUSR1 saves hpc_ckpt_<n>.ckpt and calls scontrol requeue
-        plugins = list(instantiate(trainer_cfg.pop("plugins", None) or []))
-        kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=True)]
-    return instantiate(trainer_cfg, callbacks=kept, **kwargs)
+class RunDir:
+    """A run dir: what imgcls reads from it and (rank 0 only) writes into it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return (self.path / OVERRIDES_FILE).is_file() or (self.path / CONFIG_FILE).is_file()
+
+    def overrides(self) -> list[str]:
+        path = self.path / OVERRIDES_FILE
+        return [str(o) for o in (yaml.safe_load(path.read_text()) if path.is_file() else [])]
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config (empty when missing or unreadable)."""
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            config = yaml.safe_load((self.path / CONFIG_FILE).read_text())
+            return config if isinstance(config, dict) else {}
+        return {}
+
+    def status(self) -> dict[str, Any]:
+        return runs.read_json(self.path / STATUS_FILE)
+
+    def metrics(self) -> dict[str, Any]:
+        return runs.read_json(self.path / METRICS_FILE) or self.status().get("metrics") or {}
+
+    def started_at_file_time(self) -> float:
+        """When Hydra started the job (its overrides file's time; 0: never)."""
+        path = self.path / OVERRIDES_FILE
+        return path.stat().st_mtime if path.is_file() else 0.0
+
+    def wall_time(self) -> float | None:
+        """Seconds the run took (so far, if running): from the status times, else file times."""
+        status = self.status()
+        start, end = status.get("started_at"), status.get("finished_at")
+        if start is None:
+            ends = [self.path / n for n in (STATUS_FILE, METRICS_FILE) if (self.path / n).is_file()]
+            start = self.started_at_file_time() or None
+            end = max(p.stat().st_mtime for p in ends) if ends and start else None
+        end = time.time() if status.get("status") == "running" and start else end
+        return end - start if end is not None and end >= start else None
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest state: ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>``."""
+        return latest_checkpoint(self.path)
+
+    def write_config(self, config: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        runs.write_json(self.path / METRICS_FILE, metrics)
+
+    def write_status(self, status: str, **details: Any) -> None:
+        """``running`` / ``completed`` / ``failed`` / ``interrupted`` / ``requeued``, timed."""
+        now = time.time()
+        started = now if status == "running" else self.status().get("started_at", now)
+        times = {"started_at": started} | ({} if status == "running" else {"finished_at": now})
+        runs.write_json(self.path / STATUS_FILE, {"status": status, **times, **details})
 
 
-def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> None:
-    """``init_from=<ckpt or run dir>``: the network's weights only (no optimizer, schedule or
-    epoch). Tensors whose shape differs (a head for another number of classes) are refused, or
-    left freshly initialised with ``init_from_reset_head=true``."""
-    source = find_checkpoint(Path(source)) if Path(source).is_dir() else source
-    state = read_checkpoint(source)["state_dict"]
-    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    own = model.net.state_dict()
-    if missing := sorted(own.keys() - weights.keys()) + sorted(weights.keys() - own.keys()):
+def run_dir(cfg: DictConfig) -> RunDir:  # paths.output_dir
+    return RunDir(cfg.paths.output_dir)
+
+
+def find_run_dirs(roots: Iterable[Path]) -> list[RunDir]:
+    """Every run dir at or below ``roots`` (none inside another), ``2`` before ``10``."""
+    found = set()
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root} is not a directory")
+        for current, dirs, _ in os.walk(root):
+            is_run = RunDir(current).exists()
+            found |= {Path(current).resolve()} if is_run else set()
+            dirs[:] = [] if is_run else [d for d in dirs if not d.startswith(".")]
+    return [RunDir(p) for p in sorted(found, key=runs.natural_key)]
+
+
+def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> DictConfig:
+    """``resume=<run dir>``: its saved config in its own (maybe moved) dir, from its newest
+    checkpoint; values given now (read from ``given``, this command's config) win."""
+    run = RunDir(Path(target).expanduser().resolve())
+    if not (saved := run.config()):
         raise UserError(
-            f"init_from={source} holds another network (e.g. {missing[0]} is only in one of "
-            "them); start from a checkpoint of the same model=..."
+            f"resume={target} is not a run dir (no {CONFIG_FILE}); pass a dir below "
+            "logs/train/runs/, or init_from=<ckpt or run dir> to start a new run from its weights"
         )
-    differ = [k for k, v in weights.items() if v.shape != own[k].shape]
-    if differ and not reset_head:
-        name = differ[0]
+    if run.status().get("status") == "completed":
         raise UserError(
-            f"init_from={source}: {name} has shape {tuple(weights[name].shape)} there and "
-            f"{tuple(own[name].shape)} here (another number of classes?); add "
-            "init_from_reset_head=true to start those layers afresh"
+            f"resume={target}: that run completed, nothing is left to continue; rerun={target} "
+            f"repeats it, init_from={target} starts a new run from its weights"
         )
-    for name in differ:
-        log.info(f"init_from: {name} re-initialised (shape {tuple(own[name].shape)})")
-        weights[name] = own[name]
-    model.net.load_state_dict(weights)
-    log.info(f"init_from={source}: weights loaded; optimizer, schedule and epochs are this run's")
-
-
-def best_checkpoint(trainer: pl.Trainer) -> str:
-    """The best model checkpoint of this fit (a ``ModelCheckpoint`` with a ``monitor``), or ""."""
-    monitored = [
-        c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor
-    ]
-    return monitored[0].best_model_path if monitored else ""
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """``<run dir>/checkpoints/last.ckpt`` after every epoch, whatever val/acc did (Lightning's
-    ``save_last`` writes it only when a top-k checkpoint is saved): what ``resume=`` reads."""
-
-    def __init__(self, run_dir: str | Path, every_n_epochs: int = 1) -> None:
-        super().__init__(
-            dirpath=Path(run_dir) / CHECKPOINT_DIR,
-            filename=LAST_CHECKPOINT_NAME,
-            save_top_k=1,
-            every_n_epochs=every_n_epochs,
-            enable_version_counter=False,
-        )
+    cfg = OmegaConf.create(runs.relocated(saved, run.path))
+    scheduler = ((saved.get("model") or {}).get("scheduler") or {}).get("_target_")
+    sized = bool(scheduler) and "total_steps" in inspect.signature(get_method(scheduler)).parameters
+    for override in runs.parse_overrides(overrides):
+        if override.key.split(".")[0] in ("resume", "ckpt_path", "hydra") or override.deletes:
+            continue
+        if "/" in override.key:
+            raise UserError(
+                f"resume= continues a run with its own config groups; {override.key}= cannot "
+                "change one: start a new run (init_from=<run dir> keeps its weights)"
+            )
+        if override.key in STEP_KEYS and sized:
+            raise UserError(
+                f"resume= cannot change {override.key}: the run's LR schedule is sized for its "
+                "optimizer steps; start a new run from its weights with init_from=<run dir>"
+            )
+        OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
+    if (latest := run.latest_checkpoint()) is None:
+        log.warning(f"{run.path} has no checkpoint yet: starting that run again")
+    cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
+    return cfg
 
 
 class RunInfo(pl.Callback):
-    """Writes the resolved training config and the class names into every checkpoint (under
-    ``RUN_INFO_KEY``): what ``eval.py``, ``predict.py`` and ``export.py`` rebuild the run from."""
+    """Every checkpoint carries the resolved config and the class names: eval/predict/export's."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        names = getattr(trainer.datamodule, "class_names", None) or []
-        checkpoint[RUN_INFO_KEY] = {"config": self.config, "class_names": [str(c) for c in names]}
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: Any, checkpoint: dict) -> None:
+        names = [str(c) for c in getattr(trainer.datamodule, "class_names", None) or []]
+        checkpoint[RUN_INFO_KEY] = {"config": self.config, "class_names": names}
 
 
 class Randomness(pl.Callback):
-    """Under DDP each process reseeds with ``seed + rank`` after the data split (the same on every
-    rank): ranks draw different augmentation, mixup, dropout. The torch, numpy and Python RNG
-    states go into each checkpoint; a resumed run continues the random stream it stopped in."""
+    """Under DDP, ranks reseed with ``seed + rank`` after the data split (different augmentation);
+    checkpoints carry the torch, numpy and Python RNG states: a resumed run continues them."""
 
     def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.restored: dict[str, Any] | None = None
+        self.seed, self.restored = seed, None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         if trainer.world_size > 1:
             pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)
 
     def state_dict(self) -> dict[str, Any]:
         _, keys, position, has_gauss, gauss = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": (torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
-            "python": random.getstate(),
-        }
+        numpy = [keys.tolist(), position, has_gauss, gauss]
+        return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         state, self.restored = self.restored, None
-        if state is None:
-            return
-        if trainer.world_size > 1:  # rank 0's state was saved: every rank continues apart
+        if state is not None and trainer.world_size > 1:  # rank 0's state: ranks go on apart
             step = self.seed + trainer.global_rank + trainer.world_size * trainer.global_step
             pl.seed_everything(step, workers=True, verbose=False)
-            return
-        torch.set_rng_state(state["torch"])
-        keys, position, has_gauss, gauss = state["numpy"]
-        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-        version, internal, gauss_next = state["python"]
-        random.setstate((version, tuple(internal), gauss_next))
+        elif state is not None:
+            torch.set_rng_state(state["torch"])
+            keys, *rest = state["numpy"]
+            np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), *rest))
+            version, internal, gauss_next = state["python"]
+            random.setstate((version, tuple(internal), gauss_next))
 
 
 class StopOnSignal(OnExceptionCheckpoint):
-    """Ctrl-C or SIGTERM: the current batch finishes, ``last.ckpt`` holds the state, the run stops.
-
-    SIGTERM is Lightning's: it raises ``SIGTERMException`` after the batch (in every DDP process)
-    and ``on_exception`` saves. The first Ctrl-C is passed on as SIGTERM; a second stops at once.
-    While testing nothing is saved (the module holds the best weights, not the last).
-    """
+    """Ctrl-C or SIGTERM: Lightning raises ``SIGTERMException`` after the batch (in every process)
+    and ``last.ckpt`` is saved; not while testing (the module holds the best weights)."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        super().__init__(Path(run_dir) / CHECKPOINT_DIR, LAST_CHECKPOINT_NAME)
+        super().__init__(Path(run_dir) / CHECKPOINT_DIR, "last")
         self.signal_name: str | None = None
-        self.where = ""
-        self.saved: Path | None = None
-        self._previous: Any = None
+        self.where, self.saved, self.previous = "", None, None
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.signal_name is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """The first Ctrl-C is passed on as SIGTERM; a second one stops at once (no checkpoint)."""
+        if self.signal_name:
+            raise KeyboardInterrupt
         self.signal_name = "SIGINT"
         log.warning("SIGINT received: stopping after this batch (Ctrl-C again: at once)")
         signal.raise_signal(signal.SIGTERM)  # Lightning's handler: stop after this batch
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self.previous = signal.signal(signal.SIGINT, self.on_sigint)
 
-    def teardown(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        # OnExceptionCheckpoint deletes its file here; last.ckpt is the run's, it stays
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+    def teardown(self, *args: Any, **kwargs: Any) -> None:  # last.ckpt stays: it is the run's
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         log.info(TRAINING_STARTED)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
-        self.teardown(trainer)
+        self.teardown()
         if not isinstance(exception, SIGTERMException):
             return
         self.signal_name = self.signal_name or "SIGTERM"
         if trainer.state.fn != TrainerFn.FITTING:
             self.where = "while testing"
             return
-        # the non-finite loss watch reads its window now: never save poisoned weights
-        stop_if_nonfinite = getattr(pl_module, "stop_if_nonfinite", None)
-        if stop_if_nonfinite is not None:
-            stop_if_nonfinite()
+        if hasattr(pl_module, "stop_if_nonfinite"):  # never save weights a NaN loss poisoned
+            pl_module.stop_if_nonfinite()
         super().on_exception(trainer)
         self.saved = Path(self.ckpt_path)
         self.where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
 
 
-class RequeueStatus(pl.Callback):
-    """Records ``requeued`` in ``status.json`` once Lightning's SLURM requeue handler has run
-    (it saves ``hpc_ckpt_<n>.ckpt`` in the run dir and calls ``scontrol requeue``)."""
-
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        lightning_handler = signal.getsignal(signal.SIGUSR1)  # build_trainer's SLURMEnvironment
-        if not (SLURMEnvironment.detect() and callable(lightning_handler)):
-            return
-
-        def save_requeue_and_record(signum: int, frame: Any) -> None:
-            lightning_handler(signum, frame)
-            checkpoint = self.run.latest_checkpoint()  # the hpc_ckpt_<n>.ckpt it just saved
-            if checkpoint is None or not trainer.is_global_zero:
-                return
-            job = os.environ.get("SLURM_JOB_ID")
-            self.run.write_status(
-                REQUEUED, checkpoint=str(checkpoint), signal="SIGUSR1", slurm_job_id=job
-            )
-            log.info(f"requeued: the job resumes from {checkpoint}")
-
-        signal.signal(signal.SIGUSR1, save_requeue_and_record)
-
-
-def resume_command(run_dir: Path) -> str:
+def resume_command(run: RunDir) -> str:
     """The command that continues this run (or, in a sweep, every unfinished job)."""
     script = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "train.py"
-    if not is_multirun():
-        return f"python {script} resume={shlex.quote(str(run_dir))}"
-    from hydra.core.hydra_config import HydraConfig
-
-    sweep_dir = HydraConfig.get().sweep.dir
-    kept = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "resume="))]
-    args = " ".join(shlex.quote(a) for a in kept if a not in ("-m", "--multirun"))
-    return f"python {script} -m {args} resume=true hydra.sweep.dir={shlex.quote(str(sweep_dir))}"
+    if not runs.is_multirun():
+        return f"python {script} resume={shlex.quote(str(run.path))}"
+    skip = ("hydra.sweep.dir=", "resume=", "-m", "--multirun")
+    kept = shlex.join(a for a in sys.argv[1:] if not a.startswith(skip))
+    sweep_dir = shlex.quote(str(HydraConfig.get().sweep.dir))
+    return f"python {script} -m {kept} resume=true hydra.sweep.dir={sweep_dir}"
 
 
 @contextlib.contextmanager
 def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
-    """A signalled stop becomes ``status.json: interrupted`` (or stays ``requeued``), one line
-    with the command that continues the run, and exit 130 (SIGINT) or 143 (SIGTERM).
-
-    A plain ``KeyboardInterrupt`` (while data loads, or a second Ctrl-C) marks the run
-    ``interrupted`` without a checkpoint. Only the first process of a DDP run writes the status.
-    """
-    writes = rank_zero_only.rank == 0
-    run = run_dir(cfg)
+    """A stop by a signal becomes ``status.json``'s ``interrupted`` (with the command that
+    continues the run) or ``requeued`` (SLURM), one line, and exit 130 (SIGINT) or 143 (SIGTERM);
+    a plain ``KeyboardInterrupt`` is ``interrupted`` without a checkpoint. Rank 0 writes."""
+    run, writes, started = run_dir(cfg), rank_zero_only.rank == 0, time.time()
+    stop = stop or StopOnSignal(run.path)
     try:
         yield
     except KeyboardInterrupt:
         if writes:
             run.write_status("interrupted", signal="SIGINT", checkpoint=None)
         raise
+    except Exception as err:  # a sweep's job: recorded, the sweep goes on (runs.report_errors)
+        if writes:
+            run.write_status("failed", error=runs.describe(err)[0])
+            (run.path / ERROR_FILE).write_text(traceback.format_exc())
+        raise
     except SIGTERMException:
-        name = (stop.signal_name if stop else None) or "SIGTERM"
-        where = stop.where if stop else ""
-        saved = (stop.saved if stop else None) or run.latest_checkpoint()
+        name = stop.signal_name or "SIGTERM"
+        saved = stop.saved or run.latest_checkpoint()
         checkpoint = str(saved) if saved else None
-        exit_code = 128 + signal.Signals[name].value
-        status = run.status()
-        if status.get("status") == REQUEUED:
-            # SLURM stops a job it requeues: the job comes back by itself and continues
-            checkpoint = checkpoint or status.get("checkpoint")
-            details = {k: status[k] for k in ("signal", "slurm_job_id") if k in status}
+        # Lightning's SLURM requeue (SIGUSR1) saved an hpc_ckpt_<n>; then SLURM stopped the job
+        requeued = [p for p in run.path.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= started]
+        if SLURMEnvironment.detect() and requeued:
+            details = {"signal": "SIGUSR1", "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
             if writes:
                 run.write_status(REQUEUED, checkpoint=checkpoint, **details)
-            print(f"requeued by SLURM {where}: continues from {checkpoint}", file=sys.stderr)
-            raise SystemExit(exit_code) from None
-        command = resume_command(run.path)
-        if writes:
-            run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
-        saved_text = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"
-        print(
-            f"interrupted by {name} {where}: {saved_text}; continue with: {command}",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(exit_code) from None
+            print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
+        else:
+            command = resume_command(run)
+            if writes:
+                run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
+            saved_text = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"
+            message = f"interrupted by {name} {stop.where}: {saved_text}; continue with: {command}"
+            print(message, file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.Signals[name].value) from None

@@ -4,71 +4,65 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls import provenance
-from imgcls.checkpoints import find_checkpoint, relocated, resumed_config
-from imgcls.lifecycle import (
-    Randomness,
-    RequeueStatus,
-    RunInfo,
-    StopOnSignal,
-    best_checkpoint,
-    build_trainer,
-    init_weights,
-    interruptible,
-)
+from imgcls import lifecycle, provenance
 from imgcls.loggers import finish_loggers
-from imgcls.run_dir import (
-    REQUEUED,
-    RunDir,
-    finished_metrics,
-    log_start,
-    parse_overrides,
-)
 from imgcls.tune import run_tuner, tunes_only
-from imgcls.utils.checkpoint import check_something_to_train, read_checkpoint
-from imgcls.utils.errors import UserError
-from imgcls.utils.runs import (
-    apply_extras,
-    ensure_seed,
-    instantiate_list,
-    quiet_other_ranks,
-    report_errors,
-    run_dir,
-    to_floats,
+from imgcls.utils import runs
+from imgcls.utils.checkpoint import (
+    check_something_to_train,
+    find_checkpoint,
+    init_weights,
+    read_checkpoint,
 )
+from imgcls.utils.devices import apply_gpus, apply_matmul_precision
+from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_trainer", "run", "train"]  # build_trainer: imgcls.lifecycle's
 #: overrides that say where a run is, not how it trains: never hyperparameters
-NOT_HYPERPARAMETERS = (
-    *("hydra", "paths", "resume", "rerun", "ckpt_path", "extras", "tags", "task_name"),
-)
+NOT_HYPERPARAMETERS = ("hydra", "paths", "resume", "rerun", "ckpt_path", "extras", "tags",
+                       "task_name")  # fmt: skip
+#: ``trainer.enable_progress_bar=false`` leaves out the progress bar callback instead of failing
+SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary": ModelSummary}
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any] = (), **kwargs: Any) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``, ``trainer.gpus`` (0 = CPU, N GPUs, -1 = all) mapped onto
+    accelerator/devices, under SLURM with Lightning's requeue on SIGUSR1."""
+    apply_matmul_precision(cfg.get("float32_matmul_precision"))
+    trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
+    given = {o.key for o in runs.parse_overrides(run_overrides())}
+    apply_gpus(trainer_cfg, trainer_cfg.pop("gpus", None), "trainer.devices" in given)
+    switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if trainer_cfg.get(k) is False)
+    kept = [c for c in callbacks if not isinstance(c, switched_off)]
+    if SLURMEnvironment.detect() and "plugins" not in kwargs:  # saves hpc_ckpt_<n>, requeues
+        plugins = list(instantiate(trainer_cfg.pop("plugins", None) or []))
+        kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=True)]
+    return instantiate(trainer_cfg, callbacks=kept, **kwargs)
 
 
 def run_overrides() -> list[str]:
     """This run's command-line overrides (with a sweep's or Optuna's values); [] outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """The run's key hyperparameters plus every key its overrides set (what a sweep varies).
-
-    An override's value is read back from the composed config (``0.01`` stays a number); a group
-    choice such as ``model/optimizer=sgd`` is logged as given.
-    """
+    """The run's key hyperparameters plus every key its overrides set (what a sweep varies); an
+    override's value is read back from the config (``0.01`` stays a number), a group as given."""
     params: dict[str, Any] = {
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "net": cfg.model.net._target_.rsplit(".", 1)[-1],
@@ -79,16 +73,12 @@ def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "seed": cfg.seed,
         "tags": ",".join(map(str, cfg.get("tags") or [])),
     }
-    for override in parse_overrides(overrides):
-        if override.deletes or override.value is None:
-            continue
-        key, given = override.key, override.value
-        if key.split(".", 1)[0].split("/", 1)[0] in NOT_HYPERPARAMETERS:
+    for key, given, deletes in runs.parse_overrides(overrides):
+        if deletes or given is None or key.split(".")[0].split("/")[0] in NOT_HYPERPARAMETERS:
             continue
         value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
-        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-            value = given  # a group picked with a dot key (data=digits): its name
-        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        # a group picked with a dot key (data=digits), or a list: as given
+        params[key] = value if isinstance(value, (int, float, str, bool)) else given
     return params
 
 
@@ -107,29 +97,71 @@ def log_hparams_with_metrics(
 
 
 def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
-    """Before any training: ``optimized_metric`` must be a metric this run's module will log
-    (a module that does not declare ``logged_metrics`` is checked after the run only)."""
-    name = cfg.get("optimized_metric")
-    declared = getattr(model, "logged_metrics", None)
-    if not name or not declared:
-        return
+    """Before training: ``optimized_metric`` must be one this run's module logs (a module that
+    declares no ``logged_metrics`` is checked after the run)."""
+    name, declared = cfg.get("optimized_metric"), getattr(model, "logged_metrics", None)
     stages = ({"train", "val"} if cfg.get("train") else set()) | ({"test"} if cfg.test else set())
-    available = sorted(m for m in declared if m.split("/", 1)[0] in stages)
-    if name not in available:
+    available = sorted(m for m in declared or () if m.split("/", 1)[0] in stages)
+    if name and declared and name not in available:
         raise UserError(
             f"optimized_metric={name} is not a metric this run logs; "
             f"available: {', '.join(available) or 'none (train=false test=false)'}"
         )
 
 
+def ensure_seed(cfg: DictConfig) -> int:
+    """Seed everything with ``cfg.seed``; ``seed=null`` draws one (recorded in ``cfg``) on rank 0,
+    and the DDP ranks Lightning starts read it from the environment Lightning's seeding set."""
+    if cfg.get("seed") is None:
+        if rank_zero_only.rank != 0 and "PL_GLOBAL_SEED" not in os.environ:
+            raise UserError(
+                "seed=null draws a different seed in every process of this distributed run, so "
+                "each rank would split the data differently; set seed=<integer>"
+            )
+        drawn = random.SystemRandom().randrange(2**31)
+        with open_dict(cfg):
+            cfg.seed = int(os.environ["PL_GLOBAL_SEED"]) if rank_zero_only.rank else drawn
+    return pl.seed_everything(cfg.seed, workers=True)
+
+
+def log_start(ckpt_path: str | Path, run: lifecycle.RunDir) -> bool:
+    """Log where training starts: this run's own checkpoint (True: it continues) or another's."""
+    source = Path(ckpt_path).resolve()
+    if source.is_relative_to(run.path.resolve()):  # checkpoints/ or a requeue's hpc_ckpt_<n>
+        log.info(f"continuing {run.path} from {source}")
+        return True
+    origin = lifecycle.RunDir(source.parent.parent)
+    known = source.parent.name == lifecycle.CHECKPOINT_DIR and origin.exists()
+    hint = (
+        f" (resume={origin.path} would continue that run in its own dir instead)" if known else ""
+    )
+    log.info(f"ckpt_path={source}: a new run in {run.path}, starting from that checkpoint{hint}")
+    return False
+
+
+def rerun_config(old: Path, output_dir: str) -> DictConfig:
+    """``rerun=<run dir>``: that run's saved, resolved config, writing to this new run dir."""
+    if not (saved := lifecycle.RunDir(old).config()):
+        raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
+    log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
+    moved = runs.relocated(saved, output_dir)  # the old run's paths (checkpoints, logs) move too
+    return OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
+
+
 class ForgetRestoredBest(pl.Callback):
-    """A new run started from another run's checkpoint (``ckpt_path=``): its ``val/acc_best``
-    counts its own epochs only, not the best the restored module carried from that run."""
+    """A new run from another run's checkpoint (``ckpt_path=``): its own ``val/acc_best``."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        best = getattr(pl_module, "val_acc_best", None)
-        if best is not None:
-            best.reset()
+        if getattr(pl_module, "val_acc_best", None) is not None:
+            pl_module.val_acc_best.reset()
+
+
+class WriteProvenance(pl.Callback):
+    """Rank 0 writes the run's provenance when fit starts (the data is set up: its fingerprint)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
@@ -140,15 +172,14 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     return instantiate(cfg.data), model
 
 
-def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]:
+def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[str, float]:
     """Fit and test as configured; returns every final metric as a float."""
-    pl.seed_everything(ensure_seed(cfg), workers=True)
-    run = run_dir(cfg)
+    ensure_seed(cfg)
+    run = lifecycle.run_dir(cfg)
     extra_callbacks: list[pl.Callback] = []
     continuing = False
     if cfg.get("ckpt_path"):
-        if Path(cfg.ckpt_path).is_dir():  # a run dir: a new run from its last checkpoint
-            cfg.ckpt_path = str(find_checkpoint(Path(cfg.ckpt_path), prefer="last"))
+        cfg.ckpt_path = str(find_checkpoint(cfg.ckpt_path, prefer="last"))  # a run dir: newest
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
         checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
         continuing = log_start(cfg.ckpt_path, run)
@@ -171,15 +202,11 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
         datamodule, model = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
-        *instantiate_list(cfg.get("callbacks")),
-        RunInfo(resolved),
-        stop or StopOnSignal(run.path),
-        RequeueStatus(run),
-        Randomness(cfg.seed),
-        WriteProvenance(),
-        *extra_callbacks,
+        *runs.instantiate_list(cfg.get("callbacks")),
+        *(lifecycle.RunInfo(resolved), stop or lifecycle.StopOnSignal(run.path)),
+        *(lifecycle.Randomness(cfg.seed), WriteProvenance(), *extra_callbacks),
     ]
-    loggers = instantiate_list(cfg.get("logger"))
+    loggers = runs.instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     if trainer.is_global_zero:
         run.write_config(resolved)
@@ -189,18 +216,16 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, float]
             if continuing:  # in its own dir: the run's checkpoints are expected there
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        if not trainer.callback_metrics:
-            # nothing trained (max_epochs=0, or resumed after its last epoch, say Ctrl-C while
-            # testing): the val metrics of the weights it has
-            trainer.validate(model, datamodule=datamodule, verbose=False)
-    metrics = to_floats(trainer.callback_metrics)
-
-    best = best_checkpoint(trainer)
+        if not trainer.callback_metrics:  # nothing trained (resumed after its last epoch, say
+            trainer.validate(model, datamodule=datamodule, verbose=False)  # Ctrl-C in testing)
+    metrics = runs.to_floats(trainer.callback_metrics)
+    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    best = next((c.best_model_path for c in monitored if c.monitor), "")
     if cfg.test:
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(to_floats(trainer.callback_metrics))
+        metrics.update(runs.to_floats(trainer.callback_metrics))
 
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
@@ -217,68 +242,44 @@ def metric_sources(
     (``val/acc_best``) or the checkpoint that was tested (``test/*``)."""
     best_file = {"checkpoint": os.path.relpath(best, run_path)} if best else {}
     last = {"from": "last epoch", "epoch": last_epoch}
-    sources = {}
-    for name in metrics:
-        if name == "val/acc_best":
-            sources[name] = {"from": "best epoch", **best_file}
-        elif name.startswith("test/"):
-            sources[name] = {"from": "best checkpoint", **best_file} if best else last
-        else:
-            sources[name] = last
-    return sources
+    tested = {"from": "best checkpoint", **best_file} if best else last
+    best_epoch = {"from": "best epoch", **best_file}
+    return {
+        name: best_epoch if name == "val/acc_best" else tested if name.startswith("test/") else last
+        for name in metrics
+    }
 
 
-def rerun_config(old: Path, output_dir: str) -> DictConfig:
-    """``rerun=<run dir>``: that run's saved, resolved config, writing to this new run dir."""
-    saved = RunDir(old).config()
-    if not saved:
-        raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
-    log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
-    moved = relocated(saved, output_dir)  # the old run's paths (checkpoints, logs) move too
-    return OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
-
-
-class WriteProvenance(pl.Callback):
-    """Rank 0 writes the run's provenance when fit starts (the data is set up: its fingerprint)."""
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
-
-
-@report_errors
+@runs.report_errors
 def run(cfg: DictConfig) -> float | None:
-    """Hydra task: train, print the results and return ``optimized_metric`` for sweepers.
-
-    With ``resume=true`` (a sweep job run again) a completed run dir reports its recorded metrics
-    and an unfinished one continues from its newest checkpoint; a run dir SLURM ``requeued`` (the
-    job SLURM starts again) always continues so.
-    """
-    quiet_other_ranks()
-    apply_extras(cfg)
+    """Hydra task: train, log the best val/acc and the run dir, return ``optimized_metric``. With
+    ``resume=true`` (a sweep run again) a completed job reports its recorded metrics and an
+    unfinished one, like a job SLURM ``requeued``, continues from its newest checkpoint."""
+    runs.apply_extras(cfg)
     if isinstance(cfg.get("resume"), str):  # resume=<run dir>: Hydra runs in that dir already
-        cfg = resumed_config(cfg.resume, cfg, run_overrides())
+        cfg = lifecycle.resumed_config(cfg.resume, cfg, run_overrides())
     rerun_of = Path(cfg.rerun).resolve() if cfg.get("rerun") else None
     if rerun_of is not None:
         cfg = rerun_config(rerun_of, cfg.paths.output_dir)
-    run_here = run_dir(cfg)
-    resuming = cfg.get("resume") is True or run_here.status().get("status") == REQUEUED
-    metrics = finished_metrics(run_here) if resuming else None
-    if resuming and metrics is None and not cfg.get("ckpt_path"):
-        last = run_here.latest_checkpoint()  # a job that stopped part-way: its newest state
-        cfg.ckpt_path = str(last) if last else None
-    if metrics is None:
+    run_here = lifecycle.run_dir(cfg)
+    status = run_here.status()
+    if cfg.get("resume") is True and status.get("status") == "completed":
+        log.info(f"{run_here.path} already completed: skipped (resume=true)")
+        metrics = status.get("metrics", {})
+    else:
+        resuming = cfg.get("resume") is True or status.get("status") == lifecycle.REQUEUED
+        if resuming and not cfg.get("ckpt_path"):  # stopped part-way: from its newest state
+            cfg.ckpt_path = str(last) if (last := run_here.latest_checkpoint()) else None
         tags = list(cfg.get("tags") or [])
         if rank_zero_only.rank == 0:
             run_here.write_status("running", tags=tags)
-        stop = StopOnSignal(run_here.path)
-        with interruptible(cfg, stop):
+        stop = lifecycle.StopOnSignal(run_here.path)
+        with lifecycle.interruptible(cfg, stop):
             metrics = train(cfg, stop)
         if rank_zero_only.rank == 0:
             run_here.write_status("completed", metrics=metrics, tags=tags)
-    for name in ("val/acc_best", "test/acc", "test/loss"):
-        if name in metrics:
-            log.info(f"{name}: {metrics[name]:.4f}")
+    if "val/acc_best" in metrics:  # the test metrics: in the table trainer.test printed
+        log.info(f"val/acc_best: {metrics['val/acc_best']:.4f}")
     log.info(f"run dir: {run_here.path}")
     if rerun_of is not None and rank_zero_only.rank == 0:
         print(provenance.compare(rerun_of, run_here.path))

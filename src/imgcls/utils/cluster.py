@@ -1,11 +1,5 @@
-"""Clusters, before any training (docs/workflow.md; nothing heavy imported: the CLI and the config
-resolvers use it before torch loads; requeueing: ``imgcls.lifecycle``).
-
-- ``hydra/launcher=slurm`` is sized from ``trainer.num_nodes``, ``trainer.devices`` and
-  ``trainer.accelerator`` (or ``trainer.gpus``) through the resolvers here;
-- processes that SLURM (``srun``) or ``torchrun`` start one per device each run ``train.py`` and
-  must be told one shared run dir outside the submitit launcher.
-"""
+"""Clusters, before any training (no torch: the CLI and the config resolvers use it first): the
+``hydra/launcher=slurm`` sizes, and one shared run dir for the processes SLURM or torchrun start."""
 
 from __future__ import annotations
 
@@ -41,15 +35,9 @@ def slurm_gpus_per_node(trainer: DictConfig, gpus: int | None = None) -> int | N
     return None if on_cpu else slurm_tasks_per_node(trainer, gpus)
 
 
-RESOLVERS = {
-    "slurm_tasks_per_node": slurm_tasks_per_node,
-    "slurm_gpus_per_node": slurm_gpus_per_node,
-}
-
-
 class LauncherCheck(HydraCallback):
-    """Hydra callback: a launcher config that cannot be resolved (a SLURM job it cannot size)
-    fails with one line before anything is submitted."""
+    """A launcher config that cannot be resolved (a SLURM job it cannot size) fails with one line
+    before anything is submitted."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -64,20 +52,14 @@ class LauncherCheck(HydraCallback):
             raise SystemExit(2) from None
 
 
-def external_world_size() -> int:
-    """How many processes SLURM (``srun``) or ``torchrun`` started for this run (1: only this)."""
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    # as Lightning's SLURMEnvironment.detect(): an interactive allocation is not a SLURM launch
-    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
-    return int(os.environ.get("SLURM_NTASKS", "1")) if not interactive else 1
-
-
 def check_shared_run_dir(args: Sequence[str]) -> None:
-    """Each process SLURM or torchrun starts composes its own config, and a run dir named after
-    the time and a random id would differ between them: a single run (not ``-m``, whose jobs
-    share their launcher's dir) needs ``hydra.run.dir`` given to every process."""
-    world = external_world_size()
+    """Each process SLURM (``srun``) or torchrun starts composes its own config, with a run dir of
+    its own time and id: a single run (not ``-m``) needs ``hydra.run.dir`` given to each."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    else:  # as Lightning's SLURMEnvironment.detect(): an interactive allocation is no launch
+        interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+        world = 1 if interactive else int(os.environ.get("SLURM_NTASKS", "1"))
     if world <= 1 or "-m" in args or "--multirun" in args:
         return
     if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args):

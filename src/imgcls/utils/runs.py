@@ -1,117 +1,124 @@
-"""Shared plumbing of the entry points: config printing, seeding, error reporting, metrics."""
+"""Plumbing the entry points share: command-line overrides, atomic JSON files, config paths moved
+with their run dir, Hydra's run mode, instantiated lists, one-line errors, quieter logs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
-import random
 import re
 import sys
-import traceback
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from imgcls.run_dir import RunDir, keys_under
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-
-def quiet_other_ranks() -> None:
-    """In DDP child processes imgcls logs warnings only, so each message appears once."""
-    if rank_zero_only.rank != 0:
-        logging.getLogger("imgcls").setLevel(logging.WARNING)
-
-
-class _DropAdvertising(logging.Filter):
-    """Lightning's "💡 Tip: ... try installing litlogger/litmodels" lines: advertising, not news."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip" not in record.getMessage()
+#: what gloo and NCCL report when another process of the run is gone or stopped answering
+LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                "Timed out waiting", "collective operation timeout",
+                "communicator was aborted")  # fmt: skip
 
 
-def quiet_libraries() -> None:
-    """No advertising tips of the libraries underneath (idempotent)."""
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdvertising) for f in logger.filters):
-            logger.addFilter(_DropAdvertising())
+class Override(NamedTuple):
+    """One ``key=value`` command-line override (``deletes``: ``~key``)."""
+
+    key: str
+    value: str | None
+    deletes: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        head, sep, value = str(text).partition("=")
+        return cls(head.lstrip("+~"), value if sep else None, head.startswith("~"))
 
 
-def apply_extras(cfg: DictConfig) -> None:
-    """Before a task: no library tips (``imgcls.cli`` printed the config before torch loaded;
-    Python's own ``PYTHONWARNINGS=ignore`` silences warnings, no process-wide filter here)."""
-    quiet_libraries()
+def parse_overrides(args: Iterable[str]) -> list[Override]:
+    """The ``key=value`` arguments of a command line (flags such as ``-m`` left out)."""
+    return [Override.parse(a) for a in args if "=" in a and not a.startswith("-")]
 
 
-#: a seed drawn for ``seed=null``, handed to the processes Lightning launches for DDP ranks 1..
-DRAWN_SEED_ENV = "IMGCLS_DRAWN_SEED"
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; empty when it is missing or half-written."""
+    with contextlib.suppress(OSError, ValueError):
+        payload = json.loads(path.read_text())
+        return payload if isinstance(payload, dict) else {}
+    return {}
 
 
-def ensure_seed(cfg: DictConfig) -> int:
-    """The run's seed; a null seed is replaced by a random one, recorded in the config.
-
-    The draw happens once, in the process the user started: Lightning starts the other DDP
-    ranks by running the command line again with a copy of this environment, and they take the
-    drawn seed from it, so every rank splits the data the same way. A rank that was not started
-    that way (``torchrun``, SLURM tasks) cannot share the draw and asks for an explicit seed.
-    """
-    if cfg.get("seed") is None:
-        if rank_zero_only.rank == 0:
-            seed = random.SystemRandom().randrange(2**31)
-            os.environ[DRAWN_SEED_ENV] = str(seed)
-        elif DRAWN_SEED_ENV in os.environ:
-            seed = int(os.environ[DRAWN_SEED_ENV])
-        else:
-            raise UserError(
-                "seed=null draws a different seed in every process of this distributed run, so "
-                "each rank would split the data differently; set seed=<integer>"
-            )
-        with open_dict(cfg):
-            cfg.seed = seed
-    return int(cfg.seed)
+def write_json(path: Path, payload: Any) -> None:
+    """Written atomically: a reader (another process, the report) never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
 
 
-def explicit_overrides(prefix: str) -> set[str]:
-    """Keys under ``prefix`` that the user set on the command line."""
-    if not HydraConfig.initialized():
-        return set()
-    return keys_under(HydraConfig.get().overrides.task, prefix)
+def relocated(config: Any, new_dir: Path | str) -> Any:
+    """``config`` with every path below its run dir (``paths.output_dir``) moved to ``new_dir``."""
+    old = str((config.get("paths") or {}).get("output_dir") or "")
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if old and isinstance(value, str) and (value == old or value.startswith(old + "/")):
+            return str(new_dir) + value[len(old) :]
+        return value
+
+    return moved(config)
 
 
-def instantiate_list(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a config group (callbacks, loggers)."""
-    if not cfg:
-        return []
-    return [instantiate(node) for node in cfg.values() if node and "_target_" in node]
+def natural_key(path: Path) -> list[Any]:
+    """``2`` before ``10``: numbers in names compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def instantiate_list(cfg: Mapping[str, Any] | None) -> list[Any]:
+    """Every ``_target_`` entry of a config group (callbacks, loggers), instantiated."""
+    return [instantiate(node) for node in (cfg or {}).values() if node and "_target_" in node]
 
 
 def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def run_dir(cfg: DictConfig) -> RunDir:
-    """This run's dir (``paths.output_dir``)."""
-    return RunDir(cfg.paths.output_dir)
+def no_tips(record: logging.LogRecord) -> bool:
+    """Lightning's "💡 Tip: ... try installing litlogger/litmodels" lines: advertising, not news."""
+    return "💡 Tip" not in record.getMessage()
+
+
+def apply_extras(cfg: Any = None) -> None:
+    """Before a task: no library tips; DDP ranks other than 0 log imgcls's warnings only."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(no_tips)  # once: addFilter skips one already there
+    if rank_zero_only.rank != 0:
+        logging.getLogger("imgcls").setLevel(logging.WARNING)
 
 
 def user_facing(err: BaseException) -> BaseException:
     """The UserError behind Hydra's instantiate/interpolation wrappers, else ``err`` itself."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, (UserError, MisconfigurationException)):
-            return seen
+    seen: BaseException | None = err
+    while seen is not None and not isinstance(seen, (UserError, MisconfigurationException)):
         seen = seen.__cause__ or seen.__context__
-    return err
+    return seen or err
 
 
 def one_line(err: BaseException) -> str:
@@ -122,32 +129,14 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
-def is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-#: what gloo and NCCL report when another process of the run is gone or stopped answering
-_LOST_PROCESS = (
-    "Connection closed by peer",
-    "Connection reset by peer",
-    "Broken pipe",
-    "Timed out waiting",
-    "collective operation timeout",
-    "communicator was aborted",
-)
-
-
 def lost_process_error(err: BaseException) -> UserError | None:
-    """In a distributed run, the error a process gets when another one died or hung, as one line.
-
-    A killed process closes its connections, so the others fail at their next collective; a node
-    that vanished or hangs is noticed after the strategy's ``timeout`` (``trainer=ddp``: 30 min).
-    """
+    """In a distributed run, the error a process gets when another one died or hung, as one line
+    (noticed at the next collective, or after the strategy's ``timeout``: 30 min)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
     text = str(err)
     from_backend = isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text
-    if not (from_backend and any(s in text for s in _LOST_PROCESS)):
+    if not (from_backend and any(s in text for s in LOST_PROCESS)):
         return None
     detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).split(". ")[0]  # gloo's source prefix
     return UserError(
@@ -157,29 +146,23 @@ def lost_process_error(err: BaseException) -> UserError | None:
     )
 
 
-def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Expected failures become one clear line and exit code 2 instead of a traceback.
+def describe(raised: BaseException) -> tuple[str, bool]:
+    """An error as one line, and whether it is an expected one (a mistake the user can fix)."""
+    err = lost_process_error(raised) or user_facing(raised)
+    expected = isinstance(err, (UserError, MisconfigurationException))
+    return (one_line(err) if expected else f"{type(err).__name__}: {one_line(err)}"), expected
 
-    In a multirun every failure (bad value, NaN loss, out of memory, a bug) is recorded in the
-    job's run dir and the job returns NaN so the sweep goes on (the Optuna configs turn it into a
-    failed trial with ``imgcls.sweeps.FailedTrialsToOptuna``).
-    """
+
+def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """An expected failure becomes one line and exit code 2 instead of a traceback; in a sweep a
+    failed job returns NaN and the sweep goes on (for Optuna: a failed trial)."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
-        # the dir the run's status and metrics go to (paths.output_dir), when it resolves
-        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
-        run = RunDir(output_dir) if output_dir else None
         try:
             return task(cfg)
         except Exception as raised:
-            err = lost_process_error(raised) or user_facing(raised)
-            expected = isinstance(err, (UserError, MisconfigurationException))
-            message = one_line(err)
-            if not expected:
-                message = f"{type(err).__name__}: {message}"
-            if run is not None and rank_zero_only.rank == 0:
-                run.write_error(message, traceback.format_exc())
+            message, expected = describe(raised)
             if is_multirun():
                 log.error(f"job failed, the sweep goes on: {message}")
                 return float("nan")
