@@ -1,6 +1,4 @@
-"""``model.nonfinite_loss``: stop (naming the step and the last good checkpoint) or skip a batch.
-``stop`` keeps the losses on the device (no host sync per step) until they are read: every
-``log_every_n_steps`` batches, at the epoch's end and before validation (and its checkpoints)."""
+"""``model.nonfinite_loss``: stop or skip; ``stop`` checks every ``log_every_n_steps`` batches."""
 
 from __future__ import annotations
 
@@ -45,8 +43,7 @@ class NonfiniteLossWatch:
         return False
 
     def stop_if_nonfinite(self) -> None:
-        """Raise, naming the first non-finite loss's step and the last good checkpoint: one host
-        sync (a collective under DDP, so every process stops together)."""
+        """Raise at a non-finite loss (one host sync; collective under DDP)."""
         recent, self.recent_losses = self.recent_losses, []
         finite = torch.stack([loss for _, loss in recent]).isfinite().tolist() if recent else []
         trainer = attached_trainer(self)

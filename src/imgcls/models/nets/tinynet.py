@@ -9,8 +9,7 @@ from imgcls.models.nets.blocks import FastDropout, check_image_size
 
 
 class TinyNet(nn.Module):
-    """conv-BN-ReLU-dropout blocks, a 1x1 transition + max pool, global average pool, a 1x1 conv
-    head (no large FC layer); returns log-probabilities. Images of at least 18 px."""
+    """conv-BN-ReLU-dropout blocks, a 1x1 conv head; log-probabilities; images >= 18 px."""
 
     def __init__(
         self,
