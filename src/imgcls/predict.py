@@ -1,5 +1,4 @@
-"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions from a
-``.ckpt`` (or run dir) or a model exported by export.py (``.onnx``, ``.pt``)."""
+"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions."""
 
 from __future__ import annotations
 

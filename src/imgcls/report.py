@@ -1,5 +1,4 @@
-"""``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md), with
-repeats over seeds/folds grouped and compared (``imgcls.report_stats``, docs/studies.md)."""
+"""``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md)."""
 
 from __future__ import annotations
 

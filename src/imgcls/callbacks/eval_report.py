@@ -1,5 +1,4 @@
-"""``EvalReport``: the evaluation report of a test run (train.py, eval.py) from all ranks' logits;
-a ``trainer.validate`` run before it (eval.py) fits the temperature."""
+"""``EvalReport``: the evaluation report of a test run; a validate run before it fits T."""
 
 from __future__ import annotations
 

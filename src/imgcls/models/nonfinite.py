@@ -8,14 +8,6 @@ import torch
 from imgcls.utils.errors import UserError
 
 
-def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
-    """The module's trainer, or None when a step is called directly (tests, notebooks)."""
-    try:
-        return module.trainer
-    except RuntimeError:  # "not attached to a Trainer"
-        return None
-
-
 class NonfiniteLossWatch:
     """Mixed into the LightningModule, which keeps ``recent_losses``: (step, loss) pairs."""
 
@@ -24,7 +16,7 @@ class NonfiniteLossWatch:
 
     def skip_nonfinite(self, loss: torch.Tensor, batch_idx: int) -> bool:
         """Whether to skip the batch (``skip``); with ``stop``, keep the loss for the next check."""
-        trainer = attached_trainer(self)
+        trainer = self._trainer  # None: a step called directly (tests, notebooks)
         if self.hparams.nonfinite_loss == "skip":
             # a host sync per step; collective under DDP (all processes skip or none does)
             finite = bool(torch.isfinite(loss))
@@ -46,7 +38,7 @@ class NonfiniteLossWatch:
         """Raise at a non-finite loss (one host sync; collective under DDP)."""
         recent, self.recent_losses = self.recent_losses, []
         finite = torch.stack([loss for _, loss in recent]).isfinite().tolist() if recent else []
-        trainer = attached_trainer(self)
+        trainer = self._trainer
         anywhere = False in finite
         if trainer is not None:
             anywhere = trainer.strategy.reduce_boolean_decision(anywhere, all=False)

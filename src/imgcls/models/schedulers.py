@@ -32,7 +32,6 @@ def warmup_cosine(
     warmup_steps: int | None = None,
     warmup_fraction: float | None = 0.05,
     min_lr_ratio: float = 0.0,
-    last_epoch: int = -1,
 ) -> LambdaLR:
     """Linear warmup, then cosine decay to ``min_lr_ratio`` x lr, per step over ``total_steps``."""
     fraction = warmup_fraction or 0.0
@@ -47,4 +46,4 @@ def warmup_cosine(
             "optimizer steps); lower warmup_steps/warmup_fraction or train longer"
         )
     factor = WarmupCosineFactor(total_steps, warmup, min_lr_ratio)
-    return LambdaLR(optimizer, lr_lambda=factor, last_epoch=last_epoch)
+    return LambdaLR(optimizer, lr_lambda=factor)
