@@ -2,8 +2,6 @@
 
 NumPy images are ``[H, W(, C)]``, tensors ``[..., H, W]``; operations keep dtypes and clip."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any

@@ -1,7 +1,5 @@
 """imgcls from Python: ``imgcls.load_model(run dir, .ckpt, .onnx or .pt).predict(images)``."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass

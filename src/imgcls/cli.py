@@ -1,7 +1,5 @@
 """The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py``: Hydra apps."""
 
-from __future__ import annotations
-
 import importlib
 import os
 from functools import partial

@@ -1,7 +1,5 @@
 """The Hydra configs' dir, imgcls's resolvers (registered on ``import imgcls``), ``compose``."""
 
-from __future__ import annotations
-
 import importlib
 import netrc
 import os

@@ -1,7 +1,5 @@
 """``python eval.py ckpt_path=PATH``: test a checkpoint with the config it was trained with."""
 
-from __future__ import annotations
-
 import logging
 from typing import Any
 

@@ -1,7 +1,5 @@
 """``python export.py ckpt_path=PATH format=onnx|torchscript`` (docs/tools.md)."""
 
-from __future__ import annotations
-
 import json
 import logging
 from pathlib import Path

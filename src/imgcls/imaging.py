@@ -1,7 +1,5 @@
 """Image files -> uint8 tensors: one decoder for folders, predict.py and the API (docs/data.md)."""
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager

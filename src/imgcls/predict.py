@@ -1,7 +1,5 @@
 """``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions."""
 
-from __future__ import annotations
-
 import csv
 import logging
 from pathlib import Path

@@ -1,7 +1,5 @@
 """What a run was made from (docs/studies.md): commit, libraries, machine and exact data."""
 
-from __future__ import annotations
-
 import hashlib
 import importlib.metadata
 import json

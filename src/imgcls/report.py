@@ -1,7 +1,5 @@
 """``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md)."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -1,7 +1,5 @@
 """The statistics of ``imgcls-report`` (docs/studies.md): groups of repeats and comparisons."""
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 from typing import Any

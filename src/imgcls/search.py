@@ -1,7 +1,5 @@
 """Optuna searches (docs/workflow.md): the study's storage and failed jobs as failed trials."""
 
-from __future__ import annotations
-
 import json
 import math
 from pathlib import Path

@@ -1,7 +1,5 @@
 """``SweepSummary``: the Hydra callback every multirun ends with (configs/hydra/default.yaml)."""
 
-from __future__ import annotations
-
 import math
 import sys
 import time

@@ -1,7 +1,5 @@
 """``python train.py tune=lr_find`` / ``tune=batch_size`` (docs/tools.md): Lightning's Tuner."""
 
-from __future__ import annotations
-
 import json
 import logging
 from collections.abc import Callable, Sequence

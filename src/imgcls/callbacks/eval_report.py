@@ -1,7 +1,5 @@
 """``EvalReport``: the evaluation report of a test run; a validate run before it fits T."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

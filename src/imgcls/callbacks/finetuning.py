@@ -1,7 +1,5 @@
 """Train the head alone, then the whole net with a lower backbone lr (every ``*lr`` key)."""
 
-from __future__ import annotations
-
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch.optim import Optimizer

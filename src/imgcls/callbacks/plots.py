@@ -1,7 +1,5 @@
 """Training curves and the augmented-image grid (``<run dir>/plots``, TensorBoard)."""
 
-from __future__ import annotations
-
 import csv
 from pathlib import Path
 from typing import Any

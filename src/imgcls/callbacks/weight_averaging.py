@@ -1,7 +1,5 @@
 """EMA of the weights, through Lightning's ``WeightAveraging``, with a warm-up."""
 
-from __future__ import annotations
-
 import functools
 from typing import Any
 

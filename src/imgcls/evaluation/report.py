@@ -1,7 +1,5 @@
 """The evaluation report of all ranks' logits: its numbers, figures, report.md and report.html."""
 
-from __future__ import annotations
-
 import base64
 import csv
 import logging

@@ -1,7 +1,5 @@
 """Freezing a net's backbone (all but its head) as Lightning's ``BaseFinetuning`` does."""
 
-from __future__ import annotations
-
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 

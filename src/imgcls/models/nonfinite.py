@@ -1,7 +1,5 @@
 """``model.nonfinite_loss``: stop or skip; ``stop`` checks every ``log_every_n_steps`` batches."""
 
-from __future__ import annotations
-
 import pytorch_lightning as pl
 import torch
 

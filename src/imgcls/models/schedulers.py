@@ -1,7 +1,5 @@
 """Learning-rate schedules that torch does not ship, as factories for ``model.scheduler``."""
 
-from __future__ import annotations
-
 import math
 
 import torch

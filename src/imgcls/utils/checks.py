@@ -1,7 +1,5 @@
 """Checks before the run dir is made and torch loads: ``error: <key>=<value>: ...``, exit 2."""
 
-from __future__ import annotations
-
 import importlib.util
 import json
 import sys

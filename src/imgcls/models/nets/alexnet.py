@@ -1,7 +1,5 @@
 """AlexNet two ways (README's model table); the first conv has stride 4 from 128 px, else 1."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from functools import partial
 

@@ -1,7 +1,5 @@
 """What the zoo's nets share: FastDropout, conv and dense blocks, image-size and width checks."""
 
-from __future__ import annotations
-
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence

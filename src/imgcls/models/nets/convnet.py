@@ -1,7 +1,5 @@
 """ConvNet: four 3x3 conv blocks (32, 64, 128, 256 filters), then FC 4096 -> 50 -> classes."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from torch import nn

@@ -1,7 +1,5 @@
 """MLP: a basic dense network on the flattened image, for binary or multi-class problems."""
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 

@@ -1,7 +1,5 @@
 """torchvision and timm nets by name, their pretrained weights (docs/fine-tuning.md)."""
 
-from __future__ import annotations
-
 import difflib
 import logging
 import math

@@ -1,7 +1,5 @@
 """TinyNet: the parameter-efficient MNIST CNN (<20k parameters, 99.4%+ on MNIST)."""
 
-from __future__ import annotations
-
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
