@@ -15,17 +15,11 @@ from markdown_it import MarkdownIt
 from scipy.optimize import minimize_scalar
 from torch import nn
 from torchmetrics.functional import classification as M
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 ECE_BINS = 15
-
-
-def gather(trainer: Any, rows: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``rows`` (shards of any length) concatenated, on every rank."""
-    return rows if trainer.world_size == 1 else torch.cat(gather_all_tensors(rows))
 
 
 def tta_views(name: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
