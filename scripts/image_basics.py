@@ -1,12 +1,6 @@
 """Image basics, before and after: ``python scripts/image_basics.py [IMAGE ...] [--out DIR]``.
 
-Prints each image's (and one digit's) shape, dtype and range and renders it converted, brightened,
-darkened and with a darkened box. NumPy images are ``[H, W(, C)]``, tensors ``[..., H, W]``; uint8
-holds 0..255, float 0..1; each operation keeps the input's type and dtype and clips instead of
-wrapping around (uint8 250 + 10 is 255, not 4).
-"""
-
-from __future__ import annotations
+NumPy images are ``[H, W(, C)]``, tensors ``[..., H, W]``; operations keep dtypes and clip."""
 
 import argparse
 from pathlib import Path

@@ -1,7 +1,4 @@
-"""imgcls from Python: ``imgcls.load_model(run dir, .ckpt, .onnx or .pt).predict(images)``, the
-same ``Classifier.predict`` as predict.py's."""
-
-from __future__ import annotations
+"""imgcls from Python: ``imgcls.load_model(run dir, .ckpt, .onnx or .pt).predict(images)``."""
 
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -30,8 +27,7 @@ class Prediction:
 
 @dataclass
 class Classifier:
-    """A network (``model``: preprocessed batch -> logits on ``device``), its preprocessing
-    (uint8 ``[N, C, H, W]`` of any size -> that batch), channels, classes and temperature."""
+    """A network (preprocessed batch -> logits), its preprocessing (uint8 images -> batch)."""
 
     model: Callable[[torch.Tensor], torch.Tensor]
     preprocess: Callable[[torch.Tensor], torch.Tensor]
@@ -41,8 +37,7 @@ class Classifier:
     temperature: float = 1.0
 
     def image_tensor(self, image: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
-        """A file path, a PIL image or a tensor (uint8, or float in [0, 1]; ``[C, H, W]`` or
-        ``[H, W]``, the model's channels) as uint8 ``[C, H, W]``."""
+        """A path, PIL image or tensor (``[C, H, W]``/``[H, W]``) as uint8 ``[C, H, W]``."""
         if isinstance(image, (str, Path)):
             return load_image_tensor(image, channels=self.in_channels)
         if isinstance(image, Image.Image):
@@ -60,8 +55,7 @@ class Classifier:
         inputs: Iterable[Any] | str | Path | Image.Image | torch.Tensor,
         topk: int | None = None,
     ) -> list[Prediction]:
-        """The prediction of each input in order, with its ``topk`` most likely classes (default:
-        min(5, classes)); probabilities are ``softmax(logits / temperature)``."""
+        """Each input's prediction with its ``topk`` (default: up to 5) most likely classes."""
         if isinstance(inputs, (str, Path, Image.Image, torch.Tensor)):
             inputs = [inputs]
         images = [self.preprocess(self.image_tensor(i).unsqueeze(0)) for i in inputs]
@@ -115,9 +109,7 @@ def exported(path: Path, device: torch.device) -> Classifier:
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The classifier of a checkpoint (a ``.ckpt``, or a run dir: its best one) with its data
-    config's preprocessing, or of a model exported by export.py (``.onnx``/``.pt`` with its
-    ``.json``). ``device="auto"``: a GPU when there is one."""
+    """The classifier of a ``.ckpt`` (or run dir) or of an exported model; ``device="auto"``."""
     from imgcls.utils.checkpoint import restore
 
     if str(device) == "auto":

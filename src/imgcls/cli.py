@@ -1,7 +1,4 @@
-"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py`` (``imgcls-train`` ...):
-Hydra apps; Hydra's errors, the value checks (``imgcls.utils.checks``) come before torch loads."""
-
-from __future__ import annotations
+"""The commands ``train.py``, ``eval.py``, ``predict.py``, ``export.py``: Hydra apps."""
 
 import importlib
 import os
@@ -33,8 +30,7 @@ def config_summary(cfg: DictConfig) -> str:
 
 
 def launch(config_name: str, module: str) -> None:
-    """Run ``<module>.run(cfg)`` as the Hydra app of ``configs/<config_name>.yaml``, after the
-    ``extras.print_config`` print (``true``: the summary, ``full``: the resolved config; rank 0)."""
+    """Run ``<module>.run(cfg)`` as a Hydra app, after the ``extras.print_config`` print."""
 
     def task(cfg: DictConfig) -> Any:
         mode = OmegaConf.select(cfg, "extras.print_config")

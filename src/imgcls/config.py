@@ -1,7 +1,4 @@
-"""Where the Hydra configs live, imgcls's resolvers (registered on ``import imgcls``, without
-torch, so Hydra's own compose + ``instantiate(cfg.model)`` work), and ``compose``."""
-
-from __future__ import annotations
+"""The Hydra configs' dir, imgcls's resolvers (registered on ``import imgcls``), ``compose``."""
 
 import importlib
 import netrc
@@ -21,8 +18,7 @@ _datamodules: dict[str, Any] = {}
 
 
 def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
-    """``${datamodule:num_classes}``: a shape fact (``num_classes``, ``in_channels``,
-    ``image_size``) of the configured datamodule, instantiated once per data config."""
+    """``${datamodule:num_classes}``: a shape fact of the configured datamodule (built once)."""
     from hydra.utils import instantiate
 
     key = OmegaConf.to_yaml(_root_.data, resolve=True)
@@ -44,8 +40,7 @@ def resumed_dir(resume: Any, new_dir: str) -> str:
 
 
 def wandb_offline() -> bool:
-    """``${wandb_offline:}``: W&B offline unless ``WANDB_MODE`` (W&B's own switch) is set or an
-    API key is configured (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
+    """``${wandb_offline:}``: offline unless ``WANDB_MODE`` or an API key (env, ~/.netrc) is set."""
     if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
         return False
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
@@ -78,8 +73,7 @@ def setup_config_environment() -> None:
 def compose(
     overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None
 ) -> DictConfig:
-    """The config ``python <config_name>.py <overrides>`` runs (Hydra's compose API), its
-    ``paths.output_dir`` the run dir Hydra would make (or ``output_dir``; nothing is created)."""
+    """The config ``python <config_name>.py <overrides>`` runs (nothing is created)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

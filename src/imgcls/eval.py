@@ -1,7 +1,5 @@
 """``python eval.py ckpt_path=PATH``: test a checkpoint with the config it was trained with."""
 
-from __future__ import annotations
-
 import logging
 from typing import Any
 
@@ -20,8 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def match_data(restored: Any) -> None:
-    """The data must have the checkpoint's input shape and class names; the same names in another
-    order reorder the outputs (a hook on the net)."""
+    """The checkpoint's input shape and classes; classes in another order reorder the outputs."""
     data, model_cfg, trained = restored.datamodule, restored.config["model"], restored.class_names
     for name in ("num_classes", "in_channels", "image_size"):
         want = model_cfg.get(name, (model_cfg.get("net") or {}).get(name))

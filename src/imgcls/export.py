@@ -1,7 +1,4 @@
-"""``python export.py ckpt_path=PATH format=onnx|torchscript``: the network (CPU, float32, any batch
-size) as ``model.onnx`` or ``model.pt``, its preprocessing in ``model.json`` (docs/tools.md)."""
-
-from __future__ import annotations
+"""``python export.py ckpt_path=PATH format=onnx|torchscript`` (docs/tools.md)."""
 
 import json
 import logging

@@ -1,7 +1,4 @@
-"""Image files as users have them -> uint8 tensors: one decoder for image folders, predict.py and
-the API (docs/data.md). 16-bit images are scaled down, transparent pixels become black."""
-
-from __future__ import annotations
+"""Image files -> uint8 tensors: one decoder for folders, predict.py and the API (docs/data.md)."""
 
 import warnings
 from collections.abc import Iterator
@@ -23,8 +20,7 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompression
 
 @contextmanager
 def open_image(path: str | Path) -> Iterator[Image.Image]:
-    """``Image.open``; a PIL error (in the ``with`` body too) or an image over
-    ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb?) becomes a ``UserError`` naming ``path``."""
+    """``Image.open``; PIL errors and decompression bombs become a ``UserError`` naming ``path``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -45,8 +41,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Any images -> uint8, rounded and clipped: float [0, 1] times 255, wider unsigned integers
-    scaled down by their maximum, signed integers clipped to [0, 255]."""
+    """Any images -> uint8: floats x 255, wider unsigned ints scaled down, signed ints clipped."""
     if images.dtype in (torch.uint16, torch.uint32, torch.uint64):
         images = images.double().div_(float(torch.iinfo(images.dtype).max))
     elif not images.is_floating_point():

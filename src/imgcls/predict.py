@@ -1,7 +1,4 @@
-"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions from a
-``.ckpt`` (or run dir) or a model exported by export.py (``.onnx``, ``.pt``)."""
-
-from __future__ import annotations
+"""``python predict.py ckpt_path=PATH input=IMAGE_OR_FOLDER``: a CSV of class predictions."""
 
 import csv
 import logging

@@ -1,8 +1,4 @@
-"""What a run was made from (docs/studies.md): the code's commit, the libraries, the machine and
-the exact data. ``write(run_path, collect(datamodule))`` after the datamodule's ``setup`` saves
-``provenance.json`` (and ``code.diff``); ``compare(old_run, new_run)`` says what differs."""
-
-from __future__ import annotations
+"""What a run was made from (docs/studies.md): commit, libraries, machine and exact data."""
 
 import hashlib
 import importlib.metadata
@@ -49,8 +45,7 @@ def git_state(code_dir: Path = CODE_DIR) -> dict[str, Any]:
 
 
 def fingerprint(images: Any, labels: torch.Tensor) -> str:
-    """sha256 of a split as the model sees it: the uint8 images and labels; for streamed files
-    their names, sizes and modification times (reading every file is not cheap)."""
+    """sha256 of a split's uint8 images (streamed files: names, sizes, times) and labels."""
     digest = hashlib.sha256()
     if isinstance(images, torch.Tensor):
         digest.update(str(tuple(images.shape)).encode())

@@ -1,7 +1,4 @@
-"""``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md), with
-repeats over seeds/folds grouped and compared (``imgcls.report_stats``, docs/studies.md)."""
-
-from __future__ import annotations
+"""``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md)."""
 
 import argparse
 import json

@@ -1,9 +1,4 @@
-"""The statistics of ``imgcls-report`` (docs/studies.md): runs differing only by the repeat keys
-form a group (n, mean, sample std, 95% Student-t interval of its completed runs); ``--baseline
-KEY=VALUE`` compares each group with the group that has ``KEY=VALUE`` and the same other
-overrides: paired on the repeats both have (t-test, Wilcoxon from 6 pairs), else Welch."""
-
-from __future__ import annotations
+"""The statistics of ``imgcls-report`` (docs/studies.md): groups of repeats and comparisons."""
 
 import re
 from pathlib import Path
@@ -47,8 +42,7 @@ def markdown(frame: pd.DataFrame) -> str:
 def group_stats(
     frame: pd.DataFrame, done: pd.DataFrame, keys: list[str], metrics: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per ``frame.group``: its ``keys``, runs, completed runs, and n, mean, std and 95%
-    interval of each metric over ``done`` (its completed runs); and its markdown cells."""
+    """Per group: its ``keys``, runs, and n, mean, std, 95% CI of each metric over ``done``."""
     by = frame.groupby("group", sort=False)
     table = by[keys].first().assign(runs=by.size())
     table["completed"] = by.status.agg(lambda status: status.eq("completed").sum())
@@ -89,8 +83,7 @@ def compare(a: pd.Series, b: pd.Series) -> list[Any] | None:
 def compare_all(
     done: pd.DataFrame, groups: pd.DataFrame, keys: list[str], baseline: str, metrics: list[str]
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Every group against the group with ``baseline`` (KEY=VALUE) and its other ``keys``: the
-    ``results_compared.csv`` table and its markdown lines."""
+    """Every group against its ``baseline`` (KEY=VALUE) group: a table and its markdown lines."""
     key, _, value = baseline.partition("=")
     rows = []
     for label, overrides in groups[keys].iterrows() if key in keys else ():

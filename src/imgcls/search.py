@@ -1,7 +1,4 @@
-"""Optuna searches (configs/hparams_search, docs/workflow.md): the study's storage and the callback
-that records a failed job as a failed trial (the sweeper: ``hydra_plugins.imgcls_sweeper``)."""
-
-from __future__ import annotations
+"""Optuna searches (docs/workflow.md): the study's storage and failed jobs as failed trials."""
 
 import json
 import math
@@ -15,8 +12,7 @@ from hydra.experimental.callback import Callback
 
 
 def optuna_storage(url: str, **engine_kwargs: Any) -> optuna.storages.RDBStorage:
-    """``hydra.sweeper.storage``: Optuna 2.x (hydra-optuna-sweeper's) never commits its schema,
-    which SQLAlchemy 2 does not autocommit (``database is locked``): SQLite autocommits here."""
+    """``hydra.sweeper.storage``: SQLite autocommits (Optuna 2.x never commits its schema)."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if int(sqlalchemy.__version__.split(".")[0]) >= 2:
@@ -25,8 +21,7 @@ def optuna_storage(url: str, **engine_kwargs: Any) -> optuna.storages.RDBStorage
 
 
 class FailedTrialsToOptuna(Callback):
-    """Hydra callback: a failed job's NaN becomes ``failed: <error>``, which the Optuna sweeper
-    records as a failed trial (NaN itself crashes hydra-optuna-sweeper 1.3 with Optuna 2.x)."""
+    """A failed job's NaN becomes ``failed: <error>``: a failed trial (NaN crashes the sweeper)."""
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         value = job_return.return_value

@@ -1,8 +1,4 @@
-"""``SweepSummary``, the Hydra callback every multirun ends with (configs/hydra/default.yaml): the
-jobs' outcome, the best ``optimized_metric`` and the report; exit 1 when more than
-``max_failure_rate`` of the jobs failed (None: ``hydra.sweeper.max_failure_rate``, else 0)."""
-
-from __future__ import annotations
+"""``SweepSummary``: the Hydra callback every multirun ends with (configs/hydra/default.yaml)."""
 
 import math
 import sys

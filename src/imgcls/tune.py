@@ -1,7 +1,4 @@
-"""``python train.py tune=lr_find`` / ``tune=batch_size`` (docs/tools.md): Lightning's Tuner on a
-throwaway Trainer before training; ``tune.apply=true`` then trains with the value found."""
-
-from __future__ import annotations
+"""``python train.py tune=lr_find`` / ``tune=batch_size`` (docs/tools.md): Lightning's Tuner."""
 
 import json
 import logging
@@ -25,17 +22,13 @@ def tunes_only(cfg: DictConfig) -> bool:
 
 
 def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The learning rate where the smoothed loss falls fastest per decade, before its minimum.
-
-    Lightning's ``suggestion()`` takes the steepest slope per unit of lr, so the noise of the first
-    tiny steps wins (9.5e-05 on digits, which does not train; this pick: 0.14-0.23). Its average
-    is divided by ``1 - beta**(step + 2)`` (one too many: undone here, else the first points pass
-    for the minimum); the first tenth of the points (the average settling) is skipped.
-    """
+    """The lr where the smoothed loss falls fastest per decade before its minimum (Lightning's
+    ``suggestion()`` picks the noise of the first tiny steps: 9.5e-05 on digits, which fails)."""
     loss = np.asarray(losses, dtype=float)
     steps = np.arange(len(loss))
+    # Lightning's debiasing divides by 1 - beta**(step + 2): one too many (undone here)
     loss = loss * (1 - LR_FINDER_BETA ** (steps + 2)) / (1 - LR_FINDER_BETA ** (steps + 1))
-    start = len(loss) // 10
+    start = len(loss) // 10  # the moving average settling
     finite = len(loss) - start >= 3 and np.isfinite(loss[start:]).any()
     end = start + int(np.nanargmin(loss[start:])) + 1 if finite else start  # up to the minimum
     if end - start < 2:
@@ -50,8 +43,7 @@ def run_tuner(
     datamodule: pl.LightningDataModule,
     make_trainer: Callable[..., pl.Trainer],
 ) -> dict[str, float]:
-    """Run ``cfg.tune`` on a Trainer from ``make_trainer(**kwargs)``: ``{"tune/lr": value}`` or
-    ``{"tune/batch_size": value}``; with ``tune.apply`` the value is written into ``cfg``."""
+    """Run ``cfg.tune`` on a throwaway Trainer: ``{"tune/lr" or "tune/batch_size": value}``."""
     options = {k: v for k, v in cfg.tune.items() if k not in ("tuner", "apply")}
     mode = cfg.tune.tuner
     if mode not in ("lr_find", "batch_size"):

@@ -1,6 +1,4 @@
-"""``hydra.sweeper._target_`` of configs/hparams_search: hydra-optuna-sweeper's sweeper that
-refuses a searched key the config lacks and reports a study in which every trial failed. Hydra
-imports every module here at start-up, so Optuna loads only when a search runs."""
+"""hydra-optuna-sweeper's sweeper, refusing searched keys the config lacks (Optuna loads late)."""
 
 import sys
 from typing import Any

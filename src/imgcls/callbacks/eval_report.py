@@ -1,7 +1,4 @@
-"""``EvalReport``: the evaluation report of a test run (train.py, eval.py) from all ranks' logits;
-a ``trainer.validate`` run before it (eval.py) fits the temperature."""
-
-from __future__ import annotations
+"""``EvalReport``: the evaluation report of a test run; a validate run before it fits T."""
 
 from pathlib import Path
 from typing import Any
@@ -9,6 +6,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
+from torchmetrics.utilities.distributed import gather_all_tensors  # shards of any length
 
 from imgcls.evaluation import report
 
@@ -40,8 +38,10 @@ class EvalReport(pl.Callback):
             self.rows.setdefault(name, []).append(value.detach())
 
     def _gathered(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
-        rows, self.rows = self.rows, {}
-        return {name: report.gather(trainer, torch.cat(values)) for name, values in rows.items()}
+        rows, self.rows = {name: torch.cat(values) for name, values in self.rows.items()}, {}
+        if trainer.world_size == 1:
+            return rows
+        return {name: torch.cat(gather_all_tensors(values)) for name, values in rows.items()}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *_: Any) -> None:
         if self._active(trainer, TrainerFn.VALIDATING):

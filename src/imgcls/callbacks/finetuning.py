@@ -1,14 +1,10 @@
-"""Train the head alone, then the whole net with a lower backbone lr. Not Lightning's
-``BackboneFinetuning``: it expects ``pl_module.backbone`` and gives the new group only an ``lr``,
-where the schedulers need every ``*lr`` key (the backbone: :mod:`imgcls.models.freezing`)."""
-
-from __future__ import annotations
+"""Train the head alone, then the whole net with a lower backbone lr (every ``*lr`` key)."""
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 
-from imgcls.models.freezing import backbone_modules, freeze_backbone, set_trainable
+from imgcls.models.freezing import backbone_modules, freeze_backbone
 from imgcls.utils.errors import UserError
 
 #: per-parameter-group lists a torch scheduler keeps (ReduceLROnPlateau: min_lrs)
@@ -16,8 +12,7 @@ SCHEDULER_GROUP_LISTS = ("base_lrs", "lr_lambdas", "min_lrs")
 
 
 class HeadFirstFinetuning(BaseFinetuning):
-    """Freeze ``net``'s backbone for ``unfreeze_at_epoch`` epochs, then add it as a second group
-    with the head's lr keys (``lr``, ``initial_lr``, ``max_lr`` ...) x ``backbone_lr_factor``."""
+    """Freeze the backbone for ``unfreeze_at_epoch`` epochs, then add it as a second group."""
 
     def __init__(self, unfreeze_at_epoch: int = 2, backbone_lr_factor: float = 0.1) -> None:
         super().__init__()
@@ -38,7 +33,7 @@ class HeadFirstFinetuning(BaseFinetuning):
         if epoch < self.unfreeze_at_epoch:
             return
         modules = backbone_modules(pl_module.net)
-        set_trainable(modules, True)  # a resumed run restored the group, frozen by the setup
+        self.make_trainable(modules)  # a resumed run restored the group, frozen by the setup
         in_optimizer = {p for group in optimizer.param_groups for p in group["params"]}
         new = [p for m in modules for p in m.parameters(recurse=False) if p not in in_optimizer]
         if new:
@@ -50,7 +45,7 @@ class HeadFirstFinetuning(BaseFinetuning):
             optimizer.add_param_group({**group, "params": new})
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The schedulers' lists get an entry per added group (after a resume: ``lr_lambdas``)."""
+        # the schedulers' lists get an entry per added group (after a resume: ``lr_lambdas``)
         super().on_train_epoch_start(trainer, pl_module)
         for config in trainer.lr_scheduler_configs:
             groups = config.scheduler.optimizer.param_groups

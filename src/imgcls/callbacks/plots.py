@@ -1,7 +1,4 @@
-"""Training curves and the grid of augmented training images (``<run dir>/plots``, TensorBoard).
-The test split's plots are in the evaluation report."""
-
-from __future__ import annotations
+"""Training curves and the augmented-image grid (``<run dir>/plots``, TensorBoard)."""
 
 import csv
 from pathlib import Path
@@ -93,8 +90,7 @@ class ClassificationPlots(pl.Callback):
 
 
 class AugmentationGrid(pl.Callback):
-    """The first training images through the datamodule's train pipeline, normalisation undone,
-    when training starts (the RNG forked: the run's randomness is unchanged)."""
+    """The first training images through the train pipeline, at the start (the RNG forked)."""
 
     def __init__(self, num_images: int = 32, nrow: int = 8, save_path: str | None = None) -> None:
         self.num_images, self.nrow, self.save_path = num_images, nrow, save_path

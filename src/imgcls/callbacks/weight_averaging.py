@@ -1,7 +1,5 @@
 """EMA of the weights, through Lightning's ``WeightAveraging``, with a warm-up."""
 
-from __future__ import annotations
-
 import functools
 from typing import Any
 
@@ -21,9 +19,7 @@ def ema_update(
 
 
 class EMAWeights(WeightAveraging):
-    """EMA with the decay warm-up above (TensorFlow's ``ExponentialMovingAverage(num_updates=)``):
-    Lightning's ``EMAWeightAveraging`` has a fixed decay, with which a short run tests its initial
-    weights. Only a resumed fit reloads the raw weights: a tested checkpoint is tested averaged."""
+    """EMA whose decay warms up (Lightning's ``EMAWeightAveraging`` has a fixed one)."""
 
     def __init__(
         self,

@@ -1,7 +1,5 @@
 """The evaluation report of all ranks' logits: its numbers, figures, report.md and report.html."""
 
-from __future__ import annotations
-
 import base64
 import csv
 import logging
@@ -17,18 +15,11 @@ from markdown_it import MarkdownIt
 from scipy.optimize import minimize_scalar
 from torch import nn
 from torchmetrics.functional import classification as M
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 ECE_BINS = 15
-SCORES = (M.multiclass_precision, M.multiclass_recall, M.multiclass_f1_score)
-
-
-def gather(trainer: Any, rows: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``rows`` (shards of any length) concatenated, on every rank."""
-    return rows if trainer.world_size == 1 else torch.cat(gather_all_tensors(rows))
 
 
 def tta_views(name: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -67,13 +58,10 @@ def most_confident_mistakes(logits: torch.Tensor, targets: torch.Tensor, k: int)
 
 
 def new_figure(width: float, height: float) -> Any:
-    """A matplotlib Figure on an Agg canvas (no display, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """A matplotlib Figure without pyplot state (no display)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def for_display(images: torch.Tensor) -> torch.Tensor:
@@ -116,8 +104,7 @@ def reliability_figure(curves: dict[str, torch.Tensor], targets: torch.Tensor) -
 
 
 def grad_cam(net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-    """Captum's Grad-CAM ``[N, H, W]`` (in [0, 1]) of ``targets`` at the last conv layer whose
-    output is at least 4x4 (else the largest); None without a conv layer."""
+    """Captum's Grad-CAM ``[N, H, W]`` in [0, 1] at the last conv layer with >= 4x4 outputs."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     x = images.clone().to(next(net.parameters()).device)
@@ -181,21 +168,20 @@ def write_report(
     net: nn.Module | None = None,
     max_mistakes: int = 16,
 ) -> dict[str, float]:
-    """Write the report of all test ``logits`` and ``targets`` (keys of ``rows``; ``tta``: the
-    views' averaged probs; ``images``, ``wrong_true``, ``wrong_logits``: mistakes) into ``out_dir``;
-    its headline numbers."""
+    """Write the report of the test ``rows`` (logits, targets, tta, mistakes); its headline."""
+    from sklearn.metrics import classification_report
+
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {name: values.cpu() for name, values in rows.items()}
     names, targets, logits = [str(c) for c in names], rows["targets"], rows["logits"].float()
     probs, n = logits.softmax(dim=1), logits.shape[1]
+    kwargs = {"labels": range(n), "target_names": names, "output_dict": True, "zero_division": 0}
+    scores = classification_report(targets, logits.argmax(1), **kwargs)  # per class, averages
+    scores.pop("accuracy")
     head = {"test/acc": float(M.multiclass_accuracy(probs, targets, n, average="micro"))}
     top5 = M.multiclass_accuracy(probs, targets, n, top_k=min(n, 5), average="micro")
     head |= {"test/acc_top5": float(top5)} if n > 5 else {}
-    averages = [
-        [f(probs, targets, n, average=a) for f in SCORES] for a in ("none", "macro", "weighted")
-    ]
-    scores = torch.cat([torch.stack(columns, -1).view(-1, 3) for columns in averages])
-    head |= {"test/f1_macro": float(scores[-2, 2]), "test/ece": ece(probs, targets)}
+    head |= {"test/f1_macro": scores["macro avg"]["f1-score"], "test/ece": ece(probs, targets)}
     curves = {"as trained": probs}
     note = "No temperature: `python eval.py ckpt_path=<run dir>` fits one on the val split."
     if temperature is not None:
@@ -204,11 +190,9 @@ def write_report(
         note = f"Temperature {temperature:.4f} fitted on the validation split (NLL)."
     if "tta" in rows:
         head[f"test/acc_tta_{tta}"] = float((rows["tta"].argmax(1) == targets).float().mean())
-    support = torch.bincount(targets, minlength=n).tolist()
-    labels, counts = [*names, "macro avg", "weighted avg"], [*support, *[sum(support)] * 2]
     per_class = [["class", "precision", "recall", "f1", "support"]] + [
-        [name, *(f"{v:.4f}" for v in row), count]
-        for name, row, count in zip(labels, scores.tolist(), counts, strict=True)
+        [name, *(f"{v:.4f}" for v in list(row.values())[:3]), int(row["support"])]
+        for name, row in scores.items()
     ]
     write_csv(out_dir / "per_class.csv", per_class)
     matrix = M.multiclass_confusion_matrix(probs, targets, n)

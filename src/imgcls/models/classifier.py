@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from imgcls.models.freezing import freeze_backbone
 from imgcls.models.nets.pretrained import check_normalisation
-from imgcls.models.nonfinite import NonfiniteLossWatch, attached_trainer
+from imgcls.models.nonfinite import NonfiniteLossWatch
 from imgcls.utils.checkpoint import read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
@@ -56,8 +56,7 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> n
 
 
 class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
-    """Classifies images with ``.net``, built by ``net(num_classes=, in_channels=, image_size=)``
-    (a Hydra partial, as are optimizer and scheduler); it returns logits or log-probabilities."""
+    """Classifies images with ``.net = net(num_classes=, in_channels=, image_size=)`` (partials)."""
 
     #: what the module logs (``optimized_metric`` is checked against these before training)
     logged_metrics = tuple(
@@ -112,8 +111,7 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
         object.__setattr__(self, "compiled_net", compiled)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.batch_mix = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
-        # training metrics update every step without a host sync: no argument validation and no
-        # NaN checks (each a device-to-host copy); non-finite losses are watched instead
+        # training metrics without host syncs (no validation, no NaN checks): see NonfiniteLossWatch
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.train_loss = MeanMetric(nan_strategy="disable")
         for stage in ("val", "test"):
@@ -128,8 +126,7 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Warn when pretrained weights meet other normalisation; fill the class weights."""
-        trainer = attached_trainer(self)
-        datamodule = trainer.datamodule if trainer is not None else None
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
         normalize = getattr(getattr(datamodule, "pipeline", None), "normalize", None)
         if stage == "fit" and normalize is not None:
             stats = (normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())
@@ -176,8 +173,7 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
         loss, logits, y = self._step(batch)
         if self.skip_nonfinite(loss, batch_idx):
             return None
-        # update only and log once per epoch: no host sync per step. (MeanMetric ignores weight=
-        # without its NaN checks: one copy of the loss per sample weighs batches by size.)
+        # no host sync per step; a loss per sample weighs batches by size (weight= checks NaNs)
         self.train_loss.update(loss.detach().expand(len(y)))
         self.train_acc.update(logits.argmax(dim=1), y)
         return loss

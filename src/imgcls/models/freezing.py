@@ -1,9 +1,4 @@
-"""Freezing a network's backbone (everything but its classifier head) by Lightning's
-``BaseFinetuning`` rule: no gradients, batch-norm running statistics not updated."""
-
-from __future__ import annotations
-
-from collections.abc import Iterable
+"""Freezing a net's backbone (all but its head) as Lightning's ``BaseFinetuning`` does."""
 
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
@@ -23,14 +18,6 @@ def backbone_modules(net: nn.Module) -> list[nn.Module]:
     return [m for n, m in net.named_modules() if n != head and not n.startswith(head + ".")]
 
 
-def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
-    """(Un)freeze the modules' own parameters and batch-norm statistics."""
-    if trainable:
-        BaseFinetuning.make_trainable(list(modules))
-        return
-    for module in modules:
-        BaseFinetuning.freeze_module(module)
-
-
 def freeze_backbone(net: nn.Module) -> None:
-    set_trainable(backbone_modules(net), False)
+    for module in backbone_modules(net):  # each its own tensors (Lightning's freeze would recurse)
+        BaseFinetuning.freeze_module(module)

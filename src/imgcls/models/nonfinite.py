@@ -1,21 +1,9 @@
-"""``model.nonfinite_loss``: stop (naming the step and the last good checkpoint) or skip a batch.
-``stop`` keeps the losses on the device (no host sync per step) until they are read: every
-``log_every_n_steps`` batches, at the epoch's end and before validation (and its checkpoints)."""
-
-from __future__ import annotations
+"""``model.nonfinite_loss``: stop or skip; ``stop`` checks every ``log_every_n_steps`` batches."""
 
 import pytorch_lightning as pl
 import torch
 
 from imgcls.utils.errors import UserError
-
-
-def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
-    """The module's trainer, or None when a step is called directly (tests, notebooks)."""
-    try:
-        return module.trainer
-    except RuntimeError:  # "not attached to a Trainer"
-        return None
 
 
 class NonfiniteLossWatch:
@@ -26,7 +14,7 @@ class NonfiniteLossWatch:
 
     def skip_nonfinite(self, loss: torch.Tensor, batch_idx: int) -> bool:
         """Whether to skip the batch (``skip``); with ``stop``, keep the loss for the next check."""
-        trainer = attached_trainer(self)
+        trainer = self._trainer  # None: a step called directly (tests, notebooks)
         if self.hparams.nonfinite_loss == "skip":
             # a host sync per step; collective under DDP (all processes skip or none does)
             finite = bool(torch.isfinite(loss))
@@ -45,11 +33,10 @@ class NonfiniteLossWatch:
         return False
 
     def stop_if_nonfinite(self) -> None:
-        """Raise, naming the first non-finite loss's step and the last good checkpoint: one host
-        sync (a collective under DDP, so every process stops together)."""
+        """Raise at a non-finite loss (one host sync; collective under DDP)."""
         recent, self.recent_losses = self.recent_losses, []
         finite = torch.stack([loss for _, loss in recent]).isfinite().tolist() if recent else []
-        trainer = attached_trainer(self)
+        trainer = self._trainer
         anywhere = False in finite
         if trainer is not None:
             anywhere = trainer.strategy.reduce_boolean_decision(anywhere, all=False)

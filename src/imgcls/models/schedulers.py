@@ -1,7 +1,5 @@
 """Learning-rate schedules that torch does not ship, as factories for ``model.scheduler``."""
 
-from __future__ import annotations
-
 import math
 
 import torch
@@ -11,9 +9,7 @@ from imgcls.utils.errors import UserError
 
 
 class WarmupCosineFactor:
-    """The LR multiplier of a step: linear from ``1 / warmup_steps`` to 1 at ``warmup_steps - 1``,
-    then half a cosine down to ``min_lr_ratio`` at ``total_steps - 1`` (an object: the scheduler's
-    state dict stores its numbers)."""
+    """The LR factor of a step (an object: the scheduler's state dict stores its numbers)."""
 
     def __init__(self, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> None:
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
@@ -34,10 +30,8 @@ def warmup_cosine(
     warmup_steps: int | None = None,
     warmup_fraction: float | None = 0.05,
     min_lr_ratio: float = 0.0,
-    last_epoch: int = -1,
 ) -> LambdaLR:
-    """Linear warmup, then cosine decay to ``min_lr_ratio`` x the optimizer's lr, per step; the
-    classifier fills ``total_steps``. ``warmup_steps`` wins over ``warmup_fraction``."""
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` x lr, per step over ``total_steps``."""
     fraction = warmup_fraction or 0.0
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
@@ -50,4 +44,4 @@ def warmup_cosine(
             "optimizer steps); lower warmup_steps/warmup_fraction or train longer"
         )
     factor = WarmupCosineFactor(total_steps, warmup, min_lr_ratio)
-    return LambdaLR(optimizer, lr_lambda=factor, last_epoch=last_epoch)
+    return LambdaLR(optimizer, lr_lambda=factor)

@@ -1,8 +1,4 @@
-"""AlexNet, two ways: the trimmed 4-conv MNIST variant and the published net with LRN. Their
-adaptive average pool keeps the parameter count for every image size; the first convolution has
-the published stride 4 from 128 px, else stride 1 (torchvision's AlexNet fails below 63 px)."""
-
-from __future__ import annotations
+"""AlexNet two ways (README's model table); the first conv has stride 4 from 128 px, else 1."""
 
 from collections.abc import Sequence
 from functools import partial
@@ -19,12 +15,7 @@ from imgcls.models.nets.blocks import (
 
 
 class AlexNet(ConvClassifier):
-    """The trimmed AlexNet for MNIST: conv 5x5 256 + max pool 3x3/2, conv 3x3 384, 384, 256, an
-    adaptive average pool to 13x13 (the identity at 28 px), FC 43,264 -> 2048 -> 1024 -> classes.
-
-    **93,819,402** parameters at 1x28x28 with 10 classes: the reference's exact count (it publishes
-    only the count and "4 conv, max pooling, 3 FC"; this layout with AlexNet's widths matches it).
-    """
+    """The trimmed 4-conv AlexNet for MNIST: 93,819,402 parameters, the reference's count."""
 
     def __init__(
         self,
@@ -51,14 +42,7 @@ class AlexNet(ConvClassifier):
 
 
 class AlexNetLRN(ConvClassifier):
-    """AlexNet as published (Krizhevsky et al. 2012): conv 11x11 96, 5x5 256, 3x3 384, 384, 256
-    with ReLU, LocalResponseNorm after the first two, overlapping 3x3/2 max pooling after conv1,
-    conv2 and conv5, an adaptive average pool, FC 4096 -> 4096 -> classes with dropout 0.5.
-
-    The first convolution: stride 4 (padding 2) from 128 px, else stride 1 (padding 5), so the net
-    needs images of at least 15 px. **21,598,922** parameters at 1x28x28 with 10 classes,
-    **21,622,154** at 3 channels (the reference's count: its Keras model repeats MNIST to RGB).
-    """
+    """AlexNet as published (Krizhevsky et al. 2012, with LRN); images of at least 15 px."""
 
     def __init__(
         self,

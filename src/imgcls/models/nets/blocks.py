@@ -1,7 +1,5 @@
 """What the zoo's nets share: FastDropout, conv and dense blocks, image-size and width checks."""
 
-from __future__ import annotations
-
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,9 +23,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class FastDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU masks are cut from random int64s, 16 bits per element: far cheaper
-    than one Bernoulli draw each (``p`` rounded to 1/65536). On a GPU, under ``torch.compile``, in
-    eval mode or with ``inplace=True`` it is ``nn.Dropout``."""
+    """``nn.Dropout`` with cheap CPU masks (16 random bits an element; else ``nn.Dropout``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -76,8 +72,7 @@ def check_widths(net: str, channels: Sequence[int], expected: int) -> list[int]:
 
 
 def check_image_size(net: str, layers: nn.Module, in_channels: int, image_size: int) -> None:
-    """One line naming the smallest image ``layers`` take when ``image_size`` is below it (found by
-    forward passes on the meta device: no memory, no compute)."""
+    """Fail naming the smallest image ``layers`` take (probed on the meta device)."""
     probe = copy.deepcopy(layers).to("meta").eval()
 
     def fits(size: int) -> bool:

@@ -1,7 +1,5 @@
 """ConvNet: four 3x3 conv blocks (32, 64, 128, 256 filters), then FC 4096 -> 50 -> classes."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from torch import nn
@@ -16,11 +14,7 @@ from imgcls.models.nets.blocks import (
 
 
 class ConvNet(ConvClassifier):
-    """3x3 conv -> ReLU blocks, 2x2 max pooling after the first three, an adaptive max pool to
-    ``pool_size`` (4: 256 x 4 x 4 = 4,096 features, the map a 32 px image leaves), FC 50, classes.
-
-    **593,200** parameters at 1x28x28 with 10 classes (593,776 at 3 channels); images >= 8 px.
-    """
+    """593,200 parameters at 1x28x28 with 10 classes (593,776 at 3 channels); images >= 8 px."""
 
     def __init__(
         self,

@@ -1,7 +1,5 @@
 """MLP: a basic dense network on the flattened image, for binary or multi-class problems."""
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -11,8 +9,7 @@ from imgcls.models.nets.blocks import dense_head
 
 
 class MLP(nn.Sequential):
-    """flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear(num_classes); a
-    binary problem is ``num_classes=2`` (two logits, cross-entropy), like any other."""
+    """flatten -> ``dense_head``; a binary problem is ``num_classes=2``, like any other."""
 
     def __init__(
         self,

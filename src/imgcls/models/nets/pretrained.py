@@ -1,7 +1,4 @@
-"""Networks by name from torchvision (``model=torchvision``, ``model=resnet18``) and timm, their
-pretrained weights (docs/fine-tuning.md) and the check of the data's normalisation."""
-
-from __future__ import annotations
+"""torchvision and timm nets by name, their pretrained weights (docs/fine-tuning.md)."""
 
 import difflib
 import logging
@@ -40,8 +37,7 @@ def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def read_weights(weights: str, entry: tv_models.WeightsEnum | None, download: bool) -> Any:
-    """The state_dict of a local file (``torch.save``, ``.safetensors``) or of a torchvision
-    weights entry, read from torch's hub cache (downloaded, hash-checked, only if ``download``)."""
+    """The state_dict of a local file or of a torchvision weights entry (hub cache)."""
     path = Path(torch.hub.get_dir(), "checkpoints", entry.url.rsplit("/", 1)[-1]) if entry else None
     if path is None and not os.path.isfile(weights):
         raise UserError(f"model.net.weights={weights}: no such file; pass a state_dict file")
@@ -97,9 +93,7 @@ def torchvision_net(
     small_input: bool | None = None,
     load_weights: bool = True,
 ) -> nn.Module:
-    """torchvision's classification model ``name``; ``small_input`` (ResNets): the 3x3 stride-1
-    stem without max pool (``None``: for images under 64 px without weights);
-    ``load_weights=False``: the architecture alone (a checkpoint holds the weights)."""
+    """torchvision's model ``name``; ``small_input``: a ResNet's 3x3 stem without max pool."""
     known = tv_models.list_models(module=tv_models)
     if name not in known:
         raise _unknown_name("torchvision", name, known)

@@ -1,7 +1,5 @@
 """TinyNet: the parameter-efficient MNIST CNN (<20k parameters, 99.4%+ on MNIST)."""
 
-from __future__ import annotations
-
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
@@ -9,8 +7,7 @@ from imgcls.models.nets.blocks import FastDropout, check_image_size
 
 
 class TinyNet(nn.Module):
-    """conv-BN-ReLU-dropout blocks, a 1x1 transition + max pool, global average pool, a 1x1 conv
-    head (no large FC layer); returns log-probabilities. Images of at least 18 px."""
+    """conv-BN-ReLU-dropout blocks, a 1x1 conv head; log-probabilities; images >= 18 px."""
 
     def __init__(
         self,
