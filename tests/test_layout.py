@@ -34,6 +34,8 @@ LIBRARIES = ("pytorch_lightning", "lightning", "lightning_fabric", "hydra", "ome
              "torchvision", "torchmetrics", "timm", "optuna", "mlflow", "wandb")  # fmt: skip
 
 
+#: private attributes our subclasses inherit from Lightning (``self._trainer``): not ours either
+INHERITED_PRIVATE = {"_trainer", "_fabric", "_device", "_dtype", "_current_fx_name", "_results"}
 HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 
 
@@ -150,6 +152,8 @@ def library_private_uses(path: Path) -> list[str]:
             base = node.value
             # our own objects' private attributes are ours (self._x, cls._x); a library's are not
             if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                if node.attr in INHERITED_PRIVATE:  # a LightningModule's/Callback's own internals
+                    found.append(f"line {node.lineno}: self.{node.attr}")
                 continue
             if node.attr in HYDRA_KEYS:  # config keys such as cfg._target_, not attributes
                 continue

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from imgcls.models.freezing import freeze_backbone
 from imgcls.models.nets.pretrained import check_normalisation
-from imgcls.models.nonfinite import NonfiniteLossWatch
+from imgcls.models.nonfinite import NonfiniteLossWatch, attached_trainer
 from imgcls.utils.checkpoint import read_checkpoint, stored_config
 from imgcls.utils.errors import UserError
 
@@ -126,7 +126,7 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Warn when pretrained weights meet other normalisation; fill the class weights."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         normalize = getattr(getattr(datamodule, "pipeline", None), "normalize", None)
         if stage == "fit" and normalize is not None:
             stats = (normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())

@@ -6,6 +6,14 @@ import torch
 from imgcls.utils.errors import UserError
 
 
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The module's Trainer; None for a step called directly (tests, notebooks)."""
+    try:
+        return module.trainer
+    except RuntimeError:  # Lightning: "... is not attached to a `Trainer`"
+        return None
+
+
 class NonfiniteLossWatch:
     """Mixed into the LightningModule, which keeps ``recent_losses``: (step, loss) pairs."""
 
@@ -14,7 +22,7 @@ class NonfiniteLossWatch:
 
     def skip_nonfinite(self, loss: torch.Tensor, batch_idx: int) -> bool:
         """Whether to skip the batch (``skip``); with ``stop``, keep the loss for the next check."""
-        trainer = self._trainer  # None: a step called directly (tests, notebooks)
+        trainer = attached_trainer(self)
         if self.hparams.nonfinite_loss == "skip":
             # a host sync per step; collective under DDP (all processes skip or none does)
             finite = bool(torch.isfinite(loss))
@@ -36,7 +44,7 @@ class NonfiniteLossWatch:
         """Raise at a non-finite loss (one host sync; collective under DDP)."""
         recent, self.recent_losses = self.recent_losses, []
         finite = torch.stack([loss for _, loss in recent]).isfinite().tolist() if recent else []
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         anywhere = False in finite
         if trainer is not None:
             anywhere = trainer.strategy.reduce_boolean_decision(anywhere, all=False)
