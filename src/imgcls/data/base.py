@@ -213,9 +213,13 @@ class ImageDataModule(pl.LightningDataModule):
             self._device_decisions[device] = bool(on_device) or fits
         return self._device_decisions[device]
 
+    def _training_device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     def _loader(self, split: str, train: bool) -> Any:
         images, labels = self.splits[split]
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        device = self._training_device()
         if self.hparams.in_memory and self._use_device_copies(device):
             if split not in self._device_splits or self._device_splits[split][0].device != device:
                 self._device_splits[split] = (images.to(device), labels.to(device))
