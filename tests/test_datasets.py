@@ -11,7 +11,7 @@ import torch
 from torchvision.datasets import FashionMNIST
 
 from imgcls.data import CIFAR10DataModule, CIFAR100DataModule, FashionMNISTDataModule
-from imgcls.data.transforms import RandomPadCrop
+from imgcls.data.transforms import random_pad_crop
 from imgcls.utils.errors import UserError
 
 from .conftest import write_idx
@@ -114,7 +114,7 @@ def test_missing_files_give_one_line_naming_them_and_where(tmp_path, module, mon
 def test_pad_crop_shifts_each_image_with_zero_fill():
     torch.manual_seed(0)
     images = torch.rand(16, 3, 8, 8) + 0.5  # no zeros: the padding is recognisable
-    out = RandomPadCrop(2)(images)
+    out = random_pad_crop(images, 2)
     shifts = set()
     for image, cropped in zip(images, out, strict=True):
         padded = torch.nn.functional.pad(image, (2, 2, 2, 2))

@@ -1,6 +1,4 @@
-"""The base LightningDataModule: splits, class subsets, k-fold, loaders and shape metadata.
-Splits use generators seeded from ``data.seed`` (the same on every DDP rank), augmentation the
-global RNG."""
+"""The base LightningDataModule: seeded splits, class subsets, folds, loaders, shapes."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, C, H, W], int64 la
 
 
 def stratified_split(labels: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """(rest, taken) indices, ``count`` taken: each class's share within one of its proportion,
-    seeded by ``seed`` alone (not the global RNG); every class keeps one sample in ``rest``."""
+    """(rest, taken) indices, ``count`` taken class-proportionally; each class keeps one in rest."""
     generator, keys = torch.Generator().manual_seed(seed), torch.full((len(labels),), math.inf)
     for label in labels.unique():
         members = (labels == label).nonzero().flatten()
@@ -103,8 +100,7 @@ class ImageDataModule(pl.LightningDataModule):
         self._loader_state: dict[str, int] | None = None  # restored from a checkpoint
 
     def fetch(self, folder: Path, files: Sequence[str], calls: list[dict], listed=None) -> None:
-        """Unless ``files`` are in ``folder``, torchvision downloads (``self.dataset(**call)`` for
-        each of ``calls``); with ``data.download=false`` or offline, one line naming ``listed``."""
+        """Unless ``files`` are in ``folder``, ``self.dataset(**call, download=True)`` per call."""
         if all((folder / name).is_file() for name in files):
             return
         try:
@@ -118,10 +114,6 @@ class ImageDataModule(pl.LightningDataModule):
                 f"downloaded ({str(err).splitlines()[0] if str(err) else err!r}); copy "
                 f"{', '.join(listed or files)} into {folder}/ or train offline with data=digits"
             ) from err
-
-    def load_split(self, split: str) -> Split:
-        """Raw ``"train"`` or ``"test"`` split as (uint8 ``[N, C, H, W]``, int64 ``[N]``)."""
-        raise NotImplementedError
 
     def load_val_split(self) -> Split | None:
         """The dataset's own validation split (``None``: carved from train)."""
@@ -274,6 +266,4 @@ class ImageDataModule(pl.LightningDataModule):
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images of any size at ``image_size`` the ``data.resize`` way (squash or crop)."""
-        if not isinstance(images, torch.Tensor):  # streamed FileImages: resized when decoded
-            return images
         return resize_uint8(images, self.image_size, self.hparams.resize)

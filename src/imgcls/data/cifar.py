@@ -1,5 +1,4 @@
-"""CIFAR-10/100: torchvision downloads the pickles (md5-checked); read here, a copied-in set
-needs no checksum pass (file layout: docs/data.md)."""
+"""CIFAR-10/100: torchvision downloads the pickles, read here without its md5 pass."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from imgcls.data.base import ImageDataModule, Split
 
 
 class DigitsDataModule(ImageDataModule):
-    """1,797 8x8 digits (UCI), upscaled to 1x28x28 so every MNIST model runs on them unchanged;
-    a fixed stratified 20% test split (the same for every seed)."""
+    """1,797 8x8 digits upscaled to 1x28x28 (MNIST's layout); a fixed stratified 20% test split."""
 
     all_class_names = tuple(str(d) for d in range(10))
     default_mean, default_std = (0.1557,), (0.2773,)

@@ -16,10 +16,7 @@ from imgcls.data.transforms import BatchPipeline
 
 @dataclass(eq=False)
 class TensorBatchLoader:
-    """Whole batches sliced from a uint8 tensor, no workers (benchmarks/throughput.py shows why).
-    The order is a function of (seed, epoch), the same on every DDP rank; training shards have
-    equal length, evaluation shards hold every sample once; ``state_dict`` (epoch, batches
-    served) lets a mid-epoch resume continue."""
+    """Batches sliced from a uint8 tensor in a (seed, epoch) order; resumable mid-epoch."""
 
     images: torch.Tensor
     labels: torch.Tensor

@@ -1,5 +1,4 @@
-"""SVHN: torchvision downloads the ``.mat`` files (md5-checked); read here without its md5 pass
-over 1.3 GB of ``extra`` (``X`` uint8 ``[32, 32, 3, N]``, ``y`` ``[N, 1]``, 10 for the digit 0)."""
+"""SVHN: torchvision downloads the ``.mat`` files, read here without its md5 pass (1.3 GB extra)."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ SVHN_FILES = {split: SVHN.split_list[split][1] for split in ("train", "test", "e
 
 
 class SVHNDataModule(ImageDataModule):
-    """SVHN digits, 3x32x32, 73,257 train / 26,032 test (+ 531,131 extra, ~1.6 GB of RAM) images;
-    validation carved from the training pool (train, plus extra with ``use_extra``), seeded."""
+    """SVHN digits, 3x32x32, 73,257 train / 26,032 test (+ 531,131 extra with ``use_extra``)."""
 
     dataset = SVHN
     all_class_names = tuple(str(d) for d in range(10))

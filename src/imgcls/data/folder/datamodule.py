@@ -73,12 +73,10 @@ class FolderDataModule(ImageDataModule):
 
     @cached_property
     def layout(self) -> tuple[list[str], dict[str, Path]]:
-        """Class names and split folders: lists two folders at most (shape facts stay cheap)."""
         return read.find_layout(self.root)
 
     @cached_property
     def files(self) -> dict[str, read.Items]:
-        """The files of every split (scanned once, nothing decoded)."""
         (classes, dirs), hp = self.layout, self.hparams
         files = read.scan_files(classes, dirs)
         read.carve_test(files, self.root, dirs["train"] != self.root, hp.split[2])
@@ -94,12 +92,6 @@ class FolderDataModule(ImageDataModule):
             self._decoded = read.read_splits(
                 self.files, root, args, hp.in_memory, hp.on_bad_image, workers
             )
-            trained = set(self._decoded["train"][1].tolist())
-            if missing := [c for i, c in enumerate(self.all_class_names) if i not in trained]:
-                raise UserError(
-                    f"data.root={root}: no readable training images for classes {missing}; "
-                    "add images to those class folders"
-                )
         return self._decoded[split]
 
     def load_val_split(self) -> Split | None:
@@ -131,16 +123,7 @@ class FolderDataModule(ImageDataModule):
             self._apply_stats(stats)
 
     def _stats_key(self) -> str:
-        keys = [
-            "resize",
-            "grayscale",
-            "split",
-            "seed",
-            "classes",
-            "num_folds",
-            "fold",
-            "on_bad_image",
-        ]
+        keys = "resize grayscale split seed classes num_folds fold on_bad_image".split()  # noqa: SIM905
         settings = {key: self.hparams.get(key) for key in keys} | {"image_size": self.image_size}
         return read.stats_key(self.files, self.root, settings)
 

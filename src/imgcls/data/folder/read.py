@@ -1,5 +1,4 @@
-"""A folder's images: its layout and files, their decoding (into memory, or checked and
-streamed), the test split it lacks, and the ``normalize=auto`` statistics."""
+"""A folder's layout, files, decoding (in memory or streamed), test split and auto statistics."""
 
 from __future__ import annotations
 
@@ -22,12 +21,9 @@ from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 TEST_SPLIT_SEED = 0  # fixed: carving test images never depends on the run's seed
 Items = list[tuple[Path, int]]  # (image file, label)
 MAX_LISTED = 20
-#: normalize=auto: the training split's mean/std, cached in root under a key of its files and the
-#: split settings, so later runs, eval.py and predict.py normalise like training did
 STATS_CACHE = "imgcls_stats.json"
 Stats = dict[str, list[float]]  # {"mean": [...], "std": [...]}
 
@@ -37,24 +33,15 @@ def subdirs(folder: Path) -> list[str]:
 
 
 def find_layout(root: Path) -> tuple[list[str], dict[str, Path]]:
-    """The class names and the folders ``root`` gives (train always, val and test if present);
-    lists ``root`` and ``root/train`` only."""
+    """The class names and split folders (train always; val, test if present): two listings."""
     if not root.is_dir():
         raise UserError(
             f"data.root={root} does not exist or is not a folder; point data.root at a folder "
             "of class folders (<class>/*.jpg) or of train/ val/ test/ folders"
         )
     names, dirs = subdirs(root), {"train": root}
-    if "train" in names and set(names) <= {n for aliases in SPLIT_DIRS.values() for n in aliases}:
-        dirs = {}
-        for split, aliases in SPLIT_DIRS.items():
-            found = [name for name in names if name in aliases]
-            if len(found) > 1:
-                raise UserError(
-                    f"data.root={root} has several validation folders {found}; keep one"
-                )
-            if found:
-                dirs[split] = root / found[0]
+    if "train" in names and set(names) <= {"train", "val", "test"}:
+        dirs = {name: root / name for name in names}
     classes = subdirs(dirs["train"])
     if len(classes) < 2:
         raise UserError(
@@ -115,8 +102,7 @@ def decode_image(path: Path, channels: int, size: int, resize: str = "squash") -
 
 
 class FileImages:
-    """Streaming (``in_memory=false``): uint8 ``[N, C, S, S]`` images decoded on access (an int:
-    one image, a slice: a batch); an index tensor or mask gives a lazy subset."""
+    """Streamed uint8 ``[N, C, S, S]`` images: an int or slice decodes, an index or mask subsets."""
 
     dtype = torch.uint8
 
@@ -139,9 +125,7 @@ class FileImages:
 def read_splits(
     files: dict[str, Items], root: Path, args: tuple, in_memory: bool, on_bad_image: str, workers
 ) -> dict[str, tuple[Any, torch.Tensor]]:
-    """Every split as (images, labels), decoded or ``FileImages`` (headers checked); unreadable
-    images are listed once, then skipped or fatal (``on_bad_image``). ``args``: channels, size,
-    resize."""
+    """Every split as (decoded images or checked ``FileImages``, labels), bad images listed once."""
 
     def read_one(path: Path) -> torch.Tensor | Path | str:
         try:
@@ -208,8 +192,7 @@ def read_cached(root: Path, key: str) -> Stats | None:
 
 def write_cached(root: Path, key: str, stats: Stats) -> None:
     """Add ``stats`` under ``key`` to the cache (atomically); a read-only folder only logs."""
-    path, cache = root / STATS_CACHE, _cache(root)
-    cache[key] = stats
+    path, cache = root / STATS_CACHE, _cache(root) | {key: stats}
     try:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
@@ -219,8 +202,7 @@ def write_cached(root: Path, key: str, stats: Stats) -> None:
 
 
 def compute_stats(images: Any) -> Stats:
-    """Per-channel mean and std (in [0, 1] units) of uint8 ``[N, C, H, W]`` images (or
-    ``FileImages``), summed in float64 chunks."""
+    """Per-channel mean and std in [0, 1] units of uint8 images, summed in float64 chunks."""
     sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
     for start in range(0, len(images), 1024):
         chunk = images[start : start + 1024].double().div_(255.0)
