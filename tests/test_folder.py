@@ -166,6 +166,17 @@ def test_on_bad_image_error_lists_every_bad_file(tmp_path):
         make(root, on_bad_image="ignore")
 
 
+def test_a_class_without_readable_training_images_is_one_clear_error(tmp_path):
+    root = tmp_path / "pics"
+    for k, name in enumerate(["apple", "banana"]):
+        write_class_images(root / "train" / name, k, 4, seed=k)
+    (root / "train" / "cherry").mkdir()
+    for i in range(3):
+        (root / "train" / "cherry" / f"bad{i}.png").write_bytes(b"nope")
+    with pytest.raises(UserError, match=r"no readable training images for classes \['cherry'\]"):
+        make(root).setup()
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_refused(tmp_path, monkeypatch, caplog):
     root = write_flat_folder(tmp_path / "pics", n=8)

@@ -92,6 +92,12 @@ class FolderDataModule(ImageDataModule):
             self._decoded = read.read_splits(
                 self.files, root, args, hp.in_memory, hp.on_bad_image, workers
             )
+            trained = set(self._decoded["train"][1].tolist())
+            if missing := [c for i, c in enumerate(self.all_class_names) if i not in trained]:
+                raise UserError(
+                    f"data.root={root}: no readable training images for classes {missing}; "
+                    "add images to those class folders"
+                )
         return self._decoded[split]
 
     def load_val_split(self) -> Split | None:
