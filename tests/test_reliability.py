@@ -6,8 +6,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,46 +260,7 @@ def test_eval_refuses_data_of_another_shape(make_cfg, capsys, tmp_path: Path) ->
     assert "trained with num_classes=10" in line and "evaluation data has num_classes=3" in line
 
 
-@pytest.mark.slow
-def test_two_parallel_sweeps_started_together_keep_every_result(tmp_path: Path) -> None:
-    args = [
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "data=digits",
-        # two jobs a sweep (one joblib round, was two): both sweeps still write concurrently
-        "seed=1,2",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2",
-        "callbacks=none",
-        "logger=csv",
-        "extras.print_config=false",
-    ]
-    env = {**os.environ, "IMGCLS_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
-    env["OMP_NUM_THREADS"] = "1"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "train.py"), *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:
-        assert proc.wait(timeout=400) == 0, proc.stderr.read().decode()[-2000:]
-    sweeps = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
-    assert len(sweeps) == 2  # distinct sweep dirs, even when started in the same second
-    for sweep in sweeps:
-        jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-        assert [j.name for j in jobs] == ["0", "1"]
-        for job in jobs:
-            status = json.loads((job / "status.json").read_text())
-            assert status["status"] == "completed", status
-            assert json.loads((job / "metrics.json").read_text())["test/acc"] >= 0.0
+# two joblib sweeps started together: test_sweeps.py (with the grid sweep its tests share)
 
 
 # ------------------------------------------------------------------ val/acc_best across resumes
