@@ -74,21 +74,23 @@ def test_runs_started_in_the_same_second_get_distinct_dirs(monkeypatch, kind: st
     assert dirs[0] != dirs[1]
 
 
-@pytest.mark.slow
-def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
-    # callbacks=lean, logger=csv: the entry points are under test here; the default callbacks'
-    # output is checked by test_a_run_prints_a_short_config_and_no_noise
-    train = run_cli(
-        "train.py",
-        "data=digits",
-        "trainer.max_epochs=1",
-        "extras.print_config=false",
-        "callbacks=lean",
-        "logger=csv",
-        cwd=tmp_path,
-    )
+#: the one training run from the command line both tests below read (the default callbacks)
+TRAIN_ARGS = ["data=digits", "trainer.max_epochs=1", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def cli_train(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``python train.py data=digits trainer.max_epochs=1 logger=csv`` in a fresh root."""
+    root = tmp_path_factory.mktemp("cli")
+    train = run_cli("train.py", *TRAIN_ARGS, cwd=root)
     assert train.returncode == 0, train.stderr[-2000:]
-    (run,) = run_dirs(tmp_path)
+    return root, train
+
+
+@pytest.mark.slow
+def test_train_eval_predict_from_the_command_line(cli_train, tmp_path: Path) -> None:
+    root, _ = cli_train
+    (run,) = run_dirs(root)
     trained = json.loads((run / "metrics.json").read_text())
     assert trained["test/acc"] > 0.5
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -100,12 +102,12 @@ def test_train_eval_predict_from_the_command_line(tmp_path: Path) -> None:
         f"ckpt_path={run}",
         "extras.print_config=false",
         "extras.eval_report=false",
-        cwd=tmp_path,
+        cwd=root,
     )  # the report from eval.py: test_eval_report
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     (best,) = (run / "checkpoints").glob("epoch_*.ckpt")
     assert f"ckpt_path={run} is a directory: using its best checkpoint {best}" in evaluated.stdout
-    (eval_run,) = run_dirs(tmp_path, "eval")
+    (eval_run,) = run_dirs(root, "eval")
     eval_metrics = json.loads((eval_run / "metrics.json").read_text())
     assert eval_metrics["test/acc"] == pytest.approx(trained["test/acc"])  # the same checkpoint
     assert (eval_run / "eval.log").is_file() and (run / "train.log").is_file()  # the job names
@@ -232,27 +234,14 @@ def test_a_run_dir_as_ckpt_path_means_its_best_or_last_checkpoint(tmp_path: Path
     assert find_checkpoint(folder, prefer="last") == folder / "last.ckpt"
 
 
-def test_a_run_prints_a_short_config_and_no_noise(tmp_path: Path) -> None:
+def test_a_run_prints_a_short_config_and_no_noise(cli_train) -> None:
     """Groups and overrides instead of the whole tree, whole paths when piped, no tips, no FLOPs
     column, no colour codes in the output or in the run's log file."""
-    result = run_cli(
-        "train.py",
-        "data=digits",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "logger=csv",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    run = run_dirs(tmp_path)[0]
+    root, result = cli_train
+    run = run_dirs(root, "train")[0]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("config: ") and " data=digits " in lines[0]
-    assert lines[1] == (
-        "overrides: data=digits trainer.max_epochs=1 trainer.limit_train_batches=3 "
-        "trainer.limit_val_batches=1 trainer.limit_test_batches=1 logger=csv"
-    )
+    assert lines[1] == "overrides: data=digits trainer.max_epochs=1 logger=csv"
     assert lines[2].startswith(f"full config: {run}/config.yaml ")  # not cut at 80 columns
     assert "batch_size:" not in result.stdout  # the tree stays in config.yaml
     log_file = (run / "train.log").read_text()

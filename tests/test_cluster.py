@@ -168,10 +168,25 @@ def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_rerun_resumes(
     assert (tmp_path / "scontrol.args").read_text() == f"requeue {SLURM_JOB_ID}\n"
 
 
+#: the standard data path (a DataLoader, no workers); without class 2 the test split holds 325
+#: images, not divisible by 2 processes: a padding sampler would count one image twice; batches
+#: of 162: rank 0 tests 2, rank 1 one (test_reliability's DDP run: the in-memory path)
+STANDARD_UNEVEN = [
+    "data.classes=[0,1,3,4,5,6,7,8,9]",
+    "data.in_memory=false",
+    "data.num_workers=0",
+    "data.batch_size=162",
+]
+
+
 @pytest.mark.slow
 def test_two_nodes_train_as_one_run_with_single_process_metrics(tmp_path: Path) -> None:
+    """Also: ranks draw different random numbers (seed + rank) from the same train split, and
+    finish testing shards of unequal length (no collective paced by a rank's shard)."""
     run_dir = tmp_path / "run"
-    nodes = start_two_nodes(tmp_path, f"hydra.run.dir={run_dir}")
+    probe = ["+callbacks.probe._target_=tests.cluster_helpers.RankProbe"]
+    probe.append(f"+callbacks.probe.out={run_dir}")
+    nodes = start_two_nodes(tmp_path, f"hydra.run.dir={run_dir}", *STANDARD_UNEVEN, *probe)
     for node in nodes:
         assert node.returncode == 0, node.stderr[-3000:]
     logs = [node.stdout + node.stderr for node in nodes]
@@ -195,6 +210,11 @@ def test_two_nodes_train_as_one_run_with_single_process_metrics(tmp_path: Path) 
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == math.ceil(n_train // 2 / cfg.data.batch_size)
     assert last["global_step"] < math.ceil(n_train / cfg.data.batch_size)
+    assert last["global_step"] == 4  # ceil((1101 // 2) / 162)
+    ranks = [read_json(run_dir / f"rank{r}.json") for r in (0, 1)]
+    assert ranks[0]["rand"] != ranks[1]["rand"]
+    assert ranks[0]["train_labels"] == ranks[1]["train_labels"]
+    assert sorted(r["test_batches"] for r in ranks) == [1, 2]
 
     # the same weights in this one process give the synced validation and test metrics
     import pytorch_lightning as pl
@@ -206,6 +226,7 @@ def test_two_nodes_train_as_one_run_with_single_process_metrics(tmp_path: Path) 
     (val,) = trainer.validate(model, datamodule=datamodule, verbose=False)
     (test,) = trainer.test(model, datamodule=datamodule, verbose=False)
     assert val["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
+    assert test["test/acc"] < 1  # (a perfect score would hide a repeated image)
     assert test["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert test["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
 

@@ -6,8 +6,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +21,7 @@ from imgcls.train import build_trainer, run, train
 from imgcls.utils.checkpoint import AtomicCheckpointIO, read_checkpoint
 from imgcls.utils.errors import UserError
 
-from .conftest import compose_config, run_cli
+from .conftest import run_cli
 
 TINY = ["data=digits", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
 
@@ -185,54 +183,9 @@ def test_killed_run_resumes_in_its_own_dir(tmp_path: Path) -> None:
     assert len(val_steps) == 4 and len(set(val_steps)) == 4, (val_steps, epochs)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "standard"])
-def test_ddp_cpu_runs_once_with_global_batch_and_synced_metrics(tmp_path: Path, in_memory) -> None:
-    """One 2-process run: one run dir, the global batch, test metrics equal to one process's;
-    ranks draw different random numbers (seed + rank) from the same train split, and finish
-    testing shards of unequal length (no collective paced by a rank's shard)."""
-    # without class 2 the test split holds 325 images: not divisible by 2 processes, so a
-    # padding sampler would count one image twice; batches of 162: rank 0 tests 2, rank 1 one
-    classes = "data.classes=[0,1,3,4,5,6,7,8,9]"
-    common = ["data=digits", classes, "extras.print_config=false", "logger=csv", "callbacks=lean"]
-    data_path = [f"data.in_memory={in_memory}", "data.num_workers=0", "data.batch_size=162"]
-    probe = [f"+callbacks.probe._target_={__name__}.RankProbe", f"+callbacks.probe.out={tmp_path}"]
-    ddp = run_cli(
-        "train.py",
-        *common,
-        *data_path,
-        *probe,
-        "trainer=ddp_cpu",
-        "trainer.max_epochs=1",
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(REPO_ROOT)},  # the probe callback, in DDP's second process too
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one dir, not one per rank
-    assert ddp.stdout.count("run dir:") == 1  # logged once
-    ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
-    # data.batch_size is per process: 2 processes x 162 = global batch 324
-    csv_rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
-    header = csv_rows[0].split(",")
-    steps = [int(r.split(",")[header.index("step")]) for r in csv_rows[1:]]
-    assert max(steps) == 4  # global step after the epoch: ceil((1101 // 2) / 162) = 4
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["rand"] != ranks[1]["rand"]
-    assert ranks[0]["train_labels"] == ranks[1]["train_labels"]
-    assert sorted(r["test_batches"] for r in ranks) == [1, 2]
-
-    # test accuracy of the same checkpoint in one process equals the 2-process synced value
-    # (on the CPU too, where the DDP run was: a GPU's kernels may round differently)
-    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
-    # (on the data path stored in the checkpoint's config)
-    # in this process (eval.py's command line is tested in test_cli): saves a ~10 s subprocess
-    from imgcls.eval import run as eval_run
-
-    eval_dir = tmp_path / "eval"
-    eval_run(compose_config("eval", [f"ckpt_path={best}", "trainer.accelerator=cpu"], eval_dir))
-    single_metrics = json.loads((eval_dir / "metrics.json").read_text())
-    assert single_metrics["test/acc"] < 1  # (a perfect score would hide a repeated image)
-    assert single_metrics["test/acc"] == pytest.approx(ddp_metrics["test/acc"], abs=1e-6)
+# a 2-process run (one run dir, the global batch, rank seeds, one train split, uneven test
+# shards, metrics equal to one process's): test_combinations (in-memory data, trainer=ddp_cpu) and
+# test_cluster's two-node run (the standard DataLoader path)
 
 
 def test_eval_refuses_data_of_another_shape(make_cfg, capsys, tmp_path: Path) -> None:
@@ -262,46 +215,7 @@ def test_eval_refuses_data_of_another_shape(make_cfg, capsys, tmp_path: Path) ->
     assert "trained with num_classes=10" in line and "evaluation data has num_classes=3" in line
 
 
-@pytest.mark.slow
-def test_two_parallel_sweeps_started_together_keep_every_result(tmp_path: Path) -> None:
-    args = [
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "data=digits",
-        # two jobs a sweep (one joblib round, was two): both sweeps still write concurrently
-        "seed=1,2",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2",
-        "callbacks=none",
-        "logger=csv",
-        "extras.print_config=false",
-    ]
-    env = {**os.environ, "IMGCLS_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
-    env["OMP_NUM_THREADS"] = "1"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "train.py"), *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:
-        assert proc.wait(timeout=400) == 0, proc.stderr.read().decode()[-2000:]
-    sweeps = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
-    assert len(sweeps) == 2  # distinct sweep dirs, even when started in the same second
-    for sweep in sweeps:
-        jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-        assert [j.name for j in jobs] == ["0", "1"]
-        for job in jobs:
-            status = json.loads((job / "status.json").read_text())
-            assert status["status"] == "completed", status
-            assert json.loads((job / "metrics.json").read_text())["test/acc"] >= 0.0
+# two joblib sweeps started together: test_sweeps.py (with the grid sweep its tests share)
 
 
 # ------------------------------------------------------------------ val/acc_best across resumes
@@ -450,19 +364,3 @@ def test_class_weights_are_a_buffer_that_follows_the_module() -> None:
     assert "loss_weights" not in model.state_dict()  # resolved again by setup, not saved
     model.to("meta")  # stands in for a GPU: every buffer moves, plain attributes stay behind
     assert model.loss_weights.device.type == "meta"
-
-
-class RankProbe(pl.Callback):
-    """Test helper: each DDP process writes its random draws, its train split and how many test
-    batches it ran to ``<out>/rank<N>.json``."""
-
-    def __init__(self, out: str) -> None:
-        self.out, self.record = Path(out), {}
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        labels = trainer.datamodule.splits["train"][1]
-        self.record = {"rand": torch.rand(4).tolist(), "train_labels": labels.tolist()}
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.record["test_batches"] = trainer.num_test_batches[0]
-        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))

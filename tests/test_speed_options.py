@@ -60,6 +60,8 @@ def test_speed_experiments_run(make_cfg, fake_mnist, experiment) -> None:
             f"data.data_dir={fake_mnist}",
             "data.val_size=100",
             "trainer.fast_dev_run=true",
+            "data.batch_size=4",  # one batch each: any size does
+            "data.eval_batch_size=4",
         ],
     )
     assert torch.isfinite(torch.tensor(train(cfg)["train/loss"]))

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from imgcls.config import CONFIG_DIR, REPO_ROOT
 
-from .conftest import run_cli
+from .conftest import cli_env, run_cli
 
 MISSING = object()
 FAST = [
@@ -74,16 +74,78 @@ def report(*dirs: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((dirs[0] / "results.csv").open()))
 
 
+def start_sweep(root: Path, name: str, *args: str) -> subprocess.Popen:
+    """``train.py -m ...`` in ``root`` as a user starts it, without waiting for it; its output
+    goes to ``root/<name>.out`` and ``.err`` (files: a full pipe would stall it)."""
+    with (root / f"{name}.out").open("w") as out, (root / f"{name}.err").open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "train.py"), "-m", *args],
+            cwd=root,
+            env=cli_env(root),
+            stdout=out,
+            stderr=err,
+        )
+
+
+def finish(proc: subprocess.Popen, root: Path, name: str) -> subprocess.CompletedProcess:
+    try:
+        proc.wait(timeout=240)  # a hang fails the test, not the suite
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    stdout, stderr = ((root / f"{name}.{ext}").read_text() for ext in ("out", "err"))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+#: the sweep started in the same second as the grid (the load test of two parallel sweeps)
+PARTNER = ["seed=1,2"]
+
+
 @pytest.fixture(scope="module")
-def grid_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """2 x 2 grid on digits through the joblib launcher (2 jobs at a time); lr=-1 jobs fail."""
+def parallel_sweeps(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, Path]:
+    """Two joblib sweeps (2 jobs at a time each) started together in one root: a 2 x 2 grid on
+    digits whose lr=-1 jobs fail, and a sweep of two seeds whose jobs all complete."""
     root = tmp_path_factory.mktemp("grid")
-    result = run_cli(
-        "train.py", "-m", *FAST, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=root
-    )
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    procs = {
+        "grid": start_sweep(root, "grid", *FAST, *GRID, *joblib),
+        "partner": start_sweep(root, "partner", *FAST, *PARTNER, *joblib),
+    }
+    result, partner = (finish(proc, root, name) for name, proc in procs.items())
     assert result.returncode == 1, result.stderr[-3000:]  # two jobs failed
-    (sweep_dir,) = multirun_dirs(root)
+    assert partner.returncode == 0, partner.stderr[-3000:]
+    (sweep_dir,) = [d for d in multirun_dirs(root) if GRID[0] in task_overrides(d)]
+    (partner_dir,) = [d for d in multirun_dirs(root) if PARTNER[0] in task_overrides(d)]
+    return sweep_dir, result, partner_dir
+
+
+def task_overrides(sweep_dir: Path) -> list[str]:
+    return yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(parallel_sweeps) -> tuple[Path, subprocess.CompletedProcess]:
+    """The 2 x 2 grid through the joblib launcher (2 jobs at a time); lr=-1 jobs fail."""
+    sweep_dir, result, _ = parallel_sweeps
     return sweep_dir, result
+
+
+def test_two_parallel_sweeps_started_together_keep_every_result(parallel_sweeps) -> None:
+    sweep_dir, _, partner_dir = parallel_sweeps
+    root = sweep_dir.parents[3]
+    # distinct sweep dirs, even when started in the same second
+    assert len(multirun_dirs(root)) == 2
+    jobs = sorted(p for p in partner_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job in jobs:
+        status = json.loads((job / "status.json").read_text())
+        assert status["status"] == "completed", status
+        assert json.loads((job / "metrics.json").read_text())["test/acc"] >= 0.0
+    # the grid's jobs: each recorded (test_failing_jobs_are_recorded_and_the_sweep_goes_on)
+    grid_jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in grid_jobs] == ["0", "1", "2", "3"]
+    for job in grid_jobs[:2]:  # lr=0.01: completed, with their metrics
+        assert json.loads((job / "metrics.json").read_text())["test/acc"] >= 0.0
 
 
 def test_grid_sweep_with_joblib_gives_one_run_dir_per_job(grid_sweep) -> None:

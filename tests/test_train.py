@@ -31,6 +31,7 @@ OPTIONAL_LOGGERS = {
 @pytest.mark.parametrize("data", ["mnist", "digits"])
 def test_fast_dev_run_every_model_on_every_builtin_dataset(make_cfg, fake_mnist, model, data):
     overrides = [f"model={model}", f"data={data}", "trainer.fast_dev_run=true"]
+    overrides += ["data.batch_size=4", "data.eval_batch_size=4"]  # one batch each: any size does
     if data == "mnist":
         overrides += [f"data.data_dir={fake_mnist}", "data.val_size=100"]
     metrics = train(make_cfg("train", overrides))
