@@ -37,7 +37,6 @@ from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # Hydra writes it when the job starts
 CONFIG_FILE, STATUS_FILE, METRICS_FILE = "config.yaml", "status.json", "metrics.json"
 ERROR_FILE, CHECKPOINT_DIR, REQUEUED = "traceback.txt", "checkpoints", "requeued"
 #: logged when the training loop starts: from here on a signal saves a resumable checkpoint
@@ -53,13 +52,6 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def exists(self) -> bool:
-        return (self.path / OVERRIDES_FILE).is_file() or (self.path / CONFIG_FILE).is_file()
-
-    def overrides(self) -> list[str]:
-        path = self.path / OVERRIDES_FILE
-        return [str(o) for o in (yaml.safe_load(path.read_text()) if path.is_file() else [])]
-
     def config(self) -> dict[str, Any]:
         """The resolved config (empty when missing or unreadable)."""
         with contextlib.suppress(OSError, yaml.YAMLError):
@@ -69,29 +61,6 @@ class RunDir:
 
     def status(self) -> dict[str, Any]:
         return runs.read_json(self.path / STATUS_FILE)
-
-    def metrics(self) -> dict[str, Any]:
-        return runs.read_json(self.path / METRICS_FILE) or self.status().get("metrics") or {}
-
-    def started_at_file_time(self) -> float:
-        """When Hydra started the job (its overrides file's time; 0: never)."""
-        path = self.path / OVERRIDES_FILE
-        return path.stat().st_mtime if path.is_file() else 0.0
-
-    def wall_time(self) -> float | None:
-        """Seconds the run took (so far, if running): from the status times, else file times."""
-        status = self.status()
-        start, end = status.get("started_at"), status.get("finished_at")
-        if start is None:
-            ends = [self.path / n for n in (STATUS_FILE, METRICS_FILE) if (self.path / n).is_file()]
-            start = self.started_at_file_time() or None
-            end = max(p.stat().st_mtime for p in ends) if ends and start else None
-        end = time.time() if status.get("status") == "running" and start else end
-        return end - start if end is not None and end >= start else None
-
-    def latest_checkpoint(self) -> Path | None:
-        """The newest state: ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>``."""
-        return latest_checkpoint(self.path)
 
     def write_config(self, config: Any) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -110,19 +79,6 @@ class RunDir:
 
 def run_dir(cfg: DictConfig) -> RunDir:  # paths.output_dir
     return RunDir(cfg.paths.output_dir)
-
-
-def find_run_dirs(roots: Iterable[Path]) -> list[RunDir]:
-    """Every run dir at or below ``roots`` (none inside another), ``2`` before ``10``."""
-    found = set()
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise NotADirectoryError(f"{root} is not a directory")
-        for current, dirs, _ in os.walk(root):
-            is_run = RunDir(current).exists()
-            found |= {Path(current).resolve()} if is_run else set()
-            dirs[:] = [] if is_run else [d for d in dirs if not d.startswith(".")]
-    return [RunDir(p) for p in sorted(found, key=runs.natural_key)]
 
 
 def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> DictConfig:
@@ -156,7 +112,7 @@ def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> 
                 "optimizer steps; start a new run from its weights with init_from=<run dir>"
             )
         OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
-    if (latest := run.latest_checkpoint()) is None:
+    if (latest := latest_checkpoint(run.path)) is None:
         log.warning(f"{run.path} has no checkpoint yet: starting that run again")
     cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
     return cfg
@@ -280,7 +236,7 @@ def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
         raise
     except SIGTERMException:
         name = stop.signal_name or "SIGTERM"
-        saved = stop.saved or run.latest_checkpoint()
+        saved = stop.saved or latest_checkpoint(run.path)
         checkpoint = str(saved) if saved else None
         # Lightning's SLURM requeue (SIGUSR1) saved an hpc_ckpt_<n>; then SLURM stopped the job
         requeued = [p for p in run.path.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= started]

@@ -26,6 +26,7 @@ from imgcls.utils.checkpoint import (
     check_something_to_train,
     find_checkpoint,
     init_weights,
+    latest_checkpoint,
     read_checkpoint,
 )
 from imgcls.utils.devices import apply_gpus, apply_matmul_precision
@@ -41,8 +42,7 @@ SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary"
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """The Trainer of ``cfg.trainer``, ``trainer.gpus`` (0 = CPU, N GPUs, -1 = all) mapped onto
-    accelerator/devices, under SLURM with Lightning's requeue on SIGUSR1."""
+    """``cfg.trainer`` with ``trainer.gpus`` mapped; under SLURM, Lightning's requeue on SIGUSR1."""
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
     trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
     given = {o.key for o in runs.parse_overrides(run_overrides())}
@@ -60,9 +60,11 @@ def run_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """The run's key hyperparameters plus every key its overrides set (what a sweep varies); an
-    override's value is read back from the config (``0.01`` stays a number), a group as given."""
+def log_hparams_with_metrics(
+    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
+) -> None:
+    """The key hyperparameters, every key the overrides set (read back from the config: ``0.01``
+    stays a number; a group as given) and provenance, with the real final metrics."""
     params: dict[str, Any] = {
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "net": cfg.model.net._target_.rsplit(".", 1)[-1],
@@ -74,19 +76,12 @@ def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "tags": ",".join(map(str, cfg.get("tags") or [])),
     }
     for key, given, deletes in runs.parse_overrides(overrides):
-        if deletes or given is None or key.split(".")[0].split("/")[0] in NOT_HYPERPARAMETERS:
+        if deletes or key.split(".")[0].split("/")[0] in NOT_HYPERPARAMETERS:
             continue
         value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
         # a group picked with a dot key (data=digits), or a list: as given
         params[key] = value if isinstance(value, (int, float, str, bool)) else given
-    return params
-
-
-def log_hparams_with_metrics(
-    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
-) -> None:
-    """Write the run's hyperparameters with its real final metrics (TensorBoard hparams tab)."""
-    params = {**hyperparameters(cfg, overrides), **provenance.hparams(cfg.paths.output_dir)}
+    params |= provenance.hparams(cfg.paths.output_dir)
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -130,22 +125,12 @@ def log_start(ckpt_path: str | Path, run: lifecycle.RunDir) -> bool:
     if source.is_relative_to(run.path.resolve()):  # checkpoints/ or a requeue's hpc_ckpt_<n>
         log.info(f"continuing {run.path} from {source}")
         return True
-    origin = lifecycle.RunDir(source.parent.parent)
-    known = source.parent.name == lifecycle.CHECKPOINT_DIR and origin.exists()
-    hint = (
-        f" (resume={origin.path} would continue that run in its own dir instead)" if known else ""
-    )
+    origin = source.parent.parent  # resume= needs its config.yaml
+    in_checkpoints = source.parent.name == lifecycle.CHECKPOINT_DIR
+    known = in_checkpoints and (origin / lifecycle.CONFIG_FILE).is_file()
+    hint = f" (resume={origin} would continue that run in its own dir instead)" if known else ""
     log.info(f"ckpt_path={source}: a new run in {run.path}, starting from that checkpoint{hint}")
     return False
-
-
-def rerun_config(old: Path, output_dir: str) -> DictConfig:
-    """``rerun=<run dir>``: that run's saved, resolved config, writing to this new run dir."""
-    if not (saved := lifecycle.RunDir(old).config()):
-        raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
-    log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
-    moved = runs.relocated(saved, output_dir)  # the old run's paths (checkpoints, logs) move too
-    return OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
 
 
 class ForgetRestoredBest(pl.Callback):
@@ -229,38 +214,33 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
 
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
-    if trainer.is_global_zero:
-        sources = metric_sources(metrics, trainer.current_epoch - 1, best, run.path)
+    if trainer.is_global_zero:  # where each final metric comes from
+        best_file = {"checkpoint": os.path.relpath(best, run.path)} if best else {}
+        last = {"from": "last epoch", "epoch": trainer.current_epoch - 1}
+        tested = {"from": "best checkpoint", **best_file} if best else last
+        best_epoch = {"from": "best epoch", **best_file}
+        sources = {
+            k: best_epoch if k == "val/acc_best" else tested if k.startswith("test/") else last
+            for k in metrics
+        }
         run.write_metrics({**metrics, "sources": sources})
     return metrics
 
 
-def metric_sources(
-    metrics: dict[str, float], last_epoch: int, best: str, run_path: Path
-) -> dict[str, dict[str, Any]]:
-    """Where each final metric comes from: the last epoch (train/val), the best epoch
-    (``val/acc_best``) or the checkpoint that was tested (``test/*``)."""
-    best_file = {"checkpoint": os.path.relpath(best, run_path)} if best else {}
-    last = {"from": "last epoch", "epoch": last_epoch}
-    tested = {"from": "best checkpoint", **best_file} if best else last
-    best_epoch = {"from": "best epoch", **best_file}
-    return {
-        name: best_epoch if name == "val/acc_best" else tested if name.startswith("test/") else last
-        for name in metrics
-    }
-
-
 @runs.report_errors
 def run(cfg: DictConfig) -> float | None:
-    """Hydra task: train, log the best val/acc and the run dir, return ``optimized_metric``. With
-    ``resume=true`` (a sweep run again) a completed job reports its recorded metrics and an
-    unfinished one, like a job SLURM ``requeued``, continues from its newest checkpoint."""
+    """Hydra task: train, log the best val/acc and the run dir, return ``optimized_metric``; with
+    ``resume=true`` a completed job is skipped and an unfinished (or requeued) one continues."""
     runs.apply_extras(cfg)
     if isinstance(cfg.get("resume"), str):  # resume=<run dir>: Hydra runs in that dir already
         cfg = lifecycle.resumed_config(cfg.resume, cfg, run_overrides())
     rerun_of = Path(cfg.rerun).resolve() if cfg.get("rerun") else None
-    if rerun_of is not None:
-        cfg = rerun_config(rerun_of, cfg.paths.output_dir)
+    if rerun_of is not None:  # that run's saved, resolved config, in this new run dir
+        if not (saved := lifecycle.RunDir(rerun_of).config()):
+            raise UserError(f"rerun={rerun_of} is not a run dir (no readable config.yaml in it)")
+        log.info(f"rerun={rerun_of}: its config, in a new run dir {cfg.paths.output_dir}")
+        moved = runs.relocated(saved, cfg.paths.output_dir)  # its checkpoints, logs: here
+        cfg = OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
     run_here = lifecycle.run_dir(cfg)
     status = run_here.status()
     if cfg.get("resume") is True and status.get("status") == "completed":
@@ -269,7 +249,7 @@ def run(cfg: DictConfig) -> float | None:
     else:
         resuming = cfg.get("resume") is True or status.get("status") == lifecycle.REQUEUED
         if resuming and not cfg.get("ckpt_path"):  # stopped part-way: from its newest state
-            cfg.ckpt_path = str(last) if (last := run_here.latest_checkpoint()) else None
+            cfg.ckpt_path = str(last) if (last := latest_checkpoint(run_here.path)) else None
         tags = list(cfg.get("tags") or [])
         if rank_zero_only.rank == 0:
             run_here.write_status("running", tags=tags)

@@ -1,6 +1,5 @@
-"""Checkpoint files: which one of a run dir to read, atomic writes, ``weights_only`` reads with one
-clear error, what an imgcls checkpoint carries, its weights (``init_from=``) and the model and data
-rebuilt from it."""
+"""Checkpoint files: which one of a run dir, ``weights_only`` reads, atomic writes, ``init_from=``
+weights, and the model and data rebuilt from one."""
 
 from __future__ import annotations
 
@@ -65,8 +64,7 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
-    """Load with ``weights_only=True`` (no code runs); one clear error if unusable. ``mmap=True``
-    maps the tensors instead of reading them: a cheap check of a file read in full later."""
+    """Load with ``weights_only=True`` (no code runs); one clear error if unusable."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -110,9 +108,7 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> None:
-    """``init_from=<ckpt or run dir>``: the network's weights only (no optimizer, schedule or
-    epoch); a tensor of another shape (a head for other classes) is refused, or kept as it was
-    initialised with ``init_from_reset_head=true``."""
+    """``init_from=``: the network's weights only; other shapes refused unless ``reset_head``."""
     source = find_checkpoint(source)
     state = read_checkpoint(source)["state_dict"]
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
@@ -136,8 +132,6 @@ def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> No
 
 
 class Restored(NamedTuple):
-    """A trained model with the data set-up it was trained with, rebuilt from its checkpoint."""
-
     model: Any  # the LightningModule, weights loaded
     datamodule: Any  # not set up: preprocessing works at once, data loads on setup()
     config: dict[str, Any]  # the resolved training config
@@ -173,8 +167,7 @@ def store_temperature(path: str | Path, temperature: float) -> Path:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint goes to a temporary file beside it, then is renamed into place: a kill
-    during a save leaves the previous one intact. Loads are ``weights_only``: no code runs."""
+    """Saved to a temporary file beside the checkpoint, renamed into place; loads weights_only."""
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         path = Path(path)

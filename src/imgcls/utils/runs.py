@@ -33,21 +33,15 @@ LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken
 
 
 class Override(NamedTuple):
-    """One ``key=value`` command-line override (``deletes``: ``~key``)."""
-
     key: str
-    value: str | None
-    deletes: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> Override:
-        head, sep, value = str(text).partition("=")
-        return cls(head.lstrip("+~"), value if sep else None, head.startswith("~"))
+    value: str
+    deletes: bool  # ~key=value
 
 
 def parse_overrides(args: Iterable[str]) -> list[Override]:
     """The ``key=value`` arguments of a command line (flags such as ``-m`` left out)."""
-    return [Override.parse(a) for a in args if "=" in a and not a.startswith("-")]
+    pairs = [str(a).partition("=")[::2] for a in args if "=" in a and not a.startswith("-")]
+    return [Override(key.lstrip("+~"), value, key.startswith("~")) for key, value in pairs]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -82,11 +76,6 @@ def relocated(config: Any, new_dir: Path | str) -> Any:
     return moved(config)
 
 
-def natural_key(path: Path) -> list[Any]:
-    """``2`` before ``10``: numbers in names compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -111,14 +100,6 @@ def apply_extras(cfg: Any = None) -> None:
         logging.getLogger(name).addFilter(no_tips)  # once: addFilter skips one already there
     if rank_zero_only.rank != 0:
         logging.getLogger("imgcls").setLevel(logging.WARNING)
-
-
-def user_facing(err: BaseException) -> BaseException:
-    """The UserError behind Hydra's instantiate/interpolation wrappers, else ``err`` itself."""
-    seen: BaseException | None = err
-    while seen is not None and not isinstance(seen, (UserError, MisconfigurationException)):
-        seen = seen.__cause__ or seen.__context__
-    return seen or err
 
 
 def one_line(err: BaseException) -> str:
@@ -148,9 +129,12 @@ def lost_process_error(err: BaseException) -> UserError | None:
 
 def describe(raised: BaseException) -> tuple[str, bool]:
     """An error as one line, and whether it is an expected one (a mistake the user can fix)."""
-    err = lost_process_error(raised) or user_facing(raised)
-    expected = isinstance(err, (UserError, MisconfigurationException))
-    return (one_line(err) if expected else f"{type(err).__name__}: {one_line(err)}"), expected
+    err: BaseException | None = lost_process_error(raised) or raised
+    while err is not None and not isinstance(err, (UserError, MisconfigurationException)):
+        err = err.__cause__ or err.__context__  # behind Hydra's instantiate/resolver wrappers
+    if err is None:
+        return f"{type(raised).__name__}: {one_line(raised)}", False
+    return one_line(err), True
 
 
 def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
