@@ -62,10 +62,6 @@ class RunDir:
     def status(self) -> dict[str, Any]:
         return runs.read_json(self.path / STATUS_FILE)
 
-    def write_config(self, config: Any) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         runs.write_json(self.path / METRICS_FILE, metrics)
 
@@ -157,8 +153,7 @@ class Randomness(pl.Callback):
             torch.set_rng_state(state["torch"])
             keys, *rest = state["numpy"]
             np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), *rest))
-            version, internal, gauss_next = state["python"]
-            random.setstate((version, tuple(internal), gauss_next))
+            random.setstate(state["python"])
 
 
 class StopOnSignal(OnExceptionCheckpoint):
@@ -205,22 +200,10 @@ class StopOnSignal(OnExceptionCheckpoint):
         self.where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
 
 
-def resume_command(run: RunDir) -> str:
-    """The command that continues this run (or, in a sweep, every unfinished job)."""
-    script = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "train.py"
-    if not runs.is_multirun():
-        return f"python {script} resume={shlex.quote(str(run.path))}"
-    skip = ("hydra.sweep.dir=", "resume=", "-m", "--multirun")
-    kept = shlex.join(a for a in sys.argv[1:] if not a.startswith(skip))
-    sweep_dir = shlex.quote(str(HydraConfig.get().sweep.dir))
-    return f"python {script} -m {kept} resume=true hydra.sweep.dir={sweep_dir}"
-
-
 @contextlib.contextmanager
 def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
-    """A stop by a signal becomes ``status.json``'s ``interrupted`` (with the command that
-    continues the run) or ``requeued`` (SLURM), one line, and exit 130 (SIGINT) or 143 (SIGTERM);
-    a plain ``KeyboardInterrupt`` is ``interrupted`` without a checkpoint. Rank 0 writes."""
+    """A signal: ``status.json`` says ``interrupted`` (with the command that continues the run) or
+    ``requeued`` (SLURM), one line, exit 130 or 143; a failure: ``failed`` and its traceback."""
     run, writes, started = run_dir(cfg), rank_zero_only.rank == 0, time.time()
     stop = stop or StopOnSignal(run.path)
     try:
@@ -245,8 +228,14 @@ def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
             if writes:
                 run.write_status(REQUEUED, checkpoint=checkpoint, **details)
             print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
-        else:
-            command = resume_command(run)
+        else:  # the command that continues this run (in a sweep: every unfinished job)
+            script = shlex.quote(sys.argv[0]) if sys.argv[0].endswith(".py") else "train.py"
+            command = f"python {script} resume={shlex.quote(str(run.path))}"
+            if runs.is_multirun():
+                skip = ("hydra.sweep.dir=", "resume=", "-m", "--multirun")
+                kept = shlex.join(a for a in sys.argv[1:] if not a.startswith(skip))
+                sweep = shlex.quote(str(HydraConfig.get().sweep.dir))
+                command = f"python {script} -m {kept} resume=true hydra.sweep.dir={sweep}"
             if writes:
                 run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
             saved_text = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -194,7 +194,8 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     loggers = runs.instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     if trainer.is_global_zero:
-        run.write_config(resolved)
+        run.path.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(resolved, run.path / lifecycle.CONFIG_FILE)
 
     if cfg.train:
         with warnings.catch_warnings():
@@ -204,8 +205,8 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
         if not trainer.callback_metrics:  # nothing trained (resumed after its last epoch, say
             trainer.validate(model, datamodule=datamodule, verbose=False)  # Ctrl-C in testing)
     metrics = runs.to_floats(trainer.callback_metrics)
-    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    best = next((c.best_model_path for c in monitored if c.monitor), "")
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    best = next((c.best_model_path for c in monitored), "")
     if cfg.test:
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")

@@ -167,7 +167,7 @@ def store_temperature(path: str | Path, temperature: float) -> Path:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saved to a temporary file beside the checkpoint, renamed into place; loads weights_only."""
+    """Saved to a temporary file beside the checkpoint, then renamed into place."""
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         path = Path(path)
@@ -179,10 +179,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             temporary.replace(path)
         finally:
             temporary.unlink(missing_ok=True)
-
-    def load_checkpoint(
-        self, path: Any, map_location: Any = None, weights_only: Any = None
-    ) -> dict:
-        if weights_only is False:  # the caller explicitly trusts this file
-            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
-        return read_checkpoint(path, map_location=map_location)
