@@ -1,5 +1,4 @@
-"""A run's life cycle: its dir (config, status, metrics, traceback, checkpoints), ``resume=``,
-what checkpoints carry (config, RNG states), Ctrl-C/SIGTERM, SLURM requeues and failures."""
+"""A run's life cycle: its dir, ``resume=``, what checkpoints carry, signals, requeues, failures."""
 
 from __future__ import annotations
 
@@ -65,6 +64,7 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         runs.write_json(self.path / METRICS_FILE, metrics)
 
+    @rank_zero_only
     def write_status(self, status: str, **details: Any) -> None:
         """``running`` / ``completed`` / ``failed`` / ``interrupted`` / ``requeued``, timed."""
         now = time.time()
@@ -78,8 +78,7 @@ def run_dir(cfg: DictConfig) -> RunDir:  # paths.output_dir
 
 
 def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> DictConfig:
-    """``resume=<run dir>``: its saved config in its own (maybe moved) dir, from its newest
-    checkpoint; values given now (read from ``given``, this command's config) win."""
+    """``resume=<run dir>``: its saved config, moved, from its newest checkpoint; ``given`` wins."""
     run = RunDir(Path(target).expanduser().resolve())
     if not (saved := run.config()):
         raise UserError(
@@ -126,8 +125,7 @@ class RunInfo(pl.Callback):
 
 
 class Randomness(pl.Callback):
-    """Under DDP, ranks reseed with ``seed + rank`` after the data split (different augmentation);
-    checkpoints carry the torch, numpy and Python RNG states: a resumed run continues them."""
+    """DDP ranks reseed with ``seed + rank`` after the data split; checkpoints carry RNG states."""
 
     def __init__(self, seed: int) -> None:
         self.seed, self.restored = seed, None
@@ -157,8 +155,7 @@ class Randomness(pl.Callback):
 
 
 class StopOnSignal(OnExceptionCheckpoint):
-    """Ctrl-C or SIGTERM: Lightning raises ``SIGTERMException`` after the batch (in every process)
-    and ``last.ckpt`` is saved; not while testing (the module holds the best weights)."""
+    """Ctrl-C or SIGTERM: ``last.ckpt`` after the batch (Lightning's ``SIGTERMException``)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__(Path(run_dir) / CHECKPOINT_DIR, "last")
@@ -204,17 +201,16 @@ class StopOnSignal(OnExceptionCheckpoint):
 def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
     """A signal: ``status.json`` says ``interrupted`` (with the command that continues the run) or
     ``requeued`` (SLURM), one line, exit 130 or 143; a failure: ``failed`` and its traceback."""
-    run, writes, started = run_dir(cfg), rank_zero_only.rank == 0, time.time()
+    run, started = run_dir(cfg), time.time()
     stop = stop or StopOnSignal(run.path)
     try:
         yield
     except KeyboardInterrupt:
-        if writes:
-            run.write_status("interrupted", signal="SIGINT", checkpoint=None)
+        run.write_status("interrupted", signal="SIGINT", checkpoint=None)
         raise
     except Exception as err:  # a sweep's job: recorded, the sweep goes on (runs.report_errors)
-        if writes:
-            run.write_status("failed", error=runs.describe(err)[0])
+        run.write_status("failed", error=runs.describe(err)[0])
+        if rank_zero_only.rank == 0:
             (run.path / ERROR_FILE).write_text(traceback.format_exc())
         raise
     except SIGTERMException:
@@ -224,9 +220,8 @@ def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
         # Lightning's SLURM requeue (SIGUSR1) saved an hpc_ckpt_<n>; then SLURM stopped the job
         requeued = [p for p in run.path.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= started]
         if SLURMEnvironment.detect() and requeued:
-            details = {"signal": "SIGUSR1", "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-            if writes:
-                run.write_status(REQUEUED, checkpoint=checkpoint, **details)
+            job = os.environ.get("SLURM_JOB_ID")
+            run.write_status(REQUEUED, checkpoint=checkpoint, signal="SIGUSR1", slurm_job_id=job)
             print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
         else:  # the command that continues this run (in a sweep: every unfinished job)
             script = shlex.quote(sys.argv[0]) if sys.argv[0].endswith(".py") else "train.py"
@@ -236,8 +231,7 @@ def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
                 kept = shlex.join(a for a in sys.argv[1:] if not a.startswith(skip))
                 sweep = shlex.quote(str(HydraConfig.get().sweep.dir))
                 command = f"python {script} -m {kept} resume=true hydra.sweep.dir={sweep}"
-            if writes:
-                run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
+            run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
             saved_text = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"
             message = f"interrupted by {name} {stop.where}: {saved_text}; continue with: {command}"
             print(message, file=sys.stderr, flush=True)

@@ -63,8 +63,7 @@ def run_overrides() -> list[str]:
 def log_hparams_with_metrics(
     loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
 ) -> None:
-    """The key hyperparameters, every key the overrides set (read back from the config: ``0.01``
-    stays a number; a group as given) and provenance, with the real final metrics."""
+    """Key hyperparameters, every key the overrides set, provenance, with the final metrics."""
     params: dict[str, Any] = {
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "net": cfg.model.net._target_.rsplit(".", 1)[-1],
@@ -91,22 +90,8 @@ def log_hparams_with_metrics(
             logger.log_metrics(hp_metrics)
 
 
-def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
-    """Before training: ``optimized_metric`` must be one this run's module logs (a module that
-    declares no ``logged_metrics`` is checked after the run)."""
-    name, declared = cfg.get("optimized_metric"), getattr(model, "logged_metrics", None)
-    stages = ({"train", "val"} if cfg.get("train") else set()) | ({"test"} if cfg.test else set())
-    available = sorted(m for m in declared or () if m.split("/", 1)[0] in stages)
-    if name and declared and name not in available:
-        raise UserError(
-            f"optimized_metric={name} is not a metric this run logs; "
-            f"available: {', '.join(available) or 'none (train=false test=false)'}"
-        )
-
-
 def ensure_seed(cfg: DictConfig) -> int:
-    """Seed everything with ``cfg.seed``; ``seed=null`` draws one (recorded in ``cfg``) on rank 0,
-    and the DDP ranks Lightning starts read it from the environment Lightning's seeding set."""
+    """Seed everything; ``seed=null``: rank 0 draws one, the ranks Lightning starts read it."""
     if cfg.get("seed") is None:
         if rank_zero_only.rank != 0 and "PL_GLOBAL_SEED" not in os.environ:
             raise UserError(
@@ -177,8 +162,15 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     if cfg.get("init_from") and cfg.get("ckpt_path"):
         raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")
     datamodule, model = build(cfg)
-    if not tunes_only(cfg):
-        check_optimized_metric(cfg, model)
+    # optimized_metric, before training (a module declaring no logged_metrics: after the run)
+    name, declared = cfg.get("optimized_metric"), getattr(model, "logged_metrics", None)
+    stages = ({"train", "val"} if cfg.get("train") else set()) | ({"test"} if cfg.test else set())
+    available = sorted(m for m in declared or () if m.split("/", 1)[0] in stages)
+    if name and declared and name not in available and not tunes_only(cfg):
+        raise UserError(
+            f"optimized_metric={name} is not a metric this run logs; "
+            f"available: {', '.join(available) or 'none (train=false test=false)'}"
+        )
     if cfg.get("tune"):  # (init_from's weights are tuned, not random ones)
         tuned = run_tuner(cfg, model, datamodule, lambda **kw: build_trainer(cfg, **kw))
         if tunes_only(cfg):
@@ -252,13 +244,11 @@ def run(cfg: DictConfig) -> float | None:
         if resuming and not cfg.get("ckpt_path"):  # stopped part-way: from its newest state
             cfg.ckpt_path = str(last) if (last := latest_checkpoint(run_here.path)) else None
         tags = list(cfg.get("tags") or [])
-        if rank_zero_only.rank == 0:
-            run_here.write_status("running", tags=tags)
+        run_here.write_status("running", tags=tags)  # rank 0
         stop = lifecycle.StopOnSignal(run_here.path)
         with lifecycle.interruptible(cfg, stop):
             metrics = train(cfg, stop)
-        if rank_zero_only.rank == 0:
-            run_here.write_status("completed", metrics=metrics, tags=tags)
+        run_here.write_status("completed", metrics=metrics, tags=tags)
     if "val/acc_best" in metrics:  # the test metrics: in the table trainer.test printed
         log.info(f"val/acc_best: {metrics['val/acc_best']:.4f}")
     log.info(f"run dir: {run_here.path}")

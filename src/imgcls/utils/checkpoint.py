@@ -39,8 +39,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """``path`` itself, or of a run dir (or its ``checkpoints/``) the ``best`` (``epoch_*.ckpt``,
-    top ``val/acc``) or ``last`` (newest) checkpoint: the other kind when that one is absent."""
+    """``path``, or a run dir's ``best`` or ``last`` checkpoint (the other when one is absent)."""
     path = Path(path)
     if not path.is_dir():
         return path
@@ -140,15 +139,13 @@ class Restored(NamedTuple):
 
 
 def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) -> Restored:
-    """The model and datamodule of a checkpoint (a run dir: its best); ``data_override`` is a
-    whole data config (another dataset) or keys merged into the stored one."""
+    """A checkpoint's model and datamodule; ``data_override``: a data config or keys merged in."""
     checkpoint = read_checkpoint(find_checkpoint(path))
     config, info = stored_config(checkpoint), checkpoint[RUN_INFO_KEY]
-    data_cfg = OmegaConf.create(config["data"])
     if data_override and "_target_" in data_override:
         data_cfg = data_override  # as composed: its interpolations (${seed}) resolve in its root
-    elif data_override:
-        data_cfg = OmegaConf.merge(data_cfg, data_override)
+    else:
+        data_cfg = OmegaConf.merge(config["data"], data_override or {})
     datamodule = instantiate(data_cfg)
     # Lightning saves the datamodule's state under its class name: another dataset gets none
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__) or {})

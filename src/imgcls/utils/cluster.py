@@ -1,5 +1,4 @@
-"""Clusters, before any training (no torch: the CLI and the config resolvers use it first): the
-``hydra/launcher=slurm`` sizes, and one shared run dir for the processes SLURM or torchrun start."""
+"""``hydra/launcher=slurm`` sizes and one shared run dir for SLURM/torchrun (no torch here)."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ def slurm_gpus_per_node(trainer: DictConfig, gpus: int | None = None) -> int | N
 
 
 def unshared_run_dir(args: Sequence[str]) -> str | None:
-    """Each process SLURM (``srun``) or torchrun starts composes its own config, with a run dir of
-    its own time and id: a single run (not ``-m``) needs ``hydra.run.dir`` given to each."""
+    """Processes SLURM or torchrun start each compose a run dir: they need one ``hydra.run.dir``."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     else:  # as Lightning's SLURMEnvironment.detect(): an interactive allocation is no launch

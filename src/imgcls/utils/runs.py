@@ -1,5 +1,4 @@
-"""Plumbing the entry points share: command-line overrides, atomic JSON files, config paths moved
-with their run dir, Hydra's run mode, instantiated lists, one-line errors, quieter logs."""
+"""Plumbing the entry points share: overrides, atomic JSON, relocated configs, one-line errors."""
 
 from __future__ import annotations
 
@@ -111,8 +110,7 @@ def one_line(err: BaseException) -> str:
 
 
 def lost_process_error(err: BaseException) -> UserError | None:
-    """In a distributed run, the error a process gets when another one died or hung, as one line
-    (noticed at the next collective, or after the strategy's ``timeout``: 30 min)."""
+    """In a distributed run, the error a process gets when another one died or hung, one line."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
     text = str(err)
@@ -138,8 +136,7 @@ def describe(raised: BaseException) -> tuple[str, bool]:
 
 
 def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """An expected failure becomes one line and exit code 2 instead of a traceback; in a sweep a
-    failed job returns NaN and the sweep goes on (for Optuna: a failed trial)."""
+    """An expected failure: one line and exit 2; in a sweep a failed job returns NaN."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
