@@ -311,14 +311,14 @@ def test_slurm_launcher_refuses_a_job_it_cannot_size_in_one_line(tmp_path: Path,
     from hydra import compose, initialize_config_dir
 
     from imgcls.config import CONFIG_DIR
-    from imgcls.utils.checks import LauncherCheck
+    from imgcls.utils.checks import PreRunChecks
 
     overrides = ["hydra/launcher=slurm", "hydra.job.name=train", "trainer=ddp"]  # devices=-1
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides, return_hydra_config=True)
-    assert "launcher_check" in cfg.hydra.callbacks  # every multirun checks before submitting
+    assert "pre_run_checks" in cfg.hydra.callbacks  # every multirun checks before submitting
     with pytest.raises(SystemExit) as exit_info:
-        LauncherCheck().on_multirun_start(cfg)
+        PreRunChecks().on_multirun_start(cfg)
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (

@@ -93,20 +93,20 @@ def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> 
     cfg = OmegaConf.create(runs.relocated(saved, run.path))
     scheduler = ((saved.get("model") or {}).get("scheduler") or {}).get("_target_")
     sized = bool(scheduler) and "total_steps" in inspect.signature(get_method(scheduler)).parameters
-    for override in runs.parse_overrides(overrides):
-        if override.key.split(".")[0] in ("resume", "ckpt_path", "hydra") or override.deletes:
+    for key, _, deletes in runs.parse_overrides(overrides):
+        if key.split(".")[0] in ("resume", "ckpt_path", "hydra") or deletes:
             continue
-        if "/" in override.key:
+        if "/" in key:
             raise UserError(
-                f"resume= continues a run with its own config groups; {override.key}= cannot "
+                f"resume= continues a run with its own config groups; {key}= cannot "
                 "change one: start a new run (init_from=<run dir> keeps its weights)"
             )
-        if override.key in STEP_KEYS and sized:
+        if key in STEP_KEYS and sized:
             raise UserError(
-                f"resume= cannot change {override.key}: the run's LR schedule is sized for its "
+                f"resume= cannot change {key}: the run's LR schedule is sized for its "
                 "optimizer steps; start a new run from its weights with init_from=<run dir>"
             )
-        OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
+        OmegaConf.update(cfg, key, OmegaConf.select(given, key), merge=False)
     if (latest := latest_checkpoint(run.path)) is None:
         log.warning(f"{run.path} has no checkpoint yet: starting that run again")
     cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
@@ -135,8 +135,8 @@ class Randomness(pl.Callback):
             pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)
 
     def state_dict(self) -> dict[str, Any]:
-        _, keys, position, has_gauss, gauss = np.random.get_state()
-        numpy = [keys.tolist(), position, has_gauss, gauss]
+        _, keys, *rest = np.random.get_state()  # its key array as a list: weights_only reads it
+        numpy = [keys.tolist(), *rest]
         return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -159,8 +159,7 @@ class StopOnSignal(OnExceptionCheckpoint):
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__(Path(run_dir) / CHECKPOINT_DIR, "last")
-        self.signal_name: str | None = None
-        self.where, self.saved, self.previous = "", None, None
+        self.signal_name, self.where, self.saved, self.previous = None, "", None, None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The first Ctrl-C is passed on as SIGTERM; a second one stops at once (no checkpoint)."""

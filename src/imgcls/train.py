@@ -23,7 +23,6 @@ from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils import runs
 from imgcls.utils.checkpoint import (
-    check_something_to_train,
     find_checkpoint,
     init_weights,
     latest_checkpoint,
@@ -45,7 +44,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any] = (), **kwargs: Any) -> 
     """``cfg.trainer`` with ``trainer.gpus`` mapped; under SLURM, Lightning's requeue on SIGUSR1."""
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
     trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
-    given = {o.key for o in runs.parse_overrides(run_overrides())}
+    given = {key for key, _, _ in runs.parse_overrides(run_overrides())}
     apply_gpus(trainer_cfg, trainer_cfg.pop("gpus", None), "trainer.devices" in given)
     switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if trainer_cfg.get(k) is False)
     kept = [c for c in callbacks if not isinstance(c, switched_off)]
@@ -156,8 +155,17 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
         if continuing:  # its own checkpoint holds the weights, its config the tuned values
             with open_dict(cfg):
                 cfg.init_from = cfg.tune = None
-        else:
-            check_something_to_train(cfg.ckpt_path, checkpoint, cfg.trainer.get("max_epochs"))
+        else:  # a new run from that whole training state: something must be left to train
+            loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+            done = int(loops.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
+            if (epochs := cfg.trainer.get("max_epochs")) is not None and 0 <= epochs <= done:
+                raise UserError(
+                    f"ckpt_path={cfg.ckpt_path} already trained {done} epochs and "
+                    f"trainer.max_epochs={epochs}: nothing left to train; use init_from="
+                    f"{cfg.ckpt_path} to start a new run from its weights (or raise "
+                    "trainer.max_epochs, unless its LR schedule is sized for its steps: "
+                    "OneCycle, warm-up cosine)"
+                )
             extra_callbacks.append(ForgetRestoredBest())
     if cfg.get("init_from") and cfg.get("ckpt_path"):
         raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")

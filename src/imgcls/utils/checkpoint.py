@@ -83,19 +83,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     return checkpoint
 
 
-def check_something_to_train(ckpt_path: Any, checkpoint: Mapping, max_epochs: int | None) -> None:
-    """``ckpt_path=`` restores a whole training state: refuse one with nothing left to do."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    done = int(progress.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
-    if max_epochs is not None and 0 <= max_epochs <= done:
-        raise UserError(
-            f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
-            f"{max_epochs}: nothing left to train; use init_from={ckpt_path} to start a new run "
-            "from its weights (or raise trainer.max_epochs, unless its LR schedule is sized for "
-            "its steps: OneCycle, warm-up cosine)"
-        )
-
-
 def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The resolved training config an imgcls checkpoint carries."""
     config = checkpoint.get(RUN_INFO_KEY, {}).get("config")

@@ -128,14 +128,7 @@ class PreRunChecks(Callback):
         exit_with(bad_value(config) or shared or unwritable(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        exit_with(bad_value(config, required=False) or unwritable(config.hydra.sweep.dir))
-
-
-class LauncherCheck(Callback):
-    """A launcher config that cannot be resolved (a SLURM job it cannot size): one line."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
+        try:  # a launcher config that cannot be resolved: a SLURM job it cannot size
             OmegaConf.to_container(config.hydra.launcher, resolve=True)
         except Exception as raised:
             err: BaseException | None = raised  # the UserError behind OmegaConf's wrappers
@@ -144,3 +137,4 @@ class LauncherCheck(Callback):
             if err is None:
                 raise
             exit_with(str(err))
+        exit_with(bad_value(config, required=False) or unwritable(config.hydra.sweep.dir))

@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
@@ -31,16 +31,10 @@ LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken
                 "communicator was aborted")  # fmt: skip
 
 
-class Override(NamedTuple):
-    key: str
-    value: str
-    deletes: bool  # ~key=value
-
-
-def parse_overrides(args: Iterable[str]) -> list[Override]:
-    """The ``key=value`` arguments of a command line (flags such as ``-m`` left out)."""
+def parse_overrides(args: Iterable[str]) -> list[tuple[str, str, bool]]:
+    """A command line's ``key=value`` arguments as (key, value, deletes: ``~key=``); no flags."""
     pairs = [str(a).partition("=")[::2] for a in args if "=" in a and not a.startswith("-")]
-    return [Override(key.lstrip("+~"), value, key.startswith("~")) for key, value in pairs]
+    return [(key.lstrip("+~"), value, key.startswith("~")) for key, value in pairs]
 
 
 def read_json(path: Path) -> dict[str, Any]:
