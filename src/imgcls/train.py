@@ -14,20 +14,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelSummary, ProgressBar
+from pytorch_lightning.callbacks import LambdaCallback, ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls import lifecycle, provenance
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
+from imgcls.utils import checkpoint as ckpt
 from imgcls.utils import runs
-from imgcls.utils.checkpoint import (
-    find_checkpoint,
-    init_weights,
-    latest_checkpoint,
-    read_checkpoint,
-)
 from imgcls.utils.devices import apply_gpus, apply_matmul_precision
 from imgcls.utils.errors import UserError
 
@@ -117,27 +112,23 @@ def log_start(ckpt_path: str | Path, run: lifecycle.RunDir) -> bool:
     return False
 
 
-class ForgetRestoredBest(pl.Callback):
+def forget_restored_best(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """A new run from another run's checkpoint (``ckpt_path=``): its own ``val/acc_best``."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(pl_module, "val_acc_best", None) is not None:
-            pl_module.val_acc_best.reset()
+    if getattr(pl_module, "val_acc_best", None) is not None:
+        pl_module.val_acc_best.reset()
 
 
-class WriteProvenance(pl.Callback):
-    """Rank 0 writes the run's provenance when fit starts (the data is set up: its fingerprint)."""
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
+def write_provenance(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Rank 0, when fit starts (the data is set up: its fingerprint)."""
+    if trainer.is_global_zero:
+        provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The run's datamodule and model, the model starting from ``init_from``'s weights."""
     model = instantiate(cfg.model)
     if cfg.get("init_from"):
-        init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
+        ckpt.init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
     return instantiate(cfg.data), model
 
 
@@ -148,9 +139,9 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     extra_callbacks: list[pl.Callback] = []
     continuing = False
     if cfg.get("ckpt_path"):
-        cfg.ckpt_path = str(find_checkpoint(cfg.ckpt_path, prefer="last"))  # a run dir: newest
+        cfg.ckpt_path = str(ckpt.find_checkpoint(cfg.ckpt_path, prefer="last"))  # a run dir: newest
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
-        checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
+        checkpoint = ckpt.read_checkpoint(cfg.ckpt_path, mmap=True)
         continuing = log_start(cfg.ckpt_path, run)
         if continuing:  # its own checkpoint holds the weights, its config the tuned values
             with open_dict(cfg):
@@ -166,7 +157,7 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
                     "trainer.max_epochs, unless its LR schedule is sized for its steps: "
                     "OneCycle, warm-up cosine)"
                 )
-            extra_callbacks.append(ForgetRestoredBest())
+            extra_callbacks.append(LambdaCallback(on_train_start=forget_restored_best))
     if cfg.get("init_from") and cfg.get("ckpt_path"):
         raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")
     datamodule, model = build(cfg)
@@ -189,7 +180,8 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     callbacks = [
         *runs.instantiate_list(cfg.get("callbacks")),
         *(lifecycle.RunInfo(resolved), stop or lifecycle.StopOnSignal(run.path)),
-        *(lifecycle.Randomness(cfg.seed), WriteProvenance(), *extra_callbacks),
+        *(lifecycle.Randomness(cfg.seed), LambdaCallback(on_fit_start=write_provenance)),
+        *extra_callbacks,
     ]
     loggers = runs.instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
@@ -250,7 +242,7 @@ def run(cfg: DictConfig) -> float | None:
     else:
         resuming = cfg.get("resume") is True or status.get("status") == lifecycle.REQUEUED
         if resuming and not cfg.get("ckpt_path"):  # stopped part-way: from its newest state
-            cfg.ckpt_path = str(last) if (last := latest_checkpoint(run_here.path)) else None
+            cfg.ckpt_path = str(last) if (last := ckpt.latest_checkpoint(run_here.path)) else None
         tags = list(cfg.get("tags") or [])
         run_here.write_status("running", tags=tags)  # rank 0
         stop = lifecycle.StopOnSignal(run_here.path)

@@ -1,5 +1,4 @@
-"""Checks after composing, before the run dir is made and torch loads (a Hydra callback): each
-problem is one line, ``error: <key>=<value>: <what is wrong>; <how to fix>``, and exit code 2."""
+"""Config checks before the run dir is made and torch loads (Hydra callbacks): one line, exit 2."""
 
 from __future__ import annotations
 

@@ -38,9 +38,8 @@ def unshared_run_dir(args: Sequence[str]) -> str | None:
     else:  # as Lightning's SLURMEnvironment.detect(): an interactive allocation is no launch
         interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
         world = 1 if interactive else int(os.environ.get("SLURM_NTASKS", "1"))
-    if world <= 1 or "-m" in args or "--multirun" in args:
-        return None
-    if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args):
+    shared = any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args)
+    if world <= 1 or shared or "-m" in args or "--multirun" in args:
         return None
     return (
         f"this is one of {world} processes started by SLURM/torchrun, and each would write its "
