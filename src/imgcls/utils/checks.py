@@ -1,6 +1,4 @@
-"""Config checks before the run dir is made and torch loads (Hydra callbacks): one line, exit 2."""
-
-from __future__ import annotations
+"""Checks before the run dir is made and torch loads: ``error: <key>=<value>: ...``, exit 2."""
 
 import importlib.util
 import json
