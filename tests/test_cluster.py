@@ -332,14 +332,14 @@ def test_slurm_launcher_refuses_a_job_it_cannot_size_in_one_line(tmp_path: Path,
     from hydra import compose, initialize_config_dir
 
     from imgcls.config import CONFIG_DIR
-    from imgcls.utils.cluster import LauncherCheck
+    from imgcls.utils.checks import PreRunChecks
 
     overrides = ["hydra/launcher=slurm", "hydra.job.name=train", "trainer=ddp"]  # devices=-1
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides, return_hydra_config=True)
-    assert "launcher_check" in cfg.hydra.callbacks  # every multirun checks before submitting
+    assert "pre_run_checks" in cfg.hydra.callbacks  # every multirun checks before submitting
     with pytest.raises(SystemExit) as exit_info:
-        LauncherCheck().on_multirun_start(cfg)
+        PreRunChecks().on_multirun_start(cfg)
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (
@@ -396,36 +396,34 @@ def test_submitit_local_sweep_records_every_job_reports_them_and_resumes(tmp_pat
 def test_resume_continues_from_the_newest_checkpoint_of_a_run_dir(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from imgcls.lifecycle import RunDir, resumed_config
+    from imgcls.lifecycle import resumed_config
+    from imgcls.utils.checkpoint import latest_checkpoint
 
     run_dir = tmp_path / "run"
-    latest_checkpoint = RunDir(run_dir).latest_checkpoint
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("data: {batch_size: 16}\nckpt_path: null\n")
-    assert latest_checkpoint() is None
+    assert latest_checkpoint(run_dir) is None
     last = run_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     last.write_bytes(b"epoch 1")
     hpc = run_dir / "hpc_ckpt_1.ckpt"  # a SLURM requeue after that epoch
     hpc.write_bytes(b"mid epoch 2")
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
-    assert latest_checkpoint() == hpc
+    assert latest_checkpoint(run_dir) == hpc
     assert resumed_config(run_dir, OmegaConf.create(), []).ckpt_path == str(hpc)
     os.utime(hpc, ns=(500_000_000, 500_000_000))  # the resumed job went past it: last is newer
-    assert latest_checkpoint() == last
+    assert latest_checkpoint(run_dir) == last
 
 
 def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
-    from imgcls.utils.cluster import check_shared_run_dir
-    from imgcls.utils.errors import UserError
+    from imgcls.utils.cluster import unshared_run_dir
 
-    check_shared_run_dir(["data=digits"])  # one process: its own run dir
+    assert unshared_run_dir(["data=digits"]) is None  # one process: its own run dir
     for name, value in slurm_env(rank=1, nodes=2).items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(UserError, match="pass the same hydra.run.dir=<shared dir>"):
-        check_shared_run_dir(["data=digits"])
-    check_shared_run_dir(["data=digits", "hydra.run.dir=/shared/run"])
-    check_shared_run_dir(["-m", "hydra/launcher=slurm"])  # submitit jobs share their sweep dir
+    assert "pass the same hydra.run.dir=<shared dir>" in unshared_run_dir(["data=digits"])
+    assert unshared_run_dir(["data=digits", "hydra.run.dir=/shared/run"]) is None
+    assert unshared_run_dir(["-m", "hydra/launcher=slurm"]) is None  # submitit: one sweep dir
 
 
 def test_only_a_lost_process_is_reported_as_one(monkeypatch) -> None:

@@ -79,7 +79,7 @@ def test_ckpt_path_is_read_in_full_once(make_cfg, tmp_path, monkeypatch) -> None
     real_load = torch.load
 
     def recording_load(f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if Path(str(f)) == last:
+        if Path(str(getattr(f, "path", f))) == last:  # a path, or Lightning's fsspec file
             loads.append(bool(kwargs.get("mmap")))
         return real_load(f, *args, **kwargs)
 

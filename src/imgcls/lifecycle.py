@@ -1,5 +1,4 @@
-"""A run's life cycle: its dir (config, status, metrics, traceback, checkpoints), ``resume=``,
-what checkpoints carry (config, RNG states), Ctrl-C/SIGTERM, SLURM requeues and failures."""
+"""A run's life cycle: its dir, ``resume=``, what checkpoints carry, signals, requeues, failures."""
 
 from __future__ import annotations
 
@@ -37,7 +36,6 @@ from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # Hydra writes it when the job starts
 CONFIG_FILE, STATUS_FILE, METRICS_FILE = "config.yaml", "status.json", "metrics.json"
 ERROR_FILE, CHECKPOINT_DIR, REQUEUED = "traceback.txt", "checkpoints", "requeued"
 #: logged when the training loop starts: from here on a signal saves a resumable checkpoint
@@ -53,13 +51,6 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def exists(self) -> bool:
-        return (self.path / OVERRIDES_FILE).is_file() or (self.path / CONFIG_FILE).is_file()
-
-    def overrides(self) -> list[str]:
-        path = self.path / OVERRIDES_FILE
-        return [str(o) for o in (yaml.safe_load(path.read_text()) if path.is_file() else [])]
-
     def config(self) -> dict[str, Any]:
         """The resolved config (empty when missing or unreadable)."""
         with contextlib.suppress(OSError, yaml.YAMLError):
@@ -70,36 +61,10 @@ class RunDir:
     def status(self) -> dict[str, Any]:
         return runs.read_json(self.path / STATUS_FILE)
 
-    def metrics(self) -> dict[str, Any]:
-        return runs.read_json(self.path / METRICS_FILE) or self.status().get("metrics") or {}
-
-    def started_at_file_time(self) -> float:
-        """When Hydra started the job (its overrides file's time; 0: never)."""
-        path = self.path / OVERRIDES_FILE
-        return path.stat().st_mtime if path.is_file() else 0.0
-
-    def wall_time(self) -> float | None:
-        """Seconds the run took (so far, if running): from the status times, else file times."""
-        status = self.status()
-        start, end = status.get("started_at"), status.get("finished_at")
-        if start is None:
-            ends = [self.path / n for n in (STATUS_FILE, METRICS_FILE) if (self.path / n).is_file()]
-            start = self.started_at_file_time() or None
-            end = max(p.stat().st_mtime for p in ends) if ends and start else None
-        end = time.time() if status.get("status") == "running" and start else end
-        return end - start if end is not None and end >= start else None
-
-    def latest_checkpoint(self) -> Path | None:
-        """The newest state: ``checkpoints/last.ckpt`` or a SLURM requeue's ``hpc_ckpt_<n>``."""
-        return latest_checkpoint(self.path)
-
-    def write_config(self, config: Any) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         runs.write_json(self.path / METRICS_FILE, metrics)
 
+    @rank_zero_only
     def write_status(self, status: str, **details: Any) -> None:
         """``running`` / ``completed`` / ``failed`` / ``interrupted`` / ``requeued``, timed."""
         now = time.time()
@@ -112,22 +77,8 @@ def run_dir(cfg: DictConfig) -> RunDir:  # paths.output_dir
     return RunDir(cfg.paths.output_dir)
 
 
-def find_run_dirs(roots: Iterable[Path]) -> list[RunDir]:
-    """Every run dir at or below ``roots`` (none inside another), ``2`` before ``10``."""
-    found = set()
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise NotADirectoryError(f"{root} is not a directory")
-        for current, dirs, _ in os.walk(root):
-            is_run = RunDir(current).exists()
-            found |= {Path(current).resolve()} if is_run else set()
-            dirs[:] = [] if is_run else [d for d in dirs if not d.startswith(".")]
-    return [RunDir(p) for p in sorted(found, key=runs.natural_key)]
-
-
 def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> DictConfig:
-    """``resume=<run dir>``: its saved config in its own (maybe moved) dir, from its newest
-    checkpoint; values given now (read from ``given``, this command's config) win."""
+    """``resume=<run dir>``: its saved config, moved, from its newest checkpoint; ``given`` wins."""
     run = RunDir(Path(target).expanduser().resolve())
     if not (saved := run.config()):
         raise UserError(
@@ -142,21 +93,21 @@ def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> 
     cfg = OmegaConf.create(runs.relocated(saved, run.path))
     scheduler = ((saved.get("model") or {}).get("scheduler") or {}).get("_target_")
     sized = bool(scheduler) and "total_steps" in inspect.signature(get_method(scheduler)).parameters
-    for override in runs.parse_overrides(overrides):
-        if override.key.split(".")[0] in ("resume", "ckpt_path", "hydra") or override.deletes:
+    for key, _, deletes in runs.parse_overrides(overrides):
+        if key.split(".")[0] in ("resume", "ckpt_path", "hydra") or deletes:
             continue
-        if "/" in override.key:
+        if "/" in key:
             raise UserError(
-                f"resume= continues a run with its own config groups; {override.key}= cannot "
+                f"resume= continues a run with its own config groups; {key}= cannot "
                 "change one: start a new run (init_from=<run dir> keeps its weights)"
             )
-        if override.key in STEP_KEYS and sized:
+        if key in STEP_KEYS and sized:
             raise UserError(
-                f"resume= cannot change {override.key}: the run's LR schedule is sized for its "
+                f"resume= cannot change {key}: the run's LR schedule is sized for its "
                 "optimizer steps; start a new run from its weights with init_from=<run dir>"
             )
-        OmegaConf.update(cfg, override.key, OmegaConf.select(given, override.key), merge=False)
-    if (latest := run.latest_checkpoint()) is None:
+        OmegaConf.update(cfg, key, OmegaConf.select(given, key), merge=False)
+    if (latest := latest_checkpoint(run.path)) is None:
         log.warning(f"{run.path} has no checkpoint yet: starting that run again")
     cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None
     return cfg
@@ -174,8 +125,7 @@ class RunInfo(pl.Callback):
 
 
 class Randomness(pl.Callback):
-    """Under DDP, ranks reseed with ``seed + rank`` after the data split (different augmentation);
-    checkpoints carry the torch, numpy and Python RNG states: a resumed run continues them."""
+    """DDP ranks reseed with ``seed + rank`` after the data split; checkpoints carry RNG states."""
 
     def __init__(self, seed: int) -> None:
         self.seed, self.restored = seed, None
@@ -185,8 +135,8 @@ class Randomness(pl.Callback):
             pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)
 
     def state_dict(self) -> dict[str, Any]:
-        _, keys, position, has_gauss, gauss = np.random.get_state()
-        numpy = [keys.tolist(), position, has_gauss, gauss]
+        _, keys, *rest = np.random.get_state()  # its key array as a list: weights_only reads it
+        numpy = [keys.tolist(), *rest]
         return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -201,18 +151,15 @@ class Randomness(pl.Callback):
             torch.set_rng_state(state["torch"])
             keys, *rest = state["numpy"]
             np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), *rest))
-            version, internal, gauss_next = state["python"]
-            random.setstate((version, tuple(internal), gauss_next))
+            random.setstate(state["python"])
 
 
 class StopOnSignal(OnExceptionCheckpoint):
-    """Ctrl-C or SIGTERM: Lightning raises ``SIGTERMException`` after the batch (in every process)
-    and ``last.ckpt`` is saved; not while testing (the module holds the best weights)."""
+    """Ctrl-C or SIGTERM: ``last.ckpt`` after the batch (Lightning's ``SIGTERMException``)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__(Path(run_dir) / CHECKPOINT_DIR, "last")
-        self.signal_name: str | None = None
-        self.where, self.saved, self.previous = "", None, None
+        self.signal_name, self.where, self.saved, self.previous = None, "", None, None
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The first Ctrl-C is passed on as SIGTERM; a second one stops at once (no checkpoint)."""
@@ -249,50 +196,41 @@ class StopOnSignal(OnExceptionCheckpoint):
         self.where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
 
 
-def resume_command(run: RunDir) -> str:
-    """The command that continues this run (or, in a sweep, every unfinished job)."""
-    script = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "train.py"
-    if not runs.is_multirun():
-        return f"python {script} resume={shlex.quote(str(run.path))}"
-    skip = ("hydra.sweep.dir=", "resume=", "-m", "--multirun")
-    kept = shlex.join(a for a in sys.argv[1:] if not a.startswith(skip))
-    sweep_dir = shlex.quote(str(HydraConfig.get().sweep.dir))
-    return f"python {script} -m {kept} resume=true hydra.sweep.dir={sweep_dir}"
-
-
 @contextlib.contextmanager
 def interruptible(cfg: Any, stop: StopOnSignal | None = None) -> Iterator[None]:
-    """A stop by a signal becomes ``status.json``'s ``interrupted`` (with the command that
-    continues the run) or ``requeued`` (SLURM), one line, and exit 130 (SIGINT) or 143 (SIGTERM);
-    a plain ``KeyboardInterrupt`` is ``interrupted`` without a checkpoint. Rank 0 writes."""
-    run, writes, started = run_dir(cfg), rank_zero_only.rank == 0, time.time()
+    """A signal: ``status.json`` says ``interrupted`` (with the command that continues the run) or
+    ``requeued`` (SLURM), one line, exit 130 or 143; a failure: ``failed`` and its traceback."""
+    run, started = run_dir(cfg), time.time()
     stop = stop or StopOnSignal(run.path)
     try:
         yield
     except KeyboardInterrupt:
-        if writes:
-            run.write_status("interrupted", signal="SIGINT", checkpoint=None)
+        run.write_status("interrupted", signal="SIGINT", checkpoint=None)
         raise
     except Exception as err:  # a sweep's job: recorded, the sweep goes on (runs.report_errors)
-        if writes:
-            run.write_status("failed", error=runs.describe(err)[0])
+        run.write_status("failed", error=runs.describe(err)[0])
+        if rank_zero_only.rank == 0:
             (run.path / ERROR_FILE).write_text(traceback.format_exc())
         raise
     except SIGTERMException:
         name = stop.signal_name or "SIGTERM"
-        saved = stop.saved or run.latest_checkpoint()
+        saved = stop.saved or latest_checkpoint(run.path)
         checkpoint = str(saved) if saved else None
         # Lightning's SLURM requeue (SIGUSR1) saved an hpc_ckpt_<n>; then SLURM stopped the job
         requeued = [p for p in run.path.glob("hpc_ckpt_*.ckpt") if p.stat().st_mtime >= started]
         if SLURMEnvironment.detect() and requeued:
-            details = {"signal": "SIGUSR1", "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-            if writes:
-                run.write_status(REQUEUED, checkpoint=checkpoint, **details)
+            job = os.environ.get("SLURM_JOB_ID")
+            run.write_status(REQUEUED, checkpoint=checkpoint, signal="SIGUSR1", slurm_job_id=job)
             print(f"requeued by SLURM {stop.where}: continues from {checkpoint}", file=sys.stderr)
-        else:
-            command = resume_command(run)
-            if writes:
-                run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
+        else:  # the command that continues this run (in a sweep: every unfinished job)
+            script = shlex.quote(sys.argv[0]) if sys.argv[0].endswith(".py") else "train.py"
+            command = f"python {script} resume={shlex.quote(str(run.path))}"
+            if runs.is_multirun():
+                skip = ("hydra.sweep.dir=", "resume=", "-m", "--multirun")
+                kept = shlex.join(a for a in sys.argv[1:] if not a.startswith(skip))
+                sweep = shlex.quote(str(HydraConfig.get().sweep.dir))
+                command = f"python {script} -m {kept} resume=true hydra.sweep.dir={sweep}"
+            run.write_status("interrupted", signal=name, checkpoint=checkpoint, resume=command)
             saved_text = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint yet"
             message = f"interrupted by {name} {stop.where}: {saved_text}; continue with: {command}"
             print(message, file=sys.stderr, flush=True)

@@ -14,20 +14,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from pytorch_lightning.callbacks import LambdaCallback, ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls import lifecycle, provenance
 from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
+from imgcls.utils import checkpoint as ckpt
 from imgcls.utils import runs
-from imgcls.utils.checkpoint import (
-    check_something_to_train,
-    find_checkpoint,
-    init_weights,
-    read_checkpoint,
-)
 from imgcls.utils.devices import apply_gpus, apply_matmul_precision
 from imgcls.utils.errors import UserError
 
@@ -41,11 +36,10 @@ SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary"
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """The Trainer of ``cfg.trainer``, ``trainer.gpus`` (0 = CPU, N GPUs, -1 = all) mapped onto
-    accelerator/devices, under SLURM with Lightning's requeue on SIGUSR1."""
+    """``cfg.trainer`` with ``trainer.gpus`` mapped; under SLURM, Lightning's requeue on SIGUSR1."""
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
     trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
-    given = {o.key for o in runs.parse_overrides(run_overrides())}
+    given = {key for key, _, _ in runs.parse_overrides(run_overrides())}
     apply_gpus(trainer_cfg, trainer_cfg.pop("gpus", None), "trainer.devices" in given)
     switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if trainer_cfg.get(k) is False)
     kept = [c for c in callbacks if not isinstance(c, switched_off)]
@@ -60,9 +54,10 @@ def run_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """The run's key hyperparameters plus every key its overrides set (what a sweep varies); an
-    override's value is read back from the config (``0.01`` stays a number), a group as given."""
+def log_hparams_with_metrics(
+    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
+) -> None:
+    """Key hyperparameters, every key the overrides set, provenance, with the final metrics."""
     params: dict[str, Any] = {
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "net": cfg.model.net._target_.rsplit(".", 1)[-1],
@@ -74,19 +69,12 @@ def hyperparameters(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "tags": ",".join(map(str, cfg.get("tags") or [])),
     }
     for key, given, deletes in runs.parse_overrides(overrides):
-        if deletes or given is None or key.split(".")[0].split("/")[0] in NOT_HYPERPARAMETERS:
+        if deletes or key.split(".")[0].split("/")[0] in NOT_HYPERPARAMETERS:
             continue
         value = OmegaConf.select(cfg, key, default=given) if "/" not in key else given
         # a group picked with a dot key (data=digits), or a list: as given
         params[key] = value if isinstance(value, (int, float, str, bool)) else given
-    return params
-
-
-def log_hparams_with_metrics(
-    loggers: list[Any], cfg: DictConfig, metrics: dict[str, float], overrides: list[str]
-) -> None:
-    """Write the run's hyperparameters with its real final metrics (TensorBoard hparams tab)."""
-    params = {**hyperparameters(cfg, overrides), **provenance.hparams(cfg.paths.output_dir)}
+    params |= provenance.hparams(cfg.paths.output_dir)
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -96,22 +84,8 @@ def log_hparams_with_metrics(
             logger.log_metrics(hp_metrics)
 
 
-def check_optimized_metric(cfg: DictConfig, model: pl.LightningModule) -> None:
-    """Before training: ``optimized_metric`` must be one this run's module logs (a module that
-    declares no ``logged_metrics`` is checked after the run)."""
-    name, declared = cfg.get("optimized_metric"), getattr(model, "logged_metrics", None)
-    stages = ({"train", "val"} if cfg.get("train") else set()) | ({"test"} if cfg.test else set())
-    available = sorted(m for m in declared or () if m.split("/", 1)[0] in stages)
-    if name and declared and name not in available:
-        raise UserError(
-            f"optimized_metric={name} is not a metric this run logs; "
-            f"available: {', '.join(available) or 'none (train=false test=false)'}"
-        )
-
-
 def ensure_seed(cfg: DictConfig) -> int:
-    """Seed everything with ``cfg.seed``; ``seed=null`` draws one (recorded in ``cfg``) on rank 0,
-    and the DDP ranks Lightning starts read it from the environment Lightning's seeding set."""
+    """Seed everything; ``seed=null``: rank 0 draws one, the ranks Lightning starts read it."""
     if cfg.get("seed") is None:
         if rank_zero_only.rank != 0 and "PL_GLOBAL_SEED" not in os.environ:
             raise UserError(
@@ -130,45 +104,31 @@ def log_start(ckpt_path: str | Path, run: lifecycle.RunDir) -> bool:
     if source.is_relative_to(run.path.resolve()):  # checkpoints/ or a requeue's hpc_ckpt_<n>
         log.info(f"continuing {run.path} from {source}")
         return True
-    origin = lifecycle.RunDir(source.parent.parent)
-    known = source.parent.name == lifecycle.CHECKPOINT_DIR and origin.exists()
-    hint = (
-        f" (resume={origin.path} would continue that run in its own dir instead)" if known else ""
-    )
+    origin = source.parent.parent  # resume= needs its config.yaml
+    in_checkpoints = source.parent.name == lifecycle.CHECKPOINT_DIR
+    known = in_checkpoints and (origin / lifecycle.CONFIG_FILE).is_file()
+    hint = f" (resume={origin} would continue that run in its own dir instead)" if known else ""
     log.info(f"ckpt_path={source}: a new run in {run.path}, starting from that checkpoint{hint}")
     return False
 
 
-def rerun_config(old: Path, output_dir: str) -> DictConfig:
-    """``rerun=<run dir>``: that run's saved, resolved config, writing to this new run dir."""
-    if not (saved := lifecycle.RunDir(old).config()):
-        raise UserError(f"rerun={old} is not a run dir (no readable config.yaml in it)")
-    log.info(f"rerun={old}: its config, in a new run dir {output_dir}")
-    moved = runs.relocated(saved, output_dir)  # the old run's paths (checkpoints, logs) move too
-    return OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
-
-
-class ForgetRestoredBest(pl.Callback):
+def forget_restored_best(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """A new run from another run's checkpoint (``ckpt_path=``): its own ``val/acc_best``."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(pl_module, "val_acc_best", None) is not None:
-            pl_module.val_acc_best.reset()
+    if getattr(pl_module, "val_acc_best", None) is not None:
+        pl_module.val_acc_best.reset()
 
 
-class WriteProvenance(pl.Callback):
-    """Rank 0 writes the run's provenance when fit starts (the data is set up: its fingerprint)."""
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
+def write_provenance(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Rank 0, when fit starts (the data is set up: its fingerprint)."""
+    if trainer.is_global_zero:
+        provenance.write(Path(trainer.default_root_dir), provenance.collect(trainer.datamodule))
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The run's datamodule and model, the model starting from ``init_from``'s weights."""
     model = instantiate(cfg.model)
     if cfg.get("init_from"):
-        init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
+        ckpt.init_weights(model, cfg.init_from, reset_head=bool(cfg.get("init_from_reset_head")))
     return instantiate(cfg.data), model
 
 
@@ -179,21 +139,37 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     extra_callbacks: list[pl.Callback] = []
     continuing = False
     if cfg.get("ckpt_path"):
-        cfg.ckpt_path = str(find_checkpoint(cfg.ckpt_path, prefer="last"))  # a run dir: newest
+        cfg.ckpt_path = str(ckpt.find_checkpoint(cfg.ckpt_path, prefer="last"))  # a run dir: newest
         # fail now, clearly, rather than after set-up; mapped, so Lightning's resume is the one read
-        checkpoint = read_checkpoint(cfg.ckpt_path, mmap=True)
+        checkpoint = ckpt.read_checkpoint(cfg.ckpt_path, mmap=True)
         continuing = log_start(cfg.ckpt_path, run)
         if continuing:  # its own checkpoint holds the weights, its config the tuned values
             with open_dict(cfg):
                 cfg.init_from = cfg.tune = None
-        else:
-            check_something_to_train(cfg.ckpt_path, checkpoint, cfg.trainer.get("max_epochs"))
-            extra_callbacks.append(ForgetRestoredBest())
+        else:  # a new run from that whole training state: something must be left to train
+            loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+            done = int(loops.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
+            if (epochs := cfg.trainer.get("max_epochs")) is not None and 0 <= epochs <= done:
+                raise UserError(
+                    f"ckpt_path={cfg.ckpt_path} already trained {done} epochs and "
+                    f"trainer.max_epochs={epochs}: nothing left to train; use init_from="
+                    f"{cfg.ckpt_path} to start a new run from its weights (or raise "
+                    "trainer.max_epochs, unless its LR schedule is sized for its steps: "
+                    "OneCycle, warm-up cosine)"
+                )
+            extra_callbacks.append(LambdaCallback(on_train_start=forget_restored_best))
     if cfg.get("init_from") and cfg.get("ckpt_path"):
         raise UserError("init_from= and ckpt_path= both set: pass one (weights or a full state)")
     datamodule, model = build(cfg)
-    if not tunes_only(cfg):
-        check_optimized_metric(cfg, model)
+    # optimized_metric, before training (a module declaring no logged_metrics: after the run)
+    name, declared = cfg.get("optimized_metric"), getattr(model, "logged_metrics", None)
+    stages = ({"train", "val"} if cfg.get("train") else set()) | ({"test"} if cfg.test else set())
+    available = sorted(m for m in declared or () if m.split("/", 1)[0] in stages)
+    if name and declared and name not in available and not tunes_only(cfg):
+        raise UserError(
+            f"optimized_metric={name} is not a metric this run logs; "
+            f"available: {', '.join(available) or 'none (train=false test=false)'}"
+        )
     if cfg.get("tune"):  # (init_from's weights are tuned, not random ones)
         tuned = run_tuner(cfg, model, datamodule, lambda **kw: build_trainer(cfg, **kw))
         if tunes_only(cfg):
@@ -204,12 +180,14 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     callbacks = [
         *runs.instantiate_list(cfg.get("callbacks")),
         *(lifecycle.RunInfo(resolved), stop or lifecycle.StopOnSignal(run.path)),
-        *(lifecycle.Randomness(cfg.seed), WriteProvenance(), *extra_callbacks),
+        *(lifecycle.Randomness(cfg.seed), LambdaCallback(on_fit_start=write_provenance)),
+        *extra_callbacks,
     ]
     loggers = runs.instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     if trainer.is_global_zero:
-        run.write_config(resolved)
+        run.path.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(resolved, run.path / lifecycle.CONFIG_FILE)
 
     if cfg.train:
         with warnings.catch_warnings():
@@ -219,8 +197,8 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
         if not trainer.callback_metrics:  # nothing trained (resumed after its last epoch, say
             trainer.validate(model, datamodule=datamodule, verbose=False)  # Ctrl-C in testing)
     metrics = runs.to_floats(trainer.callback_metrics)
-    monitored = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    best = next((c.best_model_path for c in monitored if c.monitor), "")
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    best = next((c.best_model_path for c in monitored), "")
     if cfg.test:
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")
@@ -229,38 +207,33 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
 
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
     finish_loggers(loggers)
-    if trainer.is_global_zero:
-        sources = metric_sources(metrics, trainer.current_epoch - 1, best, run.path)
+    if trainer.is_global_zero:  # where each final metric comes from
+        best_file = {"checkpoint": os.path.relpath(best, run.path)} if best else {}
+        last = {"from": "last epoch", "epoch": trainer.current_epoch - 1}
+        tested = {"from": "best checkpoint", **best_file} if best else last
+        best_epoch = {"from": "best epoch", **best_file}
+        sources = {
+            k: best_epoch if k == "val/acc_best" else tested if k.startswith("test/") else last
+            for k in metrics
+        }
         run.write_metrics({**metrics, "sources": sources})
     return metrics
 
 
-def metric_sources(
-    metrics: dict[str, float], last_epoch: int, best: str, run_path: Path
-) -> dict[str, dict[str, Any]]:
-    """Where each final metric comes from: the last epoch (train/val), the best epoch
-    (``val/acc_best``) or the checkpoint that was tested (``test/*``)."""
-    best_file = {"checkpoint": os.path.relpath(best, run_path)} if best else {}
-    last = {"from": "last epoch", "epoch": last_epoch}
-    tested = {"from": "best checkpoint", **best_file} if best else last
-    best_epoch = {"from": "best epoch", **best_file}
-    return {
-        name: best_epoch if name == "val/acc_best" else tested if name.startswith("test/") else last
-        for name in metrics
-    }
-
-
 @runs.report_errors
 def run(cfg: DictConfig) -> float | None:
-    """Hydra task: train, log the best val/acc and the run dir, return ``optimized_metric``. With
-    ``resume=true`` (a sweep run again) a completed job reports its recorded metrics and an
-    unfinished one, like a job SLURM ``requeued``, continues from its newest checkpoint."""
+    """Hydra task: train, log the best val/acc and the run dir, return ``optimized_metric``; with
+    ``resume=true`` a completed job is skipped and an unfinished (or requeued) one continues."""
     runs.apply_extras(cfg)
     if isinstance(cfg.get("resume"), str):  # resume=<run dir>: Hydra runs in that dir already
         cfg = lifecycle.resumed_config(cfg.resume, cfg, run_overrides())
     rerun_of = Path(cfg.rerun).resolve() if cfg.get("rerun") else None
-    if rerun_of is not None:
-        cfg = rerun_config(rerun_of, cfg.paths.output_dir)
+    if rerun_of is not None:  # that run's saved, resolved config, in this new run dir
+        if not (saved := lifecycle.RunDir(rerun_of).config()):
+            raise UserError(f"rerun={rerun_of} is not a run dir (no readable config.yaml in it)")
+        log.info(f"rerun={rerun_of}: its config, in a new run dir {cfg.paths.output_dir}")
+        moved = runs.relocated(saved, cfg.paths.output_dir)  # its checkpoints, logs: here
+        cfg = OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
     run_here = lifecycle.run_dir(cfg)
     status = run_here.status()
     if cfg.get("resume") is True and status.get("status") == "completed":
@@ -269,15 +242,13 @@ def run(cfg: DictConfig) -> float | None:
     else:
         resuming = cfg.get("resume") is True or status.get("status") == lifecycle.REQUEUED
         if resuming and not cfg.get("ckpt_path"):  # stopped part-way: from its newest state
-            cfg.ckpt_path = str(last) if (last := run_here.latest_checkpoint()) else None
+            cfg.ckpt_path = str(last) if (last := ckpt.latest_checkpoint(run_here.path)) else None
         tags = list(cfg.get("tags") or [])
-        if rank_zero_only.rank == 0:
-            run_here.write_status("running", tags=tags)
+        run_here.write_status("running", tags=tags)  # rank 0
         stop = lifecycle.StopOnSignal(run_here.path)
         with lifecycle.interruptible(cfg, stop):
             metrics = train(cfg, stop)
-        if rank_zero_only.rank == 0:
-            run_here.write_status("completed", metrics=metrics, tags=tags)
+        run_here.write_status("completed", metrics=metrics, tags=tags)
     if "val/acc_best" in metrics:  # the test metrics: in the table trainer.test printed
         log.info(f"val/acc_best: {metrics['val/acc_best']:.4f}")
     log.info(f"run dir: {run_here.path}")

@@ -1,6 +1,5 @@
-"""Checkpoint files: which one of a run dir to read, atomic writes, ``weights_only`` reads with one
-clear error, what an imgcls checkpoint carries, its weights (``init_from=``) and the model and data
-rebuilt from it."""
+"""Checkpoint files: which one of a run dir, ``weights_only`` reads, atomic writes, ``init_from=``
+weights, and the model and data rebuilt from one."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """``path`` itself, or of a run dir (or its ``checkpoints/``) the ``best`` (``epoch_*.ckpt``,
-    top ``val/acc``) or ``last`` (newest) checkpoint: the other kind when that one is absent."""
+    """``path``, or a run dir's ``best`` or ``last`` checkpoint (the other when one is absent)."""
     path = Path(path)
     if not path.is_dir():
         return path
@@ -65,8 +63,7 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
-    """Load with ``weights_only=True`` (no code runs); one clear error if unusable. ``mmap=True``
-    maps the tensors instead of reading them: a cheap check of a file read in full later."""
+    """Load with ``weights_only=True`` (no code runs); one clear error if unusable."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -86,19 +83,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     return checkpoint
 
 
-def check_something_to_train(ckpt_path: Any, checkpoint: Mapping, max_epochs: int | None) -> None:
-    """``ckpt_path=`` restores a whole training state: refuse one with nothing left to do."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    done = int(progress.get("current", {}).get("processed", checkpoint.get("epoch", 0)))
-    if max_epochs is not None and 0 <= max_epochs <= done:
-        raise UserError(
-            f"ckpt_path={ckpt_path} already trained {done} epochs and trainer.max_epochs="
-            f"{max_epochs}: nothing left to train; use init_from={ckpt_path} to start a new run "
-            "from its weights (or raise trainer.max_epochs, unless its LR schedule is sized for "
-            "its steps: OneCycle, warm-up cosine)"
-        )
-
-
 def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The resolved training config an imgcls checkpoint carries."""
     config = checkpoint.get(RUN_INFO_KEY, {}).get("config")
@@ -110,9 +94,7 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> None:
-    """``init_from=<ckpt or run dir>``: the network's weights only (no optimizer, schedule or
-    epoch); a tensor of another shape (a head for other classes) is refused, or kept as it was
-    initialised with ``init_from_reset_head=true``."""
+    """``init_from=``: the network's weights only; other shapes refused unless ``reset_head``."""
     source = find_checkpoint(source)
     state = read_checkpoint(source)["state_dict"]
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
@@ -136,8 +118,6 @@ def init_weights(model: Any, source: str | Path, reset_head: bool = False) -> No
 
 
 class Restored(NamedTuple):
-    """A trained model with the data set-up it was trained with, rebuilt from its checkpoint."""
-
     model: Any  # the LightningModule, weights loaded
     datamodule: Any  # not set up: preprocessing works at once, data loads on setup()
     config: dict[str, Any]  # the resolved training config
@@ -146,15 +126,13 @@ class Restored(NamedTuple):
 
 
 def restore(path: str | Path, data_override: Mapping[str, Any] | None = None) -> Restored:
-    """The model and datamodule of a checkpoint (a run dir: its best); ``data_override`` is a
-    whole data config (another dataset) or keys merged into the stored one."""
+    """A checkpoint's model and datamodule; ``data_override``: a data config or keys merged in."""
     checkpoint = read_checkpoint(find_checkpoint(path))
     config, info = stored_config(checkpoint), checkpoint[RUN_INFO_KEY]
-    data_cfg = OmegaConf.create(config["data"])
     if data_override and "_target_" in data_override:
         data_cfg = data_override  # as composed: its interpolations (${seed}) resolve in its root
-    elif data_override:
-        data_cfg = OmegaConf.merge(data_cfg, data_override)
+    else:
+        data_cfg = OmegaConf.merge(config["data"], data_override or {})
     datamodule = instantiate(data_cfg)
     # Lightning saves the datamodule's state under its class name: another dataset gets none
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__) or {})
@@ -173,8 +151,7 @@ def store_temperature(path: str | Path, temperature: float) -> Path:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Each checkpoint goes to a temporary file beside it, then is renamed into place: a kill
-    during a save leaves the previous one intact. Loads are ``weights_only``: no code runs."""
+    """Saved to a temporary file beside the checkpoint, then renamed into place."""
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         path = Path(path)
@@ -186,10 +163,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             temporary.replace(path)
         finally:
             temporary.unlink(missing_ok=True)
-
-    def load_checkpoint(
-        self, path: Any, map_location: Any = None, weights_only: Any = None
-    ) -> dict:
-        if weights_only is False:  # the caller explicitly trusts this file
-            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
-        return read_checkpoint(path, map_location=map_location)

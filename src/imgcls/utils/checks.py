@@ -10,6 +10,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from imgcls.utils.cluster import unshared_run_dir
+from imgcls.utils.errors import UserError
+
 #: what Lightning's ``Trainer(precision=...)`` accepts (its signature's Literal types)
 PRECISIONS = (16, 32, 64, "16", "32", "64", "bf16", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "32-true", "64-true", "transformer-engine",
@@ -118,15 +121,17 @@ class PreRunChecks(Callback):
     """A multirun checks the values it starts with (the swept ones are checked where used)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from imgcls.utils.cluster import check_shared_run_dir  # one run dir for SLURM/torchrun
-        from imgcls.utils.errors import UserError
-
-        exit_with(bad_value(config))
-        try:
-            check_shared_run_dir(list(config.hydra.overrides.hydra))
-        except UserError as err:
-            exit_with(str(err))
-        exit_with(unwritable(config.hydra.run.dir))
+        shared = unshared_run_dir(list(config.hydra.overrides.hydra))  # SLURM/torchrun processes
+        exit_with(bad_value(config) or shared or unwritable(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:  # a launcher config that cannot be resolved: a SLURM job it cannot size
+            OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        except Exception as raised:
+            err: BaseException | None = raised  # the UserError behind OmegaConf's wrappers
+            while err is not None and not isinstance(err, UserError):
+                err = err.__cause__ or err.__context__
+            if err is None:
+                raise
+            exit_with(str(err))
         exit_with(bad_value(config, required=False) or unwritable(config.hydra.sweep.dir))

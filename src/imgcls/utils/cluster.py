@@ -1,15 +1,11 @@
-"""Clusters, before any training (no torch: the CLI and the config resolvers use it first): the
-``hydra/launcher=slurm`` sizes, and one shared run dir for the processes SLURM or torchrun start."""
+"""``hydra/launcher=slurm`` sizes and one shared run dir for SLURM/torchrun (no torch here)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
-from typing import Any
 
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from imgcls.utils.errors import UserError
 
@@ -35,36 +31,17 @@ def slurm_gpus_per_node(trainer: DictConfig, gpus: int | None = None) -> int | N
     return None if on_cpu else slurm_tasks_per_node(trainer, gpus)
 
 
-class LauncherCheck(HydraCallback):
-    """A launcher config that cannot be resolved (a SLURM job it cannot size) fails with one line
-    before anything is submitted."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            OmegaConf.to_container(config.hydra.launcher, resolve=True)
-        except Exception as raised:
-            err: BaseException | None = raised  # the UserError behind OmegaConf's wrappers
-            while err is not None and not isinstance(err, UserError):
-                err = err.__cause__ or err.__context__
-            if err is None:
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-
-def check_shared_run_dir(args: Sequence[str]) -> None:
-    """Each process SLURM (``srun``) or torchrun starts composes its own config, with a run dir of
-    its own time and id: a single run (not ``-m``) needs ``hydra.run.dir`` given to each."""
+def unshared_run_dir(args: Sequence[str]) -> str | None:
+    """Processes SLURM or torchrun start each compose a run dir: they need one ``hydra.run.dir``."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     else:  # as Lightning's SLURMEnvironment.detect(): an interactive allocation is no launch
         interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
         world = 1 if interactive else int(os.environ.get("SLURM_NTASKS", "1"))
-    if world <= 1 or "-m" in args or "--multirun" in args:
-        return
-    if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args):
-        return
-    raise UserError(
+    shared = any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args)
+    if world <= 1 or shared or "-m" in args or "--multirun" in args:
+        return None
+    return (
         f"this is one of {world} processes started by SLURM/torchrun, and each would write its "
         "own run dir: pass the same hydra.run.dir=<shared dir> to every process "
         "(or submit with python train.py -m hydra/launcher=slurm)"

@@ -1,5 +1,4 @@
-"""``trainer.gpus=N`` as users type it, mapped onto Lightning's ``accelerator``/``devices``, and
-``float32_matmul_precision``."""
+"""``trainer.gpus=N`` mapped onto ``accelerator``/``devices``; ``float32_matmul_precision``."""
 
 from __future__ import annotations
 
@@ -10,8 +9,7 @@ from imgcls.utils.errors import UserError
 
 
 def apply_gpus(trainer_cfg: DictConfig, gpus: int | None, devices_given: bool = False) -> None:
-    """Set ``accelerator``/``devices`` (in place): ``gpus`` 0 = the CPU, N = N GPUs, -1 = all.
-    ``devices_given``: the user set ``trainer.devices`` too, so a different value is refused."""
+    """Set ``accelerator``/``devices`` in place: ``gpus`` 0 = the CPU, N = N GPUs, -1 = all."""
     if gpus is None:
         if str(trainer_cfg.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
             raise UserError(
@@ -42,16 +40,13 @@ def apply_gpus(trainer_cfg: DictConfig, gpus: int | None, devices_given: bool = 
     trainer_cfg.accelerator, trainer_cfg.devices = accelerator, devices
 
 
-def apply_matmul_precision(precision: str | None = "auto") -> str:
-    """``torch.set_float32_matmul_precision`` before any model runs: ``auto`` (or None) is
-    ``high`` on a GPU (TF32 tensor cores) and the CPU's default elsewhere; returns what is set."""
-    if precision in (None, "auto"):
-        if torch.cuda.is_available():
-            torch.set_float32_matmul_precision("high")
-        return torch.get_float32_matmul_precision()
-    if precision not in ("highest", "high", "medium"):
+def apply_matmul_precision(precision: str | None = "auto") -> None:
+    """Before any model runs; ``auto`` (or None): ``high`` on a GPU (TF32), else the default."""
+    if precision not in (None, "auto", "highest", "high", "medium"):
         raise UserError(
             f"float32_matmul_precision must be auto, highest, high, medium; got {precision!r}"
         )
-    torch.set_float32_matmul_precision(precision)
-    return precision
+    if precision not in (None, "auto"):
+        torch.set_float32_matmul_precision(precision)
+    elif torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")

@@ -1,5 +1,4 @@
-"""Plumbing the entry points share: command-line overrides, atomic JSON files, config paths moved
-with their run dir, Hydra's run mode, instantiated lists, one-line errors, quieter logs."""
+"""Plumbing the entry points share: overrides, atomic JSON, relocated configs, one-line errors."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
@@ -32,22 +31,10 @@ LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken
                 "communicator was aborted")  # fmt: skip
 
 
-class Override(NamedTuple):
-    """One ``key=value`` command-line override (``deletes``: ``~key``)."""
-
-    key: str
-    value: str | None
-    deletes: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> Override:
-        head, sep, value = str(text).partition("=")
-        return cls(head.lstrip("+~"), value if sep else None, head.startswith("~"))
-
-
-def parse_overrides(args: Iterable[str]) -> list[Override]:
-    """The ``key=value`` arguments of a command line (flags such as ``-m`` left out)."""
-    return [Override.parse(a) for a in args if "=" in a and not a.startswith("-")]
+def parse_overrides(args: Iterable[str]) -> list[tuple[str, str, bool]]:
+    """A command line's ``key=value`` arguments as (key, value, deletes: ``~key=``); no flags."""
+    pairs = [str(a).partition("=")[::2] for a in args if "=" in a and not a.startswith("-")]
+    return [(key.lstrip("+~"), value, key.startswith("~")) for key, value in pairs]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -82,11 +69,6 @@ def relocated(config: Any, new_dir: Path | str) -> Any:
     return moved(config)
 
 
-def natural_key(path: Path) -> list[Any]:
-    """``2`` before ``10``: numbers in names compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -113,14 +95,6 @@ def apply_extras(cfg: Any = None) -> None:
         logging.getLogger("imgcls").setLevel(logging.WARNING)
 
 
-def user_facing(err: BaseException) -> BaseException:
-    """The UserError behind Hydra's instantiate/interpolation wrappers, else ``err`` itself."""
-    seen: BaseException | None = err
-    while seen is not None and not isinstance(seen, (UserError, MisconfigurationException)):
-        seen = seen.__cause__ or seen.__context__
-    return seen or err
-
-
 def one_line(err: BaseException) -> str:
     """The error's message on one line; from a DataLoader worker, the worker's own message."""
     text = str(err)
@@ -130,8 +104,7 @@ def one_line(err: BaseException) -> str:
 
 
 def lost_process_error(err: BaseException) -> UserError | None:
-    """In a distributed run, the error a process gets when another one died or hung, as one line
-    (noticed at the next collective, or after the strategy's ``timeout``: 30 min)."""
+    """In a distributed run, the error a process gets when another one died or hung, one line."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
     text = str(err)
@@ -148,14 +121,16 @@ def lost_process_error(err: BaseException) -> UserError | None:
 
 def describe(raised: BaseException) -> tuple[str, bool]:
     """An error as one line, and whether it is an expected one (a mistake the user can fix)."""
-    err = lost_process_error(raised) or user_facing(raised)
-    expected = isinstance(err, (UserError, MisconfigurationException))
-    return (one_line(err) if expected else f"{type(err).__name__}: {one_line(err)}"), expected
+    err: BaseException | None = lost_process_error(raised) or raised
+    while err is not None and not isinstance(err, (UserError, MisconfigurationException)):
+        err = err.__cause__ or err.__context__  # behind Hydra's instantiate/resolver wrappers
+    if err is None:
+        return f"{type(raised).__name__}: {one_line(raised)}", False
+    return one_line(err), True
 
 
 def report_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """An expected failure becomes one line and exit code 2 instead of a traceback; in a sweep a
-    failed job returns NaN and the sweep goes on (for Optuna: a failed trial)."""
+    """An expected failure: one line and exit 2; in a sweep a failed job returns NaN."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
