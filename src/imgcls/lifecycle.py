@@ -1,7 +1,5 @@
 """A run's life cycle: its dir, ``resume=``, what checkpoints carry, signals, requeues, failures."""
 
-from __future__ import annotations
-
 import contextlib
 import inspect
 import logging

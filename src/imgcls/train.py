@@ -1,7 +1,5 @@
 """``python train.py``: fit a model, then test its best checkpoint; returns the sweep objective."""
 
-from __future__ import annotations
-
 import logging
 import os
 import random

@@ -1,7 +1,5 @@
 """The base LightningDataModule: seeded splits, class subsets, folds, loaders, shapes."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from pathlib import Path

@@ -1,7 +1,5 @@
 """CIFAR-10/100: torchvision downloads the pickles, read here without its md5 pass."""
 
-from __future__ import annotations
-
 import pickle
 from pathlib import Path
 

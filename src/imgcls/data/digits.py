@@ -1,7 +1,5 @@
 """scikit-learn's bundled handwritten digits: a real, embedded dataset that needs no network."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 

@@ -1,7 +1,5 @@
 """Two ways to serve batches from a uint8 image tensor: slicing (fast) or a classic Dataset."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field

@@ -1,7 +1,5 @@
 """MNIST and Fashion-MNIST through torchvision's own IDX parser; the test split stays as given."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from torchvision.datasets import MNIST, FashionMNIST

@@ -1,7 +1,5 @@
 """SVHN: torchvision downloads the ``.mat`` files, read here without its md5 pass (1.3 GB extra)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

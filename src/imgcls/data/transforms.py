@@ -1,7 +1,5 @@
 """Float batch augmentations drawn per sample (torchvision's v2 draws once per call)."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Sequence
 from functools import partial

@@ -1,8 +1,6 @@
 """Checkpoint files: which one of a run dir, ``weights_only`` reads, atomic writes, ``init_from=``
 weights, and the model and data rebuilt from one."""
 
-from __future__ import annotations
-
 import logging
 import os
 import pickle

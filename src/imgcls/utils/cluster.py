@@ -1,7 +1,5 @@
 """``hydra/launcher=slurm`` sizes and one shared run dir for SLURM/torchrun (no torch here)."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Sequence
 

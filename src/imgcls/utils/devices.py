@@ -1,7 +1,5 @@
 """``trainer.gpus=N`` mapped onto ``accelerator``/``devices``; ``float32_matmul_precision``."""
 
-from __future__ import annotations
-
 import torch
 from omegaconf import DictConfig
 

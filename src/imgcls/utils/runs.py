@@ -1,7 +1,5 @@
 """Plumbing the entry points share: overrides, atomic JSON, relocated configs, one-line errors."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import json

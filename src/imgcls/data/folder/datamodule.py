@@ -1,7 +1,5 @@
 """``FolderDataModule``: a folder of class folders (its files and images: ``read``)."""
 
-from __future__ import annotations
-
 import logging
 import os
 from collections.abc import Sequence
