@@ -15,7 +15,7 @@ SRC = ROOT / "src"
 #: every Python file outside tests/ and benchmarks/: the package, the entry points, scripts/
 COUNTED = sorted([*SRC.rglob("*.py"), *ROOT.glob("*.py"), *(ROOT / "scripts").rglob("*.py")])
 #: a ratchet: issue 19's target is 5,000 lines; this only ever goes down towards it
-MAX_LINES_TOTAL = 5152
+MAX_LINES_TOTAL = 5150
 MAX_LINES_FILE = 300
 
 #: layers, top to bottom: a module may import its own layer or a lower one, never a higher one

@@ -172,6 +172,17 @@ def test_resume_with_more_epochs_than_its_onecycle_covers_is_one_line(make_cfg) 
         train(longer)
 
 
+def test_an_endless_run_trains_and_a_schedule_over_it_is_one_line(make_cfg) -> None:
+    endless = ["data=digits", "trainer.max_epochs=-1", "trainer.limit_train_batches=2"]
+    endless += ["trainer.limit_val_batches=1", "test=false"]
+    plain = make_cfg("train", [*endless, "model.scheduler=null", "+trainer.max_time=00:00:00:03"])
+    train(plain)  # stopped by max_time: no schedule needs the run's length
+    assert (Path(plain.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+    sized = make_cfg("train", endless, subdir="onecycle")
+    with pytest.raises(UserError, match="model.scheduler spans the whole run and needs its length"):
+        train(sized)
+
+
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(make_cfg) -> None:
     frozen = [  # an lr this small cannot change val/acc: only epoch 0 is ever "best"
         "data=digits",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -201,13 +202,13 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
 
     def on_train_start(self) -> None:
         # a resumed run: the restored schedule must still cover every step of this run
-        steps = int(self.trainer.estimated_stepping_batches)
+        steps = self.trainer.estimated_stepping_batches  # inf: trainer.max_epochs=-1
         for config in self.trainer.lr_scheduler_configs:
             total = getattr(config.scheduler, "total_steps", None)
             if isinstance(total, int) and steps > total:
                 raise UserError(
                     f"the checkpoint's {type(config.scheduler).__name__} was sized for {total} "
-                    f"optimizer steps but this run takes {steps}; resume with the "
+                    f"optimizer steps but this run takes {steps:.0f}; resume with the "
                     "trainer.max_epochs it was started with, or train a new run"
                 )
 
@@ -240,7 +241,13 @@ class ImageClassifier(NonfiniteLossWatch, pl.LightningModule):
         bound, kwargs = getattr(factory, "keywords", {}), {}
         over_steps = takes(factory, "total_steps")  # OneCycleLR, warmup_cosine: the whole run
         if over_steps and bound.get("total_steps") is None and bound.get("epochs") is None:
-            steps = int(self.trainer.estimated_stepping_batches)
+            steps = self.trainer.estimated_stepping_batches
+            if math.isinf(steps):
+                raise UserError(
+                    "trainer.max_epochs=-1: the model.scheduler spans the whole run and needs its "
+                    "length; give trainer.max_epochs=N, trainer.max_steps=N or model.scheduler=null"
+                )
+            steps = int(steps)
             # one step more where OneCycleLR's warm-up would end on step 0 (torch divides by 0)
             kwargs["total_steps"] = steps + ((bound.get("pct_start") or 0) * steps == 1)
         interval = self.hparams.scheduler_interval

@@ -86,15 +86,6 @@ def bad_value(cfg: DictConfig, required: bool = True) -> str | None:
         if (value := _select(cfg, key, ABSENT)) is not ABSENT and not ok(value):
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             return f"{key}={value if isinstance(value, str) else json.dumps(value)}: {problem}"
-    endless = (
-        _select(cfg, "trainer.max_epochs") == -1 and (_select(cfg, "trainer.max_steps") or -1) < 0
-    )
-    scheduler = str(_select(cfg, "model.scheduler._target_") or "")  # sized by the run's steps
-    if endless and scheduler.endswith(("OneCycleLR", "warmup_cosine")):
-        return (
-            "trainer.max_epochs=-1: the model.scheduler spans the whole run and needs its length; "
-            "give trainer.max_epochs=N, trainer.max_steps=N or model/scheduler=null"
-        )
     for name in ("mlflow", "wandb"):  # the loggers of the optional extras
         if _select(cfg, f"logger.{name}") and not importlib.util.find_spec(name):
             return f"logger={name} needs the {name} package; pip install -e '.[{name}]'"
