@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import io
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from imgcls.data.folder import STATS_CACHE, FileImages, FolderDataModule
+from imgcls.data.folder import FileImages, FolderDataModule
 from imgcls.data.folder import read as folder_read
 from imgcls.utils.errors import UserError
 
@@ -201,56 +200,66 @@ def test_grayscale_and_class_subset_by_name(tmp_path):
     assert images.shape[1:] == (1, 12, 12) and set(labels.tolist()) == {0, 1}
 
 
-def test_normalize_auto_computes_caches_and_reuses(tmp_path, monkeypatch):
+def exact_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and (population) std of uint8 images, in [0, 1] units."""
+    pixels = (images.double() / 255).permute(1, 0, 2, 3).reshape(images.shape[1], -1)
+    return pixels.mean(dim=1), pixels.std(dim=1, unbiased=False)
+
+
+def normalization(dm: FolderDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    return dm.pipeline.normalize.mean.flatten(), dm.pipeline.normalize.std.flatten()
+
+
+def test_normalize_auto_computes_at_setup_writes_nothing_and_restores(tmp_path):
     root = write_flat_folder(tmp_path / "pics", n=6)
+    before = sorted(root.rglob("*"))
     dm = make(root, normalize="auto")
     dm.setup()
-    train = dm.splits["train"][0].double() / 255
-    expected_mean = train.mean(dim=(0, 2, 3))
-    expected_std = train.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False)
-    mean, std = dm.pipeline.normalize.mean.flatten(), dm.pipeline.normalize.std.flatten()
+    expected_mean, expected_std = exact_stats(dm.splits["train"][0])
+    mean, std = normalization(dm)
     assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
     assert torch.allclose(std.double(), expected_std, atol=1e-5)
-    cache = json.loads((root / STATS_CACHE).read_text())
-    assert len(cache) == 1 and np.allclose(next(iter(cache.values()))["mean"], expected_mean)
     assert dm.state_dict()["mean"] == pytest.approx(expected_mean.tolist(), abs=1e-5)
-
-    # a second run reads the cache: no statistics are computed again
-    def fail(*args):
-        raise AssertionError("statistics recomputed despite the cache")
-
-    monkeypatch.setattr(folder_read, "compute_stats", fail)
-    again = make(root, normalize="auto")
-    again.setup()
-    assert torch.allclose(again.pipeline.normalize.mean, dm.pipeline.normalize.mean)
-    # preprocessing at predict time (no setup) normalises like training did
+    # preprocessing at predict time (no setup, no checkpoint) computes them from the images
     fresh = make(root, normalize="auto")
     image = torch.full((1, 3, 16, 16), 128, dtype=torch.uint8)
     assert torch.allclose(fresh.preprocess(image), dm.preprocess(image))
-    assert fresh.splits == {}  # the cache was enough, nothing decoded
+    assert sorted(root.rglob("*")) == before  # nothing written into the data folder
     # checkpoint state restores the statistics without any data
     restored = make(tmp_path / "gone", normalize="auto")
     restored.load_state_dict(dm.state_dict())
     assert torch.allclose(restored.preprocess(image), dm.preprocess(image))
-    with pytest.raises(UserError, match="normalize=auto"):
+    with pytest.raises(UserError, match="normalize=auto") as err:
         make(tmp_path / "gone", normalize="auto").preprocess(image)
+    assert "\n" not in str(err.value) and ".json" not in str(err.value)
 
 
-def test_normalize_auto_without_write_access_does_not_cache(tmp_path, monkeypatch):
-    root = write_flat_folder(tmp_path / "pics", n=4)
-    if os.geteuid() == 0:  # root ignores permissions: make the write itself fail
-        monkeypatch.setattr(
-            os, "replace", lambda *a: (_ for _ in ()).throw(PermissionError(13, "ro"))
-        )
-    else:
-        root.chmod(0o555)
-    try:
-        dm = make(root, normalize="auto")
-        dm.setup()
-        assert dm.state_dict()["mean"]  # computed anyway
-        assert not (root / STATS_CACHE).exists()
-    finally:
-        root.chmod(0o755)
+def test_normalize_auto_uses_a_fixed_draw_of_at_most_stats_images(tmp_path, monkeypatch):
+    root = write_flat_folder(tmp_path / "pics", n=6)
+    monkeypatch.setattr(folder_read, "STATS_IMAGES", 5)
+    original, decoded = folder_read.decode_image, []
+    monkeypatch.setattr(
+        folder_read,
+        "decode_image",
+        lambda *a: decoded.append((a[0], original(*a))) or decoded[-1][1],
+    )
+    streamed = [make(root, normalize="auto", in_memory=False) for _ in range(2)]
+    streamed[0].setup()  # setup checks headers only: every decode is a statistics image
+    drawn = decoded[:]
+    assert len(drawn) == 5 and len({path for path, _ in drawn}) == 5
+    assert len(streamed[0].splits["train"][1]) > 5
+    expected_mean, expected_std = exact_stats(torch.stack([image for _, image in drawn]))
+    mean, std = normalization(streamed[0])
+    assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
+    assert torch.allclose(std.double(), expected_std, atol=1e-5)
+    decoded.clear()
+    streamed[1].setup()
+    assert [path for path, _ in decoded] == [path for path, _ in drawn]  # the same draw
+    in_memory = make(root, normalize="auto")
+    in_memory.setup()
+    for dm in (streamed[1], in_memory):
+        for ours, theirs in zip(normalization(dm), (mean, std), strict=True):
+            torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "streaming"])
@@ -358,7 +367,6 @@ def test_streaming_k_fold_class_subset_and_auto_statistics_match(tmp_path):
     options = dict(num_folds=3, fold=1, classes=["cherry", "apple"], normalize="auto")
     decoded = make(root, **options)
     decoded.setup()
-    (root / STATS_CACHE).unlink()  # the streamed module computes its own statistics
     streamed = make(root, in_memory=False, **options)
     streamed.setup()
     _splits_equal(streamed, decoded)

@@ -1,5 +1,4 @@
 """Your own images: one folder per class, optionally in train/ val/ test/ (docs/data.md)."""
 
 from imgcls.data.folder.datamodule import FolderDataModule as FolderDataModule
-from imgcls.data.folder.read import STATS_CACHE as STATS_CACHE
 from imgcls.data.folder.read import FileImages as FileImages

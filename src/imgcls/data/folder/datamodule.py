@@ -62,7 +62,7 @@ class FolderDataModule(ImageDataModule):
         val_size = fractions[1] / (fractions[0] + fractions[1])
         super().__init__(image_size=image_size, val_size=val_size or 0.5, **kwargs)
         self._decoded: dict[str, Split] | None = None
-        # normalize=auto: statistics known once computed, read from the cache or a checkpoint
+        # normalize=auto: statistics known once computed at setup or read from a checkpoint
         self._stats_pending = normalize == "auto" and self.hparams.mean is None
 
     @property
@@ -118,18 +118,8 @@ class FolderDataModule(ImageDataModule):
             return
         super().setup(stage)
         self._decoded = None  # the splits now hold the images
-        if self._stats_pending:
-            key = self._stats_key()
-            stats = read.read_cached(self.root, key)
-            if stats is None:
-                stats = read.compute_stats(self.splits["train"][0])
-                read.write_cached(self.root, key, stats)
-            self._apply_stats(stats)
-
-    def _stats_key(self) -> str:
-        keys = "resize grayscale split seed classes num_folds fold on_bad_image".split()  # noqa: SIM905
-        settings = {key: self.hparams.get(key) for key in keys} | {"image_size": self.image_size}
-        return read.stats_key(self.files, self.root, settings)
+        if self._stats_pending:  # computed from the training split every run, no file written
+            self._apply_stats(read.compute_stats(self.splits["train"][0]))
 
     def _apply_stats(self, stats: read.Stats) -> None:
         self.pipeline.set_normalization(stats["mean"], stats["std"])
@@ -140,17 +130,14 @@ class FolderDataModule(ImageDataModule):
         )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        if self._stats_pending:  # normalize=auto before setup: the cache, else the images
+        if self._stats_pending:  # normalize=auto before setup, no checkpoint state: the images
             if not self.root.is_dir():
                 raise UserError(
                     f"data.normalize=auto needs the training images in data.root={self.root} (or "
-                    f"their statistics in {self.root / read.STATS_CACHE}) to normalise "
-                    "like training did; restore them, or pass data.mean=[...] data.std=[...]"
+                    "a checkpoint holding their statistics) to normalise like training did; "
+                    "restore them, or pass data.mean=[...] data.std=[...]"
                 )
-            if cached := read.read_cached(self.root, self._stats_key()):
-                self._apply_stats(cached)
-            else:
-                self.setup("fit")
+            self.setup("fit")
         return super().preprocess(images)
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ log = logging.getLogger(__name__)
 TEST_SPLIT_SEED = 0  # fixed: carving test images never depends on the run's seed
 Items = list[tuple[Path, int]]  # (image file, label)
 MAX_LISTED = 20
-STATS_CACHE = "imgcls_stats.json"
+STATS_IMAGES = 4096  # normalize=auto: at most this many training images (fixed draw)
 Stats = dict[str, list[float]]  # {"mean": [...], "std": [...]}
 
 
@@ -163,46 +160,12 @@ def read_splits(
     return splits
 
 
-def stats_key(files: dict[str, Items], root: Path, settings: dict[str, Any]) -> str:
-    """Identifies a training split: its files (paths, sizes, labels) and the split ``settings``."""
-    listed = [
-        [split, str(path.relative_to(root)), path.stat().st_size, label]
-        for split, items in sorted(files.items())
-        for path, label in items
-    ]
-    encoded = json.dumps({"files": listed, **settings}, sort_keys=True, default=str).encode()
-    return hashlib.sha1(encoded).hexdigest()[:16]
-
-
-def _cache(root: Path) -> dict[str, Any]:
-    try:
-        cache = json.loads((root / STATS_CACHE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
-
-
-def read_cached(root: Path, key: str) -> Stats | None:
-    """The cached statistics under ``key``, or ``None`` (no cache, no entry, unreadable)."""
-    try:
-        return {name: [float(v) for v in _cache(root)[key][name]] for name in ("mean", "std")}
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def write_cached(root: Path, key: str, stats: Stats) -> None:
-    """Add ``stats`` under ``key`` to the cache (atomically); a read-only folder only logs."""
-    path, cache = root / STATS_CACHE, _cache(root) | {key: stats}
-    try:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as err:  # read-only data: recompute next time
-        log.info(f"normalisation statistics not cached ({path}: {err.strerror or err})")
-
-
 def compute_stats(images: Any) -> Stats:
-    """Per-channel mean and std in [0, 1] units of uint8 images, summed in float64 chunks."""
+    """Per-channel mean and std in [0, 1] units of uint8 images (tensor or ``FileImages``),
+    summed in float64 chunks over at most ``STATS_IMAGES`` of them (a fixed-seed draw)."""
+    if len(images) > STATS_IMAGES:
+        draw = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        images = images[draw[:STATS_IMAGES].sort().values]
     sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
     for start in range(0, len(images), 1024):
         chunk = images[start : start + 1024].double().div_(255.0)
