@@ -27,7 +27,7 @@ LAYERS = [
                "imgcls.sweeps", "imgcls.search"]),
     ("run life cycle", ["imgcls.lifecycle"]),
     ("models, data, callbacks", ["imgcls.models", "imgcls.data", "imgcls.callbacks",
-                                 "imgcls.evaluation", "imgcls.loggers"]),
+                                 "imgcls.evaluation"]),
     ("utilities", ["imgcls.utils", "imgcls.config", "imgcls.provenance", "imgcls.imaging"]),
 ]  # fmt: skip
 LIBRARIES = ("pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf", "torch",

@@ -17,8 +17,8 @@ from imgcls.report import (
     RESULTS_MD,
     build_report,
     find_run_dirs,
+    csv_curves,
     main,
-    tensorboard_curves,
 )
 from imgcls.report_stats import fmt_value
 
@@ -149,20 +149,22 @@ def test_run_dirs_are_found_below_several_roots_and_not_inside_runs(tmp_path: Pa
     assert not (out / "val_acc_curves.png").exists()
 
 
-def test_tensorboard_curves_map_steps_to_epochs(tmp_path: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(tmp_path / "run" / "tensorboard"))
-    for epoch, acc in enumerate([0.5, 0.7, 0.6]):
-        step = 10 * epoch + 9
-        writer.add_scalar("val/acc", acc, step)
-        writer.add_scalar("epoch", epoch, step)
-        writer.add_scalar("train/loss", 2.0 - epoch, step)
-    writer.close()
-    curves = tensorboard_curves(tmp_path / "run")
-    assert list(curves["val/acc"].dropna().index) == [0, 1, 2]
-    assert list(curves["val/acc"].dropna()) == pytest.approx([0.5, 0.7, 0.6])
-    assert list(curves["train/loss"].dropna().index) == [0, 1, 2]
+def test_curves_of_the_plots_callback_are_read_from_epoch_0(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "plots").mkdir(parents=True)
+    rows = ["epoch,train/loss,val/loss,train/acc,val/acc", "1,2.0,1.5,0.4,0.5", "2,1.0,1.2,,0.7"]
+    (run / "plots" / "training_curves.csv").write_text("\n".join([*rows, "3,0.5,1.1,0.8,0.6"]))
+    (run / "csv").mkdir()  # a CSVLogger's file too: the plots callback's wins
+    (run / "csv" / "metrics.csv").write_text("epoch,val/acc\n0,0.1\n")
+    curves = csv_curves(run)
+    assert list(curves.index) == [0, 1, 2] and list(curves.columns) == ["val/acc", "train/loss"]
+    assert list(curves["val/acc"]) == pytest.approx([0.5, 0.7, 0.6])
+    assert list(curves["train/loss"]) == pytest.approx([2.0, 1.0, 0.5])
+    make_run(tmp_path / "sweep" / "0", ["seed=1"], metrics=metrics_of(0.7))
+    (tmp_path / "sweep" / "0" / "plots").mkdir()
+    (run / "plots" / "training_curves.csv").rename(tmp_path / "sweep/0/plots/training_curves.csv")
+    (row,) = read_rows(build_report([tmp_path / "sweep"], plot=False).written[0])
+    assert row["epochs"] == "3" and row["best_epoch"] == "2"
 
 
 def test_no_runs_is_a_one_line_error(tmp_path: Path, capsys) -> None:

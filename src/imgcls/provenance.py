@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from imgcls.utils.runs import read_json
+
 PROVENANCE_FILE = "provenance.json"
 DIFF_FILE = "code.diff"
 CODE_DIR = Path(__file__).resolve().parent
@@ -99,16 +101,9 @@ def write(run_path: Path, info: dict[str, Any]) -> None:
     (run_path / PROVENANCE_FILE).write_text(text + "\n")
 
 
-def read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def hparams(run_path: Path) -> dict[str, Any]:
     """The run's provenance as a few hyperparameters (commit, dirty, data fingerprints)."""
-    info = read(Path(run_path) / PROVENANCE_FILE)
+    info = read_json(Path(run_path) / PROVENANCE_FILE)
     git = info.get("git") or {}
     params = {f"provenance/{key}": str(git.get(key)) for key in ("commit", "dirty")}
     for split, entry in (info.get("data") or {}).items():
@@ -123,14 +118,17 @@ def compare(old_run: Path, new_run: Path) -> str:
 
     metrics = {}
     for label, run in (("old", old_run), ("new", new_run)):
-        found = read(Path(run) / "metrics.json")  # a number, or {"value": ..., "from": ...}
+        found = read_json(Path(run) / "metrics.json")  # a number, or {"value": ..., "from": ...}
         found = {k: v.get("value") if isinstance(v, dict) else v for k, v in found.items()}
         metrics[label] = {k: v for k, v in found.items() if k != "sources"}
     table = pd.DataFrame(metrics, columns=["old", "new"]).apply(pd.to_numeric, errors="coerce")
     table = table.sort_index()
     table["new - old"] = (table.new - table.old).map(lambda d: "" if pd.isna(d) else f"{d:+.4f}")
     lines = [table.to_string(float_format="{:.4f}".format, na_rep="-")]
-    old, new = read(Path(old_run) / PROVENANCE_FILE), read(Path(new_run) / PROVENANCE_FILE)
+    old, new = (
+        read_json(Path(old_run) / PROVENANCE_FILE),
+        read_json(Path(new_run) / PROVENANCE_FILE),
+    )
     if not old or not new:
         return "\n".join([*lines, f"provenance: none recorded in {new_run if old else old_run}"])
     pairs = [("commit", "git", "commit"), ("uncommitted changes", "git", "dirty")]

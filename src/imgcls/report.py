@@ -58,27 +58,15 @@ def read_yaml(path: Path) -> object:
 
 
 def csv_curves(run_dir: Path) -> pd.DataFrame:
-    """``CURVE_TAGS`` per epoch from CSVLogger's ``metrics.csv`` files (later versions win)."""
-    frames = [pd.read_csv(path) for path in sorted(run_dir.rglob("metrics.csv"))]
+    """``CURVE_TAGS`` per epoch (from 0): the ``plots`` callback's ``training_curves.csv`` (epochs
+    from 1), else CSVLogger's ``metrics.csv`` files (later versions win)."""
+    plots = run_dir / "plots" / "training_curves.csv"
+    if plots.is_file():
+        frames = [pd.read_csv(plots).assign(epoch=lambda frame: frame.epoch - 1)]
+    else:
+        frames = [pd.read_csv(path) for path in sorted(run_dir.rglob("metrics.csv"))]
     frame = pd.concat([f for f in frames if "epoch" in f] or [pd.DataFrame({"epoch": []})])
     return frame.groupby("epoch")[[t for t in CURVE_TAGS if t in frame]].last().rename(index=int)
-
-
-def tensorboard_curves(run_dir: Path) -> pd.DataFrame:
-    """``CURVE_TAGS`` per epoch from TensorBoard event files (steps mapped to epochs)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    curves: dict[str, dict[int, float]] = {}
-    for event_dir in sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}):
-        events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
-        events.Reload()
-        tags = events.Tags()["scalars"]
-        steps = events.Scalars("epoch")[::-1] if "epoch" in tags else []
-        epochs = {event.step: int(event.value) for event in steps}  # the first epoch of a step
-        for tag in set(tags) & set(CURVE_TAGS):
-            for i, event in enumerate(events.Scalars(tag)):
-                curves.setdefault(tag, {})[epochs.get(event.step, i)] = event.value
-    return pd.DataFrame(curves).sort_index()
 
 
 def wall_time(path: Path, status: dict) -> float | None:
@@ -101,9 +89,7 @@ def read_run(path: Path, name: str) -> Run:
         head, sep, value = str(item).partition("=")
         if head.lstrip("+~") != "resume":  # ~key deletes the key: <deleted>
             overrides[head.lstrip("+~")] = value or "<deleted>" * head.startswith("~")
-    curves = csv_curves(path)
-    curves = (tensorboard_curves(path) if curves.empty else curves).dropna(how="all")
-    curves = curves.dropna(axis=1, how="all")
+    curves = csv_curves(path).dropna(how="all").dropna(axis=1, how="all")
     return Run(
         path=path,
         name=name,

@@ -17,7 +17,6 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls import lifecycle, provenance
-from imgcls.loggers import finish_loggers
 from imgcls.tune import run_tuner, tunes_only
 from imgcls.utils import checkpoint as ckpt
 from imgcls.utils import runs
@@ -204,7 +203,10 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
         metrics.update(runs.to_floats(trainer.callback_metrics))
 
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())
-    finish_loggers(loggers)
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):  # WandbLogger leaves it open,
+        import wandb  # and a sweep's next job in this process would log into it
+
+        wandb.finish()
     if trainer.is_global_zero:  # where each final metric comes from
         best_file = {"checkpoint": os.path.relpath(best, run.path)} if best else {}
         last = {"from": "last epoch", "epoch": trainer.current_epoch - 1}
