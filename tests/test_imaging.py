@@ -4,14 +4,17 @@ wrap-around; and the package's decoder (imgcls.imaging) on files as users have t
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from imgcls.config import REPO_ROOT
-from imgcls.imaging import load_image_tensor
+from imgcls.imaging import load_image_tensor, to_float, to_uint8
 from imgcls.utils.errors import UserError
 
 
@@ -26,84 +29,87 @@ def _load_script():
 
 # the tutorial operations live in the script that shows them
 basics = _load_script()
-Brightness, DarkenRegion, ToFloat, ToUint8 = (
-    basics.Brightness,
-    basics.DarkenRegion,
-    basics.ToFloat,
-    basics.ToUint8,
+adjust_brightness, darken_region, describe = (
+    basics.adjust_brightness,
+    basics.darken_region,
+    basics.describe,
 )
-adjust_brightness, as_float, as_uint8 = basics.adjust_brightness, basics.as_float, basics.as_uint8
-darken_region, describe, load_image = basics.darken_region, basics.describe, basics.load_image
 
 
 def test_brightness_clips_instead_of_wrapping():
-    image = np.array([[0, 5, 128, 250, 255]], dtype=np.uint8)
-    assert (image + np.uint8(10))[0, 3] == 4  # what plain uint8 arithmetic does
-    assert adjust_brightness(image, 10).tolist() == [[10, 15, 138, 255, 255]]
-    assert adjust_brightness(image, -10).tolist() == [[0, 0, 118, 240, 245]]
-    assert adjust_brightness(image, factor=2.0).tolist() == [[0, 10, 255, 255, 255]]
-    assert adjust_brightness(image, 10).dtype == np.uint8
+    image = torch.tensor([[[0, 5, 128, 250, 255]]], dtype=torch.uint8)  # [1, 1, 5]
+    assert (image + 10)[0, 0, 3] == 4  # what plain uint8 arithmetic does
+    assert adjust_brightness(image, 10).tolist() == [[[10, 15, 138, 255, 255]]]
+    assert adjust_brightness(image, -10).tolist() == [[[0, 0, 118, 240, 245]]]
+    assert adjust_brightness(image, factor=2.0).tolist() == [[[0, 10, 255, 255, 255]]]
+    assert adjust_brightness(image, 10).dtype == torch.uint8
 
-    floats = np.array([0.0, 0.5, 0.95], dtype=np.float32)
-    assert np.allclose(adjust_brightness(floats, 0.1), [0.1, 0.6, 1.0])
-    assert adjust_brightness(floats, 0.1).dtype == np.float32
-    assert np.allclose(adjust_brightness(floats, -0.6), [0.0, 0.0, 0.35])
+    floats = torch.tensor([[[0.0, 0.5, 0.95]]])
+    assert torch.allclose(adjust_brightness(floats, 0.1), torch.tensor([0.1, 0.6, 1.0]))
+    assert adjust_brightness(floats, 0.1).dtype == torch.float32
+    assert torch.allclose(adjust_brightness(floats, -0.6), torch.tensor([0.0, 0.0, 0.35]))
+    assert torch.allclose(adjust_brightness(floats, factor=2.0), torch.tensor([0.0, 1.0, 1.0]))
 
-    tensor = torch.tensor([[250, 3]], dtype=torch.uint8)
-    assert adjust_brightness(tensor, 10).tolist() == [[255, 13]]
-    assert adjust_brightness(tensor, -5).tolist() == [[245, 0]]
+    rgb = torch.tensor([250, 3, 128], dtype=torch.uint8).reshape(3, 1, 1)
+    assert adjust_brightness(rgb, 10).flatten().tolist() == [255, 13, 138]
+    assert adjust_brightness(rgb, -5, factor=0.5).flatten().tolist() == [120, 0, 59]
     with pytest.raises(ValueError):
         adjust_brightness(image, factor=-1)
 
 
 def test_dtype_conversion_round_trips_and_clips():
-    every = np.arange(256, dtype=np.uint8)
-    floats = as_float(every)
-    assert floats.dtype == np.float32 and floats.min() == 0.0 and floats.max() == 1.0
-    assert np.array_equal(as_uint8(floats), every)  # exact round trip
-    assert as_uint8(np.array([-0.5, 0.5, 1.5])).tolist() == [0, 128, 255]
-    assert as_uint8(np.array([300, -20, 100], dtype=np.int16)).tolist() == [255, 0, 100]
-    assert as_uint8(np.array([0, 65535], dtype=np.uint16)).tolist() == [0, 255]
-    assert as_float(np.array([65535], dtype=np.uint16)).tolist() == [1.0]
-    t = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(as_uint8(as_float(t)), t)
-    assert as_uint8(torch.tensor([1.2, -0.1])).tolist() == [255, 0]
-    assert as_uint8(torch.tensor([260, -3])).tolist() == [255, 0]
+    every = torch.arange(256, dtype=torch.uint8)
+    floats = to_float(every)
+    assert floats.dtype == torch.float32 and floats.min() == 0.0 and floats.max() == 1.0
+    assert torch.equal(to_uint8(floats), every)  # exact round trip
+    assert to_uint8(torch.tensor([-0.5, 0.5, 1.5])).tolist() == [0, 128, 255]
+    assert to_uint8(torch.tensor([300, -20, 100], dtype=torch.int16)).tolist() == [255, 0, 100]
+    assert to_uint8(torch.tensor([0, 65535], dtype=torch.uint16)).tolist() == [0, 255]
+    assert to_float(torch.tensor([65535], dtype=torch.uint16)).tolist() == [1.0]
+    # torchvision's to_dtype(scale=True) agrees for uint8 <-> float
+    assert torch.allclose(F.to_dtype(every, torch.float32, scale=True), floats)
+    assert torch.equal(F.to_dtype(floats, torch.uint8, scale=True), every)
 
 
 def test_describe_reports_shape_dtype_range():
-    image = np.zeros((4, 5, 3), dtype=np.uint8)
-    image[0, 0] = 200
+    image = torch.zeros((3, 4, 5), dtype=torch.uint8)
+    image[:, 0, 0] = 200
     info = describe(image)
-    assert info["shape"] == (4, 5, 3) and info["dtype"] == "uint8"
+    assert info["shape"] == (3, 4, 5) and info["dtype"] == "uint8"
     assert (info["min"], info["max"]) == (0, 200)
     assert info["expected_range"] == (0, 255) and info["in_expected_range"]
     assert info["mean"] == pytest.approx(600 / 60)
-    bad = describe(torch.tensor([[-0.5, 1.5]]))
+    bad = describe(torch.tensor([[[-0.5, 1.5]]]))
     assert bad["dtype"] == "float32" and bad["expected_range"] == (0.0, 1.0)
     assert not bad["in_expected_range"] and bad["min"] == -0.5
 
 
 def test_darken_region_only_touches_the_box():
-    image = np.full((6, 8, 3), 200, dtype=np.uint8)
+    image = torch.full((3, 6, 8), 200, dtype=torch.uint8)
     out = darken_region(image, (2, 1, 5, 4), 0.25)  # left, top, right, bottom
-    assert (out[1:4, 2:5] == 50).all()
-    outside = np.ones((6, 8), dtype=bool)
+    assert (out[:, 1:4, 2:5] == 50).all()
+    outside = torch.ones((6, 8), dtype=torch.bool)
     outside[1:4, 2:5] = False
-    assert (out[outside] == 200).all() and (image == 200).all()  # input untouched
+    assert (out[:, outside] == 200).all() and (image == 200).all()  # input untouched
     clipped = darken_region(image, (-5, -5, 2, 100), 0.0)  # clipped to the image
-    assert (clipped[:, :2] == 0).all() and (clipped[:, 2:] == 200).all()
+    assert (clipped[..., :2] == 0).all() and (clipped[..., 2:] == 200).all()
 
-    chw = torch.full((3, 6, 8), 0.8)
-    out_t = darken_region(chw, (0, 0, 4, 3), 0.5)
-    assert torch.allclose(out_t[:, :3, :4], torch.tensor(0.4)) and (out_t[:, 3:] == 0.8).all()
+    gray = torch.full((1, 6, 8), 0.8)
+    out_f = darken_region(gray, (0, 0, 4, 3), 0.5)
+    assert torch.allclose(out_f[:, :3, :4], torch.tensor(0.4)) and (out_f[:, 3:] == 0.8).all()
+    assert out_f.dtype == torch.float32
     with pytest.raises(ValueError):
         darken_region(image, (0, 0, 2, 2), 1.5)
 
 
-def test_transform_wrappers_compose():
-    pipeline = torch.nn.Sequential(
-        ToFloat(), Brightness(delta=0.5), DarkenRegion((0, 0, 1, 1), 0.0), ToUint8()
+def test_operations_compose_as_v2_transforms():
+    pipeline = v2.Compose(
+        [
+            v2.Lambda(to_float),
+            v2.Lambda(partial(adjust_brightness, delta=0.5)),
+            v2.Lambda(partial(darken_region, box=(0, 0, 1, 1), factor=0.0)),
+            v2.Lambda(to_uint8),
+        ]
     )
     image = torch.tensor([[[100, 250], [0, 10]]], dtype=torch.uint8)  # [1, 2, 2]
     out = pipeline(image)
@@ -112,42 +118,47 @@ def test_transform_wrappers_compose():
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_loading_images_and_refusing_bad_ones(tmp_path, monkeypatch):
+def test_loading_images_and_refusing_bad_ones(tmp_path, monkeypatch, capsys):
     rgb = np.zeros((5, 7, 3), dtype=np.uint8)
     rgb[..., 1] = 99
     Image.fromarray(rgb).save(tmp_path / "a.png")
-    array = load_image(tmp_path / "a.png")
-    assert array.shape == (5, 7, 3) and array.dtype == np.uint8 and (array[..., 1] == 99).all()
-    assert load_image(tmp_path / "a.png", mode="L").shape == (5, 7)
+    Image.fromarray(rgb[..., 1]).save(tmp_path / "gray.png")
+    tensor = basics.load(tmp_path / "a.png")  # the image's own channels: colour 3, grey 1
+    assert tensor.shape == (3, 5, 7) and tensor.dtype == torch.uint8 and (tensor[1] == 99).all()
+    assert basics.load(tmp_path / "gray.png").tolist() == [[[99] * 7] * 5]
     tensor = load_image_tensor(tmp_path / "a.png", channels=3)
     assert tensor.shape == (3, 5, 7) and (tensor[1] == 99).all()
     assert load_image_tensor(tmp_path / "a.png", channels=1).shape == (1, 5, 7)
 
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xffnot really")
-    for loader in (load_image, load_image_tensor):
+    for loader in (basics.load, load_image_tensor):
         with pytest.raises(UserError, match="bad.jpg"):
             loader(tmp_path / "bad.jpg")
+    with pytest.raises(SystemExit) as exit_info:  # the script: one argparse `error:` line
+        basics.main([str(tmp_path / "bad.jpg"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "bad.jpg" in errors[0] and not (tmp_path / "out").exists()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30)  # 5x7 = 35 pixels: over the limit
     with pytest.raises(UserError, match="DecompressionBomb"):
         load_image_tensor(tmp_path / "a.png")
 
 
 def test_script_renders_before_after_figures(tmp_path, capsys):
-    module = basics
     photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
     deep = np.linspace(0, 65535, 24).round().astype(np.uint16).reshape(4, 6)
     Image.fromarray(deep).save(tmp_path / "deep.png")
     files = [str(tmp_path / "photo.png"), str(tmp_path / "deep.png")]
-    written = module.main([*files, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
+    written = basics.main([*files, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
     assert [p.name for p in written] == ["photo_basics.png", "deep_basics.png", "digit_basics.png"]
     for path in written:
         with Image.open(path) as figure:
             assert figure.format == "PNG" and figure.width > figure.height > 100
     printed = capsys.readouterr().out
-    assert "shape=(30, 40, 3) dtype=uint8 range=[0, 255]" in printed
-    assert "dtype=uint16 range=[0, 65535]" in printed
-    assert "as_uint8 -> range=[0, 255]" in printed
+    assert "shape=(3, 30, 40) dtype=uint8 range=[0, 255]" in printed
+    # 16 bits scaled to uint8 (clipping would make nearly every pixel 255: mean ~244)
+    assert "deep.png: shape=(1, 4, 6) dtype=uint8 range=[0, 255] mean=127.5" in printed
     assert "sklearn digits" in printed  # no MNIST in data-dir: the offline digits
 
 
