@@ -217,7 +217,7 @@ def test_a_run_stopped_while_testing_resumes_tests_and_completes(make_cfg, two_e
     assert best == reached  # the best it had reached
 
 
-def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg) -> None:
+def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg, monkeypatch) -> None:
     """rerun=<run dir>: exactly that run's config, in a new dir; deterministic on the CPU, the
     same numbers (issue 22, item 4)."""
     from pathlib import Path
@@ -233,3 +233,16 @@ def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg) -> N
     assert new.config()["trainer"]["deterministic"] is True
     assert Path(new.config()["paths"]["output_dir"]) == Path(again.paths.output_dir)
     assert (new.path / "checkpoints" / "last.ckpt").is_file()
+    # key=value after rerun= apply, with the values interpolating them (was: silently ignored)
+    given = ["trainer.max_epochs=2", "seed=3", "model.optimizer.lr=0.05"]
+    monkeypatch.setattr(
+        "imgcls.train.run_overrides", lambda: [f"rerun={first.paths.output_dir}", *given]
+    )
+    changed = make_cfg("train", [f"rerun={first.paths.output_dir}", *given], subdir="c")
+    run(changed)
+    config = RunDir(changed.paths.output_dir).config()
+    assert config["trainer"]["max_epochs"] == 2 and config["seed"] == config["data"]["seed"] == 3
+    assert config["model"]["optimizer"]["lr"] == 0.05
+    assert config["model"]["scheduler"]["max_lr"] == 0.05  # ${..optimizer.lr}
+    assert config["trainer"]["deterministic"] is True  # the rest: the first run's
+    assert len(RunDir(changed.paths.output_dir).status()["metrics"]) > 0

@@ -5,6 +5,7 @@ import inspect
 import logging
 import os
 import random
+import re
 import shlex
 import signal
 import sys
@@ -75,6 +76,51 @@ def run_dir(cfg: DictConfig) -> RunDir:  # paths.output_dir
     return RunDir(cfg.paths.output_dir)
 
 
+def links(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(key, what it interpolates) in an unresolved config: ``data.seed: ${seed}`` -> seed."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from links(value, f"{key}.{name}".lstrip("."))
+    elif isinstance(node, str):
+        parent = key.split(".")[:-1]
+        for dots, target in re.findall(r"\$\{(\.*)([\w.]+)\}", node):  # ${..optimizer.lr}
+            base = parent[: len(parent) + 1 - len(dots)] if dots else []
+            yield key, ".".join([*base, target])
+        if "${datamodule:" in node:  # the shapes of whatever data= gives
+            yield key, "data"
+
+
+def apply_overrides(cfg: Any, given: Any, overrides: Iterable[str], how: str, sized=False) -> None:
+    """The command line's ``key=value`` overrides onto a saved, resolved config (``resume=``,
+    ``rerun=``), with the values that interpolate them (``seed=2``: ``data.seed`` too)."""
+    changed = set()
+    for key, _, deletes in runs.parse_overrides(overrides):
+        if key.split(".")[0] in ("resume", "rerun", "ckpt_path", "hydra") or deletes:
+            continue
+        if "/" in key:
+            raise UserError(
+                f"{how} keeps the run's own config groups; {key}= cannot change one: start a new "
+                "run (init_from=<run dir> keeps its weights)"
+            )
+        if key in STEP_KEYS and sized:
+            raise UserError(
+                f"{how} cannot change {key}: the run's LR schedule is sized for its optimizer "
+                "steps; start a new run from its weights with init_from=<run dir>"
+            )
+        OmegaConf.update(cfg, key, OmegaConf.select(given, key), merge=False)
+        if key.split(".")[0] != "paths":  # the run dir's paths stay the run's own
+            changed.add(key)
+    pairs = list(links(OmegaConf.to_container(given, resolve=False)))
+
+    def touches(target: str) -> bool:  # the same key, one within it, or one around it
+        return any(f"{target}.".startswith(f"{c}.") or c.startswith(f"{target}.") for c in changed)
+
+    while new := {key for key, target in pairs if touches(target)}:
+        for key in new - changed:
+            OmegaConf.update(cfg, key, OmegaConf.select(given, key), merge=False)
+        changed, pairs = changed | new, [(k, t) for k, t in pairs if k not in new]
+
+
 def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> DictConfig:
     """``resume=<run dir>``: its saved config, moved, from its newest checkpoint; ``given`` wins."""
     run = RunDir(Path(target).expanduser().resolve())
@@ -91,20 +137,7 @@ def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> 
     cfg = OmegaConf.create(runs.relocated(saved, run.path))
     scheduler = ((saved.get("model") or {}).get("scheduler") or {}).get("_target_")
     sized = bool(scheduler) and "total_steps" in inspect.signature(get_method(scheduler)).parameters
-    for key, _, deletes in runs.parse_overrides(overrides):
-        if key.split(".")[0] in ("resume", "ckpt_path", "hydra") or deletes:
-            continue
-        if "/" in key:
-            raise UserError(
-                f"resume= continues a run with its own config groups; {key}= cannot "
-                "change one: start a new run (init_from=<run dir> keeps its weights)"
-            )
-        if key in STEP_KEYS and sized:
-            raise UserError(
-                f"resume= cannot change {key}: the run's LR schedule is sized for its "
-                "optimizer steps; start a new run from its weights with init_from=<run dir>"
-            )
-        OmegaConf.update(cfg, key, OmegaConf.select(given, key), merge=False)
+    apply_overrides(cfg, given, overrides, "resume=", sized)
     if (latest := latest_checkpoint(run.path)) is None:
         log.warning(f"{run.path} has no checkpoint yet: starting that run again")
     cfg.resume, cfg.ckpt_path = False, str(latest) if latest else None

@@ -233,7 +233,9 @@ def run(cfg: DictConfig) -> float | None:
             raise UserError(f"rerun={rerun_of} is not a run dir (no readable config.yaml in it)")
         log.info(f"rerun={rerun_of}: its config, in a new run dir {cfg.paths.output_dir}")
         moved = runs.relocated(saved, cfg.paths.output_dir)  # its checkpoints, logs: here
-        cfg = OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
+        rerun = OmegaConf.create({**moved, "rerun": None, "resume": False, "ckpt_path": None})
+        lifecycle.apply_overrides(rerun, cfg, run_overrides(), "rerun=")  # rerun=X seed=2
+        cfg = rerun
     run_here = lifecycle.run_dir(cfg)
     status = run_here.status()
     if cfg.get("resume") is True and status.get("status") == "completed":
