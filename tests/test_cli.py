@@ -160,7 +160,7 @@ BAD_VALUES = [
     ("train.py", ["model.optimizer.lr=0"], "model.optimizer.lr=0: must be a positive number"),
     ("train.py", ["model.label_smoothing=2"], "model.label_smoothing=2: must be in [0, 1);"),
     ("train.py", ["trainer.precision=17"], "trainer.precision=17: is not a Lightning"),
-    ("train.py", ["trainer.max_epochs=-2"], "trainer.max_epochs=-2: must be >= 0, or -1; e.g. 10"),
+    ("train.py", ["trainer.max_epochs=0"], "trainer.max_epochs=0: must be >= 1, or -1"),
     ("train.py", ["ckpt_path=no.ckpt"], "ckpt_path=no.ckpt: does not exist; check the path"),
     ("train.py", ["resume=no/run"], "resume=no/run: does not exist; check the path"),
     ("train.py", ["++init_from=no.ckpt"], "init_from=no.ckpt: does not exist; check the"),

@@ -16,8 +16,8 @@ from imgcls.report import (
     RESULTS_CSV,
     RESULTS_MD,
     build_report,
-    find_run_dirs,
     csv_curves,
+    find_run_dirs,
     main,
 )
 from imgcls.report_stats import fmt_value

@@ -53,9 +53,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg, callbacks=callbacks, logger=runs.instantiate_list(cfg.get("logger"))
     )
     report = next((c for c in trainer.callbacks if isinstance(c, EvalReport)), None)
-    if report is not None:  # its validation logits give the temperature
-        trainer.validate(restored.model, datamodule=restored.datamodule)
-    trainer.test(restored.model, datamodule=restored.datamodule)
+    with runs.quiet_lightning():
+        if report is not None:  # its validation logits give the temperature
+            trainer.validate(restored.model, datamodule=restored.datamodule)
+        trainer.test(restored.model, datamodule=restored.datamodule)
     metrics = runs.to_floats(trainer.callback_metrics) | (report.headline if report else {})
     if cfg.get("calibrate") and trainer.is_global_zero:
         if report is None or report.temperature is None:

@@ -3,7 +3,6 @@
 import logging
 import os
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +186,8 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
         OmegaConf.save(resolved, run.path / lifecycle.CONFIG_FILE)
 
     if cfg.train:
-        with warnings.catch_warnings():
-            if continuing:  # in its own dir: the run's checkpoints are expected there
-                warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+        # continuing in its own dir: the run's checkpoints are expected there
+        with runs.quiet_lightning(*["Checkpoint directory .* is not empty"] * continuing):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         if not trainer.callback_metrics:  # nothing trained (resumed after its last epoch, say
             trainer.validate(model, datamodule=datamodule, verbose=False)  # Ctrl-C in testing)
@@ -199,7 +197,8 @@ def train(cfg: DictConfig, stop: lifecycle.StopOnSignal | None = None) -> dict[s
     if cfg.test:
         if not best:
             log.warning("no best checkpoint (checkpointing off): testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        with runs.quiet_lightning():
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(runs.to_floats(trainer.callback_metrics))
 
     log_hparams_with_metrics(loggers, cfg, metrics, run_overrides())

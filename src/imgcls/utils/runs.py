@@ -7,7 +7,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,21 @@ log = logging.getLogger(__name__)
 LOST_PROCESS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
                 "Timed out waiting", "collective operation timeout",
                 "communicator was aborted")  # fmt: skip
+
+#: Lightning's warnings on every run, news to no one: a new run has no checkpoint for an
+#: OnExceptionCheckpoint to resume from; its pytree helper calls what torch 2.10+ deprecates
+LIGHTNING_NOISE = (r"`.fit\(ckpt_path=None\)` was called without a model",
+                   r'.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',
+                   r"`isinstance\(treespec, LeafSpec\)` is deprecated")  # fmt: skip
+
+
+@contextlib.contextmanager
+def quiet_lightning(*messages: str) -> Iterator[None]:
+    """Within: ``LIGHTNING_NOISE`` and the warnings matching ``messages`` are not shown."""
+    with warnings.catch_warnings():
+        for message in (*LIGHTNING_NOISE, *messages):
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def parse_overrides(args: Iterable[str]) -> list[tuple[str, str, bool]]:
