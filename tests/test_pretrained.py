@@ -8,6 +8,7 @@ torch's hub cache keeps it, with TORCH_HOME pointing at a tmp dir).
 from __future__ import annotations
 
 import csv
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_weights_name_reads_torch_hub_cache(torch_home: Path) -> None:
     assert_backbone_equal(full_name, state, skip=("fc.",))
 
 
-def test_missing_cached_weights_are_one_line_naming_the_file(torch_home: Path) -> None:
+def test_missing_cached_weights_are_one_line_naming_the_file(torch_home: Path, monkeypatch) -> None:
     with pytest.raises(UserError) as err:
         torchvision_net("resnet18", num_classes=3, weights="IMAGENET1K_V1")
     message = str(err.value)
@@ -86,6 +87,14 @@ def test_missing_cached_weights_are_one_line_naming_the_file(torch_home: Path) -
     assert "\n" not in message and str(expected) in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
     assert not expected.exists()  # nothing was downloaded
+
+    # download=true without internet: says the download failed (not "cannot be read")
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match=r"downloading https://\S+ failed \(<urlopen error"):
+        torchvision_net("resnet18", num_classes=3, weights="IMAGENET1K_V1", download=True)
 
 
 @pytest.mark.slow  # ~10-20 s: a train.py process

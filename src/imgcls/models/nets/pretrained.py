@@ -56,6 +56,11 @@ def read_weights(weights: str, entry: tv_models.WeightsEnum | None, download: bo
             return load_file(weights)
         return torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip, safetensors and network errors alike
+        if path is not None and not path.is_file():  # model.net.download=true, offline
+            raise UserError(
+                f"model.net.weights={weights}: downloading {entry.url} failed ({err}); put the "
+                f"file at {path} or pass model.net.weights=/path/to/file.pth"
+            ) from None
         raise UserError(
             f"model.net.weights={weights} cannot be read as a state_dict ({type(err).__name__}: "
             f"{err}); pass a file of torch.save(model.state_dict(), path)"
