@@ -69,14 +69,10 @@ def csv_curves(run_dir: Path) -> pd.DataFrame:
     return frame.groupby("epoch")[[t for t in CURVE_TAGS if t in frame]].last().rename(index=int)
 
 
-def wall_time(path: Path, status: dict) -> float | None:
-    """From ``status.json``'s times, else from Hydra's overrides file to the last status write."""
+def wall_time(status: dict) -> float | None:
+    """From ``status.json``'s times; a running run: until now."""
     start, end = status.get("started_at"), status.get("finished_at")
-    ends = [p.stat().st_mtime for p in (path / "status.json", path / "metrics.json") if p.exists()]
-    if not isinstance(start, (int, float)) and (path / OVERRIDES_FILE).is_file() and ends:
-        start, end = (path / OVERRIDES_FILE).stat().st_mtime, max(ends)
-    if status.get("status") == "running":
-        end = time.time()
+    end = time.time() if status.get("status") == "running" else end
     numbers = all(isinstance(t, (int, float)) for t in (start, end))
     return end - start if numbers and end >= start else None
 
@@ -99,7 +95,7 @@ def read_run(path: Path, name: str) -> Run:
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         curves=curves,
         best_epoch=curves["val/acc"].idxmax() + 1 if "val/acc" in curves else None,
-        wall_time_s=wall_time(path, status),
+        wall_time_s=wall_time(status),
         optimized_metric=(read_yaml(path / "config.yaml") or {}).get("optimized_metric"),
     )
 
@@ -195,10 +191,6 @@ def build_report(
 
     counts = ", ".join(f"{n} {s}" for s, n in frame.status.value_counts(sort=False).items())
     md = [f"# Results: {len(runs)} runs ({counts})", ""]
-    for path in sorted(p for root in roots for p in root.rglob("optimization_results.yaml")):
-        best = yaml.safe_load(path.read_text())  # an Optuna sweep's best trial
-        params = ", ".join(f"{k}={v}" for k, v in best["best_params"].items())
-        md += [f"- Optuna ({path.parent.name}): best {best['best_value']:.4f} at {params}", ""]
     md += [f"Sorted by `{sort_metric}`, best first.", ""] if sort_metric != "none" else []
     shown = frame.iloc[:, :-2].assign(error=frame.error.str[:120])
     shown["wall_time_s"] = [
