@@ -91,7 +91,7 @@ def test_write_and_compare_runs(tmp_path: Path) -> None:
     assert saved["versions"]["torch"] == torch.__version__
     assert any(p.lower().startswith("torch==") for p in saved["packages"])
     (old / "metrics.json").write_text(json.dumps({"test/acc": 0.5, "val/acc": 0.25}))
-    (new / "metrics.json").write_text(json.dumps({"test/acc": {"value": 0.75}, "val/acc": 0.25}))
+    (new / "metrics.json").write_text(json.dumps({"test/acc": 0.75, "val/acc": 0.25}))
     text = provenance.compare(old, new)
     assert "test/acc" in text and "0.5000" in text and "0.7500" in text and "+0.2500" in text
     assert "uncommitted changes: False -> True" in text

@@ -12,8 +12,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from imgcls.lifecycle import RunDir, resumed_config
 from imgcls.train import ensure_seed, log_start, train
+from imgcls.utils.checks import read_json
 from imgcls.utils.errors import UserError
-from imgcls.utils.runs import read_json
 
 from .conftest import run_cli
 
@@ -79,8 +79,11 @@ def test_resume_continues_the_saved_config_in_its_own_dir_and_new_values_win(tmp
     cfg = resumed_config(run, given, [f"resume={run}", "trainer.max_epochs=8"])
     assert cfg.trainer.max_epochs == 8 and cfg.seed == 3 and cfg.model.lr == 0.1
     assert cfg.ckpt_path == str(run / "checkpoints" / "last.ckpt") and cfg.resume is False
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(UserError, match="is not a run dir"):
         resumed_config(tmp_path / "nothing", given, [])
+    with pytest.raises(UserError, match="does not exist"):
+        resumed_config(tmp_path / "gone", given, [])
 
 
 def test_a_checkpoint_of_another_run_is_logged_as_a_new_run(tmp_path, caplog) -> None:

@@ -1,6 +1,5 @@
 """The Hydra configs' dir, imgcls's resolvers (registered on ``import imgcls``), ``compose``."""
 
-import importlib
 import netrc
 import os
 import secrets
@@ -10,6 +9,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from imgcls.utils.cluster import slurm_gpus_per_node, slurm_tasks_per_node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(os.environ.get("IMGCLS_CONFIG_DIR", REPO_ROOT / "configs"))
@@ -25,11 +26,6 @@ def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
     if key not in _datamodules:
         _datamodules[key] = instantiate(_root_.data)
     return getattr(_datamodules[key], name)
-
-
-def _cluster(name: str) -> Callable[..., Any]:
-    """The launcher=slurm sizes (``${slurm_tasks_per_node:...}``), imported when resolved."""
-    return lambda *args: getattr(importlib.import_module("imgcls.utils.cluster"), name)(*args)
 
 
 def resumed_dir(resume: Any, new_dir: str) -> str:
@@ -57,8 +53,8 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "hydra_subdir": lambda resume: ".hydra" if resumed_dir(resume, "") == "" else None,
     "datamodule": datamodule_attribute,
     "wandb_offline": wandb_offline,
-    "slurm_tasks_per_node": _cluster("slurm_tasks_per_node"),
-    "slurm_gpus_per_node": _cluster("slurm_gpus_per_node"),
+    "slurm_tasks_per_node": slurm_tasks_per_node,
+    "slurm_gpus_per_node": slurm_gpus_per_node,
 }
 
 

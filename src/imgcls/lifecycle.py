@@ -31,6 +31,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from imgcls.utils import runs
 from imgcls.utils.checkpoint import RUN_INFO_KEY, latest_checkpoint
+from imgcls.utils.checks import path_problem, read_json
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class RunDir:
         return {}
 
     def status(self) -> dict[str, Any]:
-        return runs.read_json(self.path / STATUS_FILE)
+        return read_json(self.path / STATUS_FILE)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         runs.write_json(self.path / METRICS_FILE, metrics)
@@ -124,16 +125,9 @@ def apply_overrides(cfg: Any, given: Any, overrides: Iterable[str], how: str, si
 def resumed_config(target: str | Path, given: Any, overrides: Iterable[str]) -> DictConfig:
     """``resume=<run dir>``: its saved config, moved, from its newest checkpoint; ``given`` wins."""
     run = RunDir(Path(target).expanduser().resolve())
-    if not (saved := run.config()):
-        raise UserError(
-            f"resume={target} is not a run dir (no {CONFIG_FILE}); pass a dir below "
-            "logs/train/runs/, or init_from=<ckpt or run dir> to start a new run from its weights"
-        )
-    if run.status().get("status") == "completed":
-        raise UserError(
-            f"resume={target}: that run completed, nothing is left to continue; rerun={target} "
-            f"repeats it, init_from={target} starts a new run from its weights"
-        )
+    if problem := path_problem("resume", str(target)):  # the pre-run check, for a sweep's jobs
+        raise UserError(f"resume={target}: {problem}")
+    saved = run.config()
     cfg = OmegaConf.create(runs.relocated(saved, run.path))
     scheduler = ((saved.get("model") or {}).get("scheduler") or {}).get("_target_")
     sized = bool(scheduler) and "total_steps" in inspect.signature(get_method(scheduler)).parameters

@@ -2,7 +2,6 @@
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
@@ -12,7 +11,8 @@ from typing import Any
 
 import torch
 
-from imgcls.utils.runs import read_json
+from imgcls.utils.checks import read_json
+from imgcls.utils.runs import write_json
 
 PROVENANCE_FILE = "provenance.json"
 DIFF_FILE = "code.diff"
@@ -97,8 +97,7 @@ def write(run_path: Path, info: dict[str, Any]) -> None:
     if git.pop("diff", "") and git.get("dirty"):
         (run_path / DIFF_FILE).write_text(info["git"]["diff"])
         git["diff_file"] = DIFF_FILE
-    text = json.dumps({**info, "git": git}, indent=2, sort_keys=True, default=str)
-    (run_path / PROVENANCE_FILE).write_text(text + "\n")
+    write_json(run_path / PROVENANCE_FILE, {**info, "git": git})
 
 
 def hparams(run_path: Path) -> dict[str, Any]:
@@ -118,17 +117,13 @@ def compare(old_run: Path, new_run: Path) -> str:
 
     metrics = {}
     for label, run in (("old", old_run), ("new", new_run)):
-        found = read_json(Path(run) / "metrics.json")  # a number, or {"value": ..., "from": ...}
-        found = {k: v.get("value") if isinstance(v, dict) else v for k, v in found.items()}
+        found = read_json(Path(run) / "metrics.json")
         metrics[label] = {k: v for k, v in found.items() if k != "sources"}
     table = pd.DataFrame(metrics, columns=["old", "new"]).apply(pd.to_numeric, errors="coerce")
     table = table.sort_index()
     table["new - old"] = (table.new - table.old).map(lambda d: "" if pd.isna(d) else f"{d:+.4f}")
     lines = [table.to_string(float_format="{:.4f}".format, na_rep="-")]
-    old, new = (
-        read_json(Path(old_run) / PROVENANCE_FILE),
-        read_json(Path(new_run) / PROVENANCE_FILE),
-    )
+    old, new = (read_json(Path(run) / PROVENANCE_FILE) for run in (old_run, new_run))
     if not old or not new:
         return "\n".join([*lines, f"provenance: none recorded in {new_run if old else old_run}"])
     pairs = [("commit", "git", "commit"), ("uncommitted changes", "git", "dirty")]

@@ -1,7 +1,6 @@
 """``imgcls-report DIR...``: every run below the given dirs side by side (docs/workflow.md)."""
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -16,6 +15,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from imgcls.report_stats import ABSENT, compare_all, fmt_value, group_stats, markdown, plot_groups
+from imgcls.utils.checks import read_json
 
 RESULTS_CSV, RESULTS_MD, CURVES_PNG = "results.csv", "results.md", "val_acc_curves.png"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -42,15 +42,6 @@ class Run:
     best_epoch: int | None
     wall_time_s: float | None
     optimized_metric: str | None
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; empty when missing or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def read_yaml(path: Path) -> object:

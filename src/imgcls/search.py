@@ -1,6 +1,5 @@
 """Optuna searches (docs/workflow.md): the study's storage and failed jobs as failed trials."""
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -9,6 +8,8 @@ import optuna
 import sqlalchemy
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+
+from imgcls.utils.checks import read_json
 
 
 def optuna_storage(url: str, **engine_kwargs: Any) -> optuna.storages.RDBStorage:
@@ -30,6 +31,5 @@ class FailedTrialsToOptuna(Callback):
             and isinstance(value, float)
             and math.isnan(value)
         ):
-            status = Path(config.hydra.runtime.output_dir) / "status.json"
-            error = json.loads(status.read_text()).get("error") if status.is_file() else None
+            error = read_json(Path(config.hydra.runtime.output_dir) / "status.json").get("error")
             job_return.return_value = f"failed: {error or 'the objective is NaN'}"

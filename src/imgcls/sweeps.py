@@ -27,7 +27,8 @@ class SweepSummary(Callback):
         self.started_at = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from imgcls.report import OVERRIDES_FILE, RESULTS_MD, ReportError, build_report, read_json
+        from imgcls.report import OVERRIDES_FILE, RESULTS_MD, ReportError, build_report
+        from imgcls.utils.checks import read_json
 
         sweep_dir, sweeper = Path(config.hydra.sweep.dir), config.hydra.sweeper
         try:

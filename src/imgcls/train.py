@@ -9,7 +9,6 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LambdaCallback, ModelSummary, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -32,16 +31,13 @@ SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary"
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any] = (), **kwargs: Any) -> pl.Trainer:
-    """``cfg.trainer`` with ``trainer.gpus`` mapped; under SLURM, Lightning's requeue on SIGUSR1."""
+    """``cfg.trainer`` with ``trainer.gpus`` mapped (under SLURM, Lightning requeues on SIGUSR1)."""
     apply_matmul_precision(cfg.get("float32_matmul_precision"))
     trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
     given = {key for key, _, _ in runs.parse_overrides(run_overrides())}
     apply_gpus(trainer_cfg, trainer_cfg.pop("gpus", None), "trainer.devices" in given)
     switched_off = tuple(t for k, t in SWITCHED_CALLBACKS.items() if trainer_cfg.get(k) is False)
     kept = [c for c in callbacks if not isinstance(c, switched_off)]
-    if SLURMEnvironment.detect() and "plugins" not in kwargs:  # saves hpc_ckpt_<n>, requeues
-        plugins = list(instantiate(trainer_cfg.pop("plugins", None) or []))
-        kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=True)]
     return instantiate(trainer_cfg, callbacks=kept, **kwargs)
 
 

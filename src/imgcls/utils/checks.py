@@ -1,5 +1,6 @@
 """Checks before the run dir is made and torch loads: ``error: <key>=<value>: ...``, exit 2."""
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -53,7 +54,15 @@ def missing_keys(node: Any, prefix: str = "") -> list[str]:
     return [m for k, v in node.items() if k != "hydra" for m in missing_keys(v, f"{prefix}{k}.")]
 
 
-def _path_problem(key: str, value: Any) -> str | None:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; empty when it is missing or half-written."""
+    with contextlib.suppress(OSError, ValueError):
+        payload = json.loads(path.read_text())
+        return payload if isinstance(payload, dict) else {}
+    return {}
+
+
+def path_problem(key: str, value: Any) -> str | None:
     if not isinstance(value, str) or value.lower() in ("true", "false", "null", ""):
         return None
     path = Path(value).expanduser()
@@ -62,8 +71,7 @@ def _path_problem(key: str, value: Any) -> str | None:
     if key == "resume":
         if not (path / "config.yaml").is_file():
             return "is not a run dir (no config.yaml in it); pass a dir below logs/train/runs/"
-        status = path / "status.json"
-        if status.is_file() and json.loads(status.read_text()).get("status") == "completed":
+        if read_json(path / "status.json").get("status") == "completed":
             return (
                 "that run completed, nothing is left to continue; rerun= repeats it, init_from= "
                 "reuses its weights"
@@ -93,7 +101,7 @@ def bad_value(cfg: DictConfig, required: bool = True) -> str | None:
     if _select(cfg, "data.root", ABSENT) is None:
         return "data.root=null: this dataset reads your image folder; add data.root=PATH"
     for key in ("ckpt_path", "init_from", "resume", "data.root"):
-        if problem := _path_problem(key, value := _select(cfg, key)):
+        if problem := path_problem(key, value := _select(cfg, key)):
             return f"{key}={value}: {problem}"
     return None
 

@@ -51,14 +51,6 @@ def parse_overrides(args: Iterable[str]) -> list[tuple[str, str, bool]]:
     return [(key.lstrip("+~"), value, key.startswith("~")) for key, value in pairs]
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; empty when it is missing or half-written."""
-    with contextlib.suppress(OSError, ValueError):
-        payload = json.loads(path.read_text())
-        return payload if isinstance(payload, dict) else {}
-    return {}
-
-
 def write_json(path: Path, payload: Any) -> None:
     """Written atomically: a reader (another process, the report) never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
