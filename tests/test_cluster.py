@@ -416,7 +416,7 @@ def test_resume_continues_from_the_newest_checkpoint_of_a_run_dir(tmp_path: Path
 
 
 def test_processes_started_by_slurm_must_share_a_run_dir(monkeypatch) -> None:
-    from imgcls.utils.cluster import unshared_run_dir
+    from imgcls.utils.checks import unshared_run_dir
 
     assert unshared_run_dir(["data=digits"]) is None  # one process: its own run dir
     for name, value in slurm_env(rank=1, nodes=2).items():

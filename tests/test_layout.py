@@ -24,7 +24,7 @@ LAYERS = [
     ("entry points", ["imgcls.cli", "imgcls", "hydra_plugins"]),
     ("tasks", ["imgcls.train", "imgcls.eval", "imgcls.predict", "imgcls.export", "imgcls.tune",
                "imgcls.api", "imgcls.report", "imgcls.report_stats",
-               "imgcls.sweeps", "imgcls.search"]),
+               "imgcls.sweeps"]),
     ("run life cycle", ["imgcls.lifecycle"]),
     ("models, data, callbacks", ["imgcls.models", "imgcls.data", "imgcls.callbacks",
                                  "imgcls.evaluation"]),

@@ -228,7 +228,7 @@ def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:
 def study_trials(sweep_dir: Path, name: str = "mnist_optuna") -> list:
     import optuna
 
-    from imgcls.search import optuna_storage
+    from hydra_plugins.imgcls_sweeper import optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")

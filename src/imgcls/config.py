@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from imgcls.utils.cluster import slurm_gpus_per_node, slurm_tasks_per_node
+from imgcls.utils.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(os.environ.get("IMGCLS_CONFIG_DIR", REPO_ROOT / "configs"))
@@ -26,6 +26,27 @@ def datamodule_attribute(name: str, *, _root_: DictConfig) -> Any:
     if key not in _datamodules:
         _datamodules[key] = instantiate(_root_.data)
     return getattr(_datamodules[key], name)
+
+
+def slurm_tasks_per_node(trainer: DictConfig, gpus: int | None = None) -> int:
+    """``${slurm_tasks_per_node:${trainer},...}``: one SLURM task (one process) per device."""
+    gpus = gpus if gpus is not None else trainer.get("gpus")
+    devices = trainer.get("devices") if gpus is None else (gpus or 1)  # 0 GPUs: one CPU process
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return len(devices)
+    if str(devices).isdigit() and int(devices) >= 1:
+        return int(devices)
+    raise UserError(
+        f"hydra/launcher=slurm sizes the job from the devices per node, got trainer.devices="
+        f"{devices}; set trainer.devices=N (GPUs or processes per node)"
+    )
+
+
+def slurm_gpus_per_node(trainer: DictConfig, gpus: int | None = None) -> int | None:
+    """``${slurm_gpus_per_node:${trainer},...}``: one GPU per task, none on the CPU."""
+    gpus = gpus if gpus is not None else trainer.get("gpus")
+    on_cpu = gpus == 0 if gpus is not None else str(trainer.get("accelerator")) == "cpu"
+    return None if on_cpu else slurm_tasks_per_node(trainer, gpus)
 
 
 def resumed_dir(resume: Any, new_dir: str) -> str:

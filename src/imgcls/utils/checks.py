@@ -3,15 +3,16 @@
 import contextlib
 import importlib.util
 import json
+import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls.utils.cluster import unshared_run_dir
 from imgcls.utils.errors import UserError
 
 #: what Lightning's ``Trainer(precision=...)`` accepts (its signature's Literal types)
@@ -110,6 +111,23 @@ def exit_with(message: str | None) -> None:
     if message:
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def unshared_run_dir(args: Sequence[str]) -> str | None:
+    """Processes SLURM or torchrun start each compose a run dir: they need one ``hydra.run.dir``."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    else:  # as Lightning's SLURMEnvironment.detect(): an interactive allocation is no launch
+        interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+        world = 1 if interactive else int(os.environ.get("SLURM_NTASKS", "1"))
+    shared = any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in args)
+    if world <= 1 or shared or "-m" in args or "--multirun" in args:
+        return None
+    return (
+        f"this is one of {world} processes started by SLURM/torchrun, and each would write its "
+        "own run dir: pass the same hydra.run.dir=<shared dir> to every process "
+        "(or submit with python train.py -m hydra/launcher=slurm)"
+    )
 
 
 def unwritable(directory: str) -> str | None:
