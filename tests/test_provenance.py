@@ -94,9 +94,9 @@ def test_write_and_compare_runs(tmp_path: Path) -> None:
     (new / "metrics.json").write_text(json.dumps({"test/acc": 0.75, "val/acc": 0.25}))
     text = provenance.compare(old, new)
     assert "test/acc" in text and "0.5000" in text and "0.7500" in text and "+0.2500" in text
-    assert "uncommitted changes: False -> True" in text
-    assert "data train:" in text and "data test:" in text
-    assert "commit:" not in text  # same commit
+    assert "git.dirty: False -> True" in text
+    assert "data.train.sha256:" in text and "data.test.sha256:" in text
+    assert "git.commit:" not in text and "data.train.size" not in text  # the same in both
     same = provenance.compare(old, old)
     assert "provenance: same code, versions, data" in same
 

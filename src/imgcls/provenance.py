@@ -126,16 +126,11 @@ def compare(old_run: Path, new_run: Path) -> str:
     old, new = (read_json(Path(run) / PROVENANCE_FILE) for run in (old_run, new_run))
     if not old or not new:
         return "\n".join([*lines, f"provenance: none recorded in {new_run if old else old_run}"])
-    pairs = [("commit", "git", "commit"), ("uncommitted changes", "git", "dirty")]
-    pairs += [(f"{k} version", "versions", k) for k in ["python", "torch", *LIBRARIES, "cuda"]]
-    pairs += [(f"data {k}", "data", k) for k in old.get("data", {}) | new.get("data", {})]
-    for label, section, key in pairs:
-        a, b = (info.get(section, {}).get(key) for info in (old, new))
-        a, b = (v.get("sha256") if section == "data" and v else v for v in (a, b))
-        if a != b:
-            lines.append(f"  {label}: {a} -> {b}")
-    if old.get("devices") != new.get("devices"):
-        lines.append(f"  devices: {old.get('devices')} -> {new.get('devices')}")
+    flat = [pd.json_normalize(info).iloc[0].to_dict() for info in (old, new)]
+    skip = ("command", "host", "packages", "git.checkout", "git.changed_files", "git.diff_file")
+    for key in sorted(flat[0].keys() | flat[1].keys()):  # git.commit, versions.torch, data...
+        if not key.startswith(skip) and flat[0].get(key) != flat[1].get(key):
+            lines.append(f"  {key}: {flat[0].get(key)} -> {flat[1].get(key)}")
     changed = sorted(set(old.get("packages", [])) ^ set(new.get("packages", [])))
     if changed:
         lines.append(f"  packages: {len(changed)} differ ({', '.join(changed[:6])} ...)")

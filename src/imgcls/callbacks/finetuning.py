@@ -4,7 +4,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 
-from imgcls.models.freezing import backbone_modules, freeze_backbone
+from imgcls.models.nets.pretrained import backbone_modules, freeze_backbone
 from imgcls.utils.errors import UserError
 
 #: per-parameter-group lists a torch scheduler keeps (ReduceLROnPlateau: min_lrs)

@@ -17,8 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from imgcls.models.freezing import freeze_backbone
-from imgcls.models.nets.pretrained import check_normalisation
+from imgcls.models.nets.pretrained import check_normalisation, freeze_backbone
 from imgcls.models.nonfinite import NonfiniteLossWatch, attached_trainer
 from imgcls.utils.checkpoint import read_checkpoint, stored_config
 from imgcls.utils.errors import UserError

@@ -1,4 +1,5 @@
-"""torchvision and timm nets by name, their pretrained weights (docs/fine-tuning.md)."""
+"""torchvision and timm nets by name, their pretrained weights, freezing a net's backbone (all but
+its head, as Lightning's ``BaseFinetuning`` does) (docs/fine-tuning.md)."""
 
 import difflib
 import logging
@@ -10,16 +11,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 from torchvision import models as tv_models
 
-from imgcls.models.freezing import head_name
 from imgcls.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: auxiliary classifiers of googlenet / inception_v3, left out (train-time only, ImageNet-sized)
 AUX_HEADS = ("aux1", "aux2", "AuxLogits")
+
+
+def head_name(net: nn.Module) -> str:
+    """``net.head_name`` if set (timm's), else its last ``Linear`` (or ``Conv2d``: squeezenet)."""
+    if getattr(net, "head_name", None):
+        return net.head_name
+    linear = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return (linear or [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)])[-1]
+
+
+def backbone_modules(net: nn.Module) -> list[nn.Module]:
+    """Every module of ``net`` outside its head (the net itself included, for its own tensors)."""
+    head = head_name(net)
+    return [m for n, m in net.named_modules() if n != head and not n.startswith(head + ".")]
+
+
+def freeze_backbone(net: nn.Module) -> None:
+    for module in backbone_modules(net):  # each its own tensors (Lightning's freeze would recurse)
+        BaseFinetuning.freeze_module(module)
 
 
 def _unknown_name(kind: str, name: str, known: Sequence[str]) -> UserError:
