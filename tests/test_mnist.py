@@ -9,7 +9,6 @@ import torch
 from torchvision.datasets import MNIST
 
 from imgcls.data import DigitsDataModule, MNISTDataModule
-from imgcls.data.mnist import MNIST_FILES
 from imgcls.utils.errors import UserError
 
 from .conftest import REPO_MNIST
@@ -80,7 +79,9 @@ def test_digits_is_real_offline_and_fixed_test_split() -> None:
 def test_real_mnist_files_verify_and_extract_offline(tmp_path: Path) -> None:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    assert sorted(f.name for f in REPO_MNIST.glob("*.gz")) == sorted(MNIST_FILES)
+    assert sorted(f.name for f in REPO_MNIST.glob("*.gz")) == sorted(
+        name for name, _md5 in MNIST.resources
+    )
     for f in REPO_MNIST.glob("*.gz"):
         (raw / f.name).symlink_to(f)
     dm = MNISTDataModule(data_dir=str(tmp_path))

@@ -201,7 +201,6 @@ def test_report_of_the_grid_shows_four_runs(grid_sweep) -> None:
     assert all(r["model.optimizer.lr"] == "-1" and "lr" in r["error"] for r in by_status["failed"])
     assert all(r["epochs"] == "1" and float(r["val/acc_best"]) >= 0 for r in by_status["completed"])
     assert (sweep_dir / "results.md").read_text().count("| failed |") == 2
-    assert (sweep_dir / "val_acc_curves.png").stat().st_size > 5_000
 
 
 def test_resume_skips_finished_jobs_and_reruns_the_others(grid_sweep) -> None:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure
 
-from imgcls.report_stats import ABSENT, compare_all, fmt_value, group_stats, markdown, plot_groups
+from imgcls.report_stats import ABSENT, compare_all, group_stats, markdown, plot_groups
 from imgcls.utils.checks import read_json
 
-RESULTS_CSV, RESULTS_MD, CURVES_PNG = "results.csv", "results.md", "val_acc_curves.png"
+RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 REPEAT_KEYS = ("seed", "data.fold")  # runs that differ only by these repeat one configuration
 METRIC_ORDER = ["val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "train/acc"]
@@ -106,25 +105,6 @@ def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
     return sorted(set(found), key=lambda p: re.sub(r"\d+", lambda m: m[0].zfill(9), str(p)))
 
 
-def plot_curves(runs: Sequence[Run], keys: Sequence[str], path: Path, labelled: int = 12) -> Path:
-    """val/acc per epoch of every run; the ``labelled`` best get colours and a legend entry."""
-    runs = sorted(runs, key=lambda r: -r.curves["val/acc"].max())
-    figure = Figure(figsize=(9, 4.5 + 0.2 * min(len(runs), labelled)), layout="constrained")
-    ax = figure.subplots()
-    for i, run in enumerate(runs):
-        curve = run.curves["val/acc"].dropna()
-        label = ", ".join(f"{k}={fmt_value(run.overrides.get(k, ABSENT))}" for k in keys)
-        style = {"label": f"{run.name}: {label}"} if i < labelled else {"color": "0.75"}
-        ax.plot(curve.index + 1, curve, "o-" if i < labelled else "-", markersize=3, **style)
-    more = f" ({labelled} best labelled)" if len(runs) > labelled else ""
-    ax.set(xlabel="epoch", ylabel="val/acc", title=f"val/acc of {len(runs)} runs{more}")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    figure.legend(fontsize=7, loc="outside lower center", frameon=False)
-    figure.savefig(path)
-    return path
-
-
 @dataclass
 class Report:
     runs: list[Run]  # as found
@@ -209,10 +189,6 @@ def build_report(
             table.to_csv(out / "results_compared.csv", index=False)
             written.append(out / "results_compared.csv")
         md += lines
-    with_curves = [r for r in runs if "val/acc" in r.curves]
-    if plot and with_curves:
-        written.append(plot_curves(with_curves, keys, out / CURVES_PNG))
-        md += ["", f"![val/acc per epoch]({CURVES_PNG})"]
     (out / RESULTS_MD).write_text("\n".join(md) + "\n")
     return Report(runs, keys, "\n".join(md) + "\n", written)
 
@@ -224,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sort", help="metric, best first (default: optimized_metric; none)")
     parser.add_argument("--repeat-keys", nargs="*", default=list(REPEAT_KEYS), help="repeats")
     parser.add_argument("--baseline", metavar="KEY=VALUE", help="compare groups with this one")
-    parser.add_argument("--no-plot", action="store_true", help=f"do not draw {CURVES_PNG}")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw groups.png")
     args = parser.parse_args(argv)
     try:
         report = build_report(

@@ -6,8 +6,6 @@ from torchvision.datasets import MNIST, FashionMNIST
 
 from imgcls.data.base import ImageDataModule, Split
 
-MNIST_FILES = tuple(name for name, _md5 in MNIST.resources)
-
 
 class MNISTDataModule(ImageDataModule):
     """MNIST digits, 1x28x28; validation carved from the 60k training images by a seeded split."""
