@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 #: every Python file outside tests/ and benchmarks/: the package, the entry points, scripts/
 COUNTED = sorted([*SRC.rglob("*.py"), *ROOT.glob("*.py"), *(ROOT / "scripts").rglob("*.py")])
-#: a ratchet: issue 19's target is 5,000 lines; this only ever goes down towards it
-MAX_LINES_TOTAL = 5150
+#: issue 19's limit: 5,000 lines (a ratchet: lower it when the count drops)
+MAX_LINES_TOTAL = 5000
 MAX_LINES_FILE = 300
 
 #: layers, top to bottom: a module may import its own layer or a lower one, never a higher one

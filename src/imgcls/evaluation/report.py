@@ -1,13 +1,13 @@
 """The evaluation report of all ranks' logits: its numbers, figures, report.md and report.html."""
 
 import base64
-import csv
 import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -149,11 +149,6 @@ def gallery_figure(images: torch.Tensor, titles: Sequence[str], cams: torch.Tens
     return figure
 
 
-def write_csv(path: Path, rows: Sequence[Sequence[Any]]) -> None:
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-
-
 def md_table(rows: Sequence[Sequence[Any]]) -> str:
     lines = [rows[0], ["---"] * len(rows[0]), *rows[1:]]
     return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in lines)
@@ -190,20 +185,16 @@ def write_report(
         note = f"Temperature {temperature:.4f} fitted on the validation split (NLL)."
     if "tta" in rows:
         head[f"test/acc_tta_{tta}"] = float((rows["tta"].argmax(1) == targets).float().mean())
-    per_class = [["class", "precision", "recall", "f1", "support"]] + [
-        [name, *(f"{v:.4f}" for v in list(row.values())[:3]), int(row["support"])]
-        for name, row in scores.items()
-    ]
-    write_csv(out_dir / "per_class.csv", per_class)
+    per_class = pd.DataFrame(scores).T.rename(columns={"f1-score": "f1"}).rename_axis("class")
+    per_class = per_class.round(4).astype({"support": int})
+    per_class.to_csv(out_dir / "per_class.csv")
     matrix = M.multiclass_confusion_matrix(probs, targets, n)
     rates = matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
     figures = {"reliability.png": reliability_figure(curves, targets)}
     for suffix, values, what in (("", matrix, "counts"), ("_normalized", rates, "row-normalised")):
         name = f"confusion_matrix{suffix}"
-        table = [
-            [c, *(round(v, 4) for v in r)] for c, r in zip(names, values.tolist(), strict=True)
-        ]
-        write_csv(out_dir / f"{name}.csv", [["true \\ predicted", *names], *table])
+        table = pd.DataFrame(values.tolist(), names, names).round(4)
+        table.rename_axis("true \\ predicted").to_csv(out_dir / f"{name}.csv")
         figures[f"{name}.png"] = confusion_figure(values, names, what)
     off, cells = matrix.clone().fill_diagonal_(0).flatten().sort(descending=True)
     pairs = zip(off[:10].tolist(), cells[:10].tolist(), strict=True)
@@ -215,7 +206,7 @@ def write_report(
         "## Most frequent confusions (true -> predicted: images)",
         "; ".join(confusions) or "none",
         "## Per class",
-        md_table(per_class),
+        md_table([["class", *per_class.columns], *per_class.itertuples()]),
         "## Confusion matrix",
         "![counts](confusion_matrix.png) ![row-normalised](confusion_matrix_normalized.png)",
         "## Calibration",
