@@ -242,7 +242,7 @@ def test_a_run_prints_a_short_config_and_no_noise(cli_train) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("config: ") and " data=digits " in lines[0]
     assert lines[1] == "overrides: data=digits trainer.max_epochs=1 logger=csv"
-    assert lines[2].startswith(f"full config: {run}/config.yaml ")  # not cut at 80 columns
+    assert lines[2].startswith(f"full config: written to {run}/config.yaml ")  # not cut at 80
     assert "batch_size:" not in result.stdout  # the tree stays in config.yaml
     log_file = (run / "train.log").read_text()
     for text in (result.stdout, result.stderr, log_file):

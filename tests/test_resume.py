@@ -51,6 +51,8 @@ def test_resume_refuses_more_epochs_for_a_step_sized_schedule_and_new_groups(tmp
     assert resumed_config(step, given, ["trainer.max_epochs=3"]).trainer.max_epochs == 3
     with pytest.raises(UserError, match="model/optimizer= cannot change"):
         resumed_config(step, given, ["model/optimizer=adam"])
+    with pytest.raises(UserError, match="model= cannot change"):  # a group, not a value
+        resumed_config(step, given, ["model=mlp"])
 
 
 def test_resume_of_a_dir_that_is_not_a_run_is_refused_before_anything_is_written(tmp_path):

@@ -235,7 +235,12 @@ def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg, monk
     assert Path(new.config()["paths"]["output_dir"]) == Path(again.paths.output_dir)
     assert (new.path / "checkpoints" / "last.ckpt").is_file()
     # key=value after rerun= apply, with the values interpolating them (was: silently ignored)
-    given = ["trainer.max_epochs=2", "seed=3", "model.optimizer.lr=0.05"]
+    given = [
+        "trainer.max_epochs=2",
+        "seed=3",
+        "model.optimizer.lr=0.05",
+        "extras.eval_report=false",
+    ]
     monkeypatch.setattr(
         "imgcls.train.run_overrides", lambda: [f"rerun={first.paths.output_dir}", *given]
     )
@@ -245,5 +250,6 @@ def test_rerun_repeats_a_deterministic_run_with_identical_metrics(make_cfg, monk
     assert config["trainer"]["max_epochs"] == 2 and config["seed"] == config["data"]["seed"] == 3
     assert config["model"]["optimizer"]["lr"] == 0.05
     assert config["model"]["scheduler"]["max_lr"] == 0.05  # ${..optimizer.lr}
+    assert config["callbacks"]["eval_report"]["enabled"] is False  # ${oc.select:extras...}
     assert config["trainer"]["deterministic"] is True  # the rest: the first run's
     assert len(RunDir(changed.paths.output_dir).status()["metrics"]) > 0

@@ -25,8 +25,10 @@ def config_summary(cfg: DictConfig) -> str:
         if isinstance(OmegaConf.select(cfg, key), str):
             lines = [f"config: the saved config of {cfg[key]} ({key}=)"]
     lines.append("overrides: " + (" ".join(hydra_cfg.overrides.task) or "none"))
-    full = f"{cfg.paths.output_dir}/config.yaml once training starts, " * (cfg.task_name == "train")
-    return "\n".join([*lines, f"full config: {full}extras.print_config=full prints it"])
+    full = f"written to {cfg.paths.output_dir}/config.yaml when training starts; " * (
+        cfg.task_name == "train"
+    )
+    return "\n".join([*lines, f"full config: {full}extras.print_config=full prints it now"])
 
 
 def launch(config_name: str, module: str) -> None:

@@ -40,7 +40,7 @@ def export(cfg: DictConfig) -> Path:
     data, temperature = restored.datamodule, restored.temperature  # no data is loaded
     size, channels, resize = data.image_size, data.in_channels, data.hparams.resize
     net = restored.model.net.eval().float().cpu()
-    net = net if temperature == 1.0 else nn.Sequential(net, Divide(temperature))
+    net = net if temperature == 1.0 else nn.Sequential(net, Divide(temperature)).eval()
     example = torch.randn(2, channels, size, size)
     with torch.no_grad():
         if cfg.format == "torchscript":

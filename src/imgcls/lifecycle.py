@@ -29,6 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from imgcls.config import CONFIG_DIR
 from imgcls.utils import runs
 from imgcls.utils.checkpoint import RUN_INFO_KEY, latest_checkpoint
 from imgcls.utils.checks import path_problem, read_json
@@ -84,7 +85,8 @@ def links(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
             yield from links(value, f"{key}.{name}".lstrip("."))
     elif isinstance(node, str):
         parent = key.split(".")[:-1]
-        for dots, target in re.findall(r"\$\{(\.*)([\w.]+)\}", node):  # ${..optimizer.lr}
+        # ${seed}, ${..optimizer.lr}, ${oc.select:extras.eval_report,true}
+        for dots, target in re.findall(r"\$\{(?:[\w.]+:)?(\.*)([\w.]+)", node):
             base = parent[: len(parent) + 1 - len(dots)] if dots else []
             yield key, ".".join([*base, target])
         if "${datamodule:" in node:  # the shapes of whatever data= gives
@@ -98,7 +100,7 @@ def apply_overrides(cfg: Any, given: Any, overrides: Iterable[str], how: str, si
     for key, _, deletes in runs.parse_overrides(overrides):
         if key.split(".")[0] in ("resume", "rerun", "ckpt_path", "hydra") or deletes:
             continue
-        if "/" in key:
+        if (CONFIG_DIR / key.split("/")[0]).is_dir():  # model=..., model/optimizer=...
             raise UserError(
                 f"{how} keeps the run's own config groups; {key}= cannot change one: start a new "
                 "run (init_from=<run dir> keeps its weights)"
