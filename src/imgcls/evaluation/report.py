@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -164,6 +163,7 @@ def write_report(
     max_mistakes: int = 16,
 ) -> dict[str, float]:
     """Write the report of the test ``rows`` (logits, targets, tta, mistakes); its headline."""
+    import pandas as pd
     from sklearn.metrics import classification_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
