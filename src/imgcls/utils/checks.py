@@ -40,7 +40,7 @@ RULES = {
     "model.label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "must be in [0, 1); e.g. 0.1"),
     "trainer.precision": (lambda v: not isinstance(v, bool) and v in PRECISIONS,
                           "is not a Lightning precision; use " + ", ".join(PRECISIONS[7:13])),
-    "trainer.max_epochs": (lambda v: v is None or v == -1 or _int(v, 1),  # 0 trains nothing
+    "trainer.max_epochs": (lambda v: v is None or (_int(v, -1) and v != 0),  # 0 trains nothing
                            "must be >= 1, or -1 (no limit); e.g. 10"),
     "callbacks.ema.decay": (lambda v: _number(v) and 0 <= v <= 1, "must be in [0, 1]; e.g. 0.999"),
     "callbacks.finetuning.backbone_lr_factor": (lambda v: _number(v) and v > 0,

@@ -90,7 +90,8 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def no_tips(record: logging.LogRecord) -> bool:
     """Lightning's "💡 Tip: try installing litlogger" lines, its note on our model summary."""
-    return not any(s in record.getMessage() for s in ("💡 Tip", "already configured with model"))
+    message = record.getMessage()  # formatted once, not per phrase
+    return not any(s in message for s in ("💡 Tip", "already configured with model"))
 
 
 def apply_extras(cfg: Any = None) -> None:
