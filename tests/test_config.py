@@ -76,3 +76,13 @@ def test_every_trainer_precision_lightning_accepts_passes_the_check() -> None:
 
     hint = typing.get_type_hints(pl.Trainer.__init__)["precision"]
     assert literals(hint) == set(PRECISIONS)
+
+
+@pytest.mark.parametrize("value", [0, -2, -1.0, 1.5, True])
+def test_max_epochs_is_a_positive_integer_or_minus_one(value) -> None:
+    from imgcls.utils.checks import bad_value
+
+    for fine in (None, -1, 1, 40):
+        assert bad_value(OmegaConf.create({"trainer": {"max_epochs": fine}}), False) is None
+    message = bad_value(OmegaConf.create({"trainer": {"max_epochs": value}}), required=False)
+    assert message.endswith("must be >= 1, or -1 (no limit); e.g. 10")
